@@ -1,0 +1,113 @@
+"""python -m control_plane {serve,validate,bootstrap,demo}"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .bootstrap import bootstrap, render
+from .config import ConfigError, load_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import ControlPlane
+
+    async def run() -> None:
+        plane = ControlPlane(args.config, xds_address=f"{args.xds_host}:{args.xds_port}",
+                             admin_address=f"{args.admin_host}:{args.admin_port}")
+        await plane.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: plane.reload("SIGHUP"))
+        await stop.wait()
+        await plane.stop()
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"refusing to start: {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s):")
+        for problem in exc.problems:
+            print(f"  {problem}")
+        return 1
+    endpoints = sum(len(m.endpoints) or len(m.regions) for m in config.models.values())
+    print(f"{args.config}: OK: project {config.project}, {len(config.regions)} region(s), "
+          f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
+          f"default model {config.default_model}, version {config.version}")
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    try:
+        config = bootstrap(args.region, args.xds_address, node_id=args.node_id, listen=args.listen,
+                           admin_address=args.admin_address, delta=args.delta)
+    except ValueError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(config))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m control_plane",
+                                  description="xDS control plane for a multi-region Vertex AI gateway on Envoy")
+    top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve xDS to Envoys, watch the config file")
+    serve.add_argument("--config", required=True, help="regions.yaml")
+    serve.add_argument("--xds-port", type=int, default=18000)
+    serve.add_argument("--xds-host", default="127.0.0.1", help="address to bind the xDS port (default loopback)")
+    serve.add_argument("--admin-port", type=int, default=18001)
+    serve.add_argument("--admin-host", default="127.0.0.1", help="address to bind the admin port")
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="check a regions.yaml; exit 1 listing every problem")
+    validate.add_argument("config")
+    validate.set_defaults(func=_validate)
+
+    boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for one Envoy")
+    boot.add_argument("--region", required=True)
+    boot.add_argument("--xds-address", required=True, metavar="HOST:PORT")
+    boot.add_argument("--node-id", help="default envoy-REGION")
+    boot.add_argument("--listen", metavar="HOST:PORT", help="client listener for this Envoy (default from config)")
+    boot.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
+    boot.add_argument("--delta", action="store_true", help="use Delta xDS (DELTA_GRPC)")
+    boot.set_defaults(func=_bootstrap)
+
+    demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")
+    demo.add_argument("--config", help="regions.yaml for the demo (default: the shipped demo config)")
+    demo.add_argument("--base-ip", default="127.0.0.1", help="demo binds 127.0.0.x addresses")
+    demo.set_defaults(func=_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Debug and admin HTTP endpoints (SPEC "Debug and admin endpoints"). Read-only views
+over the control plane's state; all JSON except /metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from .cache import UnknownRegion, node_group
+from .resources import PUSH_ORDER
+
+if TYPE_CHECKING:
+    from .app import ControlPlane
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def admin_app(plane: ControlPlane) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return _json({"status": "ok", "config_version": plane.cache.config.version,
+                      "clients": len(plane.clients.streams())})
+
+    async def clients(_: web.Request) -> web.Response:
+        return _json({"config_version": plane.cache.config.version,
+                      "clients": [s.to_dict() for s in plane.clients.streams()]})
+
+    async def config(request: web.Request) -> web.Response:
+        node_id = request.query.get("node", "")
+        streams = plane.clients.by_node(node_id)
+        if not streams:
+            known = sorted({s.node_id for s in plane.clients.streams()})
+            return _json({"error": f"no connected node {node_id!r}" if node_id else "give ?node=NODE_ID",
+                          "nodes": known}, status=404 if node_id else 400)
+        stream = streams[-1]
+        try:
+            group = node_group(stream.node, plane.cache.config)
+        except UnknownRegion as exc:
+            return _json({"node_id": node_id, "error": str(exc)}, status=409)
+        snapshot = plane.cache.snapshot(group)
+        resources = {}
+        for type_url in PUSH_ORDER:
+            resources[type_url.rsplit(".", 1)[-1]] = [
+                {"name": r.name, "version": r.version,
+                 "resource": json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
+                for r in snapshot.select(type_url)]
+        return _json({"node_id": node_id, "region": group.region,
+                      "listener": f"{group.listen_address}:{group.listen_port}",
+                      "config_version": plane.cache.config.version, "resources": resources})
+
+    async def regions(_: web.Request) -> web.Response:
+        config = plane.cache.config
+        return _json({"config_file": str(plane.config_path), "version": config.version,
+                      "config": config.model_dump(mode="json"), "last_reload": plane.last_reload})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=plane.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"x-content-type-options": "nosniff"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/debug/clients", clients)
+    app.router.add_get("/debug/config", config)
+    app.router.add_get("/debug/regions", regions)
+    app.router.add_get("/metrics", metrics)
+    return app

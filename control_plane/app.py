@@ -1,0 +1,131 @@
+"""The control plane process: config in force, the xDS server, the admin endpoints, reloads.
+
+A thin asyncio shell around the pure parts (config, resources, snapshot, cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from watchfiles import awatch
+
+from .admin import admin_app
+from .cache import SnapshotCache
+from .config import ConfigError, load_config
+from .metrics import Metrics
+from .server import AdsServer
+from .snapshot import InconsistentSnapshot
+from .status import ClientRegistry
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, config_path: str | Path, xds_address: str = "127.0.0.1:18000",
+                 admin_address: str = "127.0.0.1:18001", watch: bool = True):
+        self.config_path = Path(config_path)
+        self.xds_address = xds_address
+        self.admin_address = admin_address
+        self.watch = watch
+        config = load_config(self.config_path)  # ConfigError: refuse to start on a broken file
+        self._file_hash = _file_hash(self.config_path)
+        self.metrics = Metrics()
+        self.clients = ClientRegistry()
+        self.cache = SnapshotCache(config)
+        self.ads = AdsServer(self.cache, self.clients, self.metrics)
+        self.last_reload: dict = {"time": _now(), "ok": True, "version": config.version, "errors": []}
+        self.metrics.config_ok.set(1)
+        self.xds_port = 0
+        self.admin_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._watcher: asyncio.Task | None = None
+        self._stop_watch = asyncio.Event()
+
+    async def start(self) -> None:
+        self._grpc = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Envoy pings every 10 s (bootstrap keepalive); allow it.
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+        self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(),))
+        self.xds_port = self._grpc.add_insecure_port(self.xds_address)
+        if not self.xds_port:
+            raise OSError(f"cannot bind the xDS port {self.xds_address}")
+        await self._grpc.start()
+        self._admin = web.AppRunner(admin_app(self), access_log=None)
+        await self._admin.setup()
+        host, _, port = self.admin_address.rpartition(":")
+        site = web.TCPSite(self._admin, host.strip("[]"), int(port))
+        await site.start()
+        self.admin_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        if self.watch:
+            self._watcher = asyncio.create_task(self._watch_file())
+        log.info("serving xDS on %s:%d, admin on %s:%d, config %s version %s",
+                 self.xds_address.rpartition(":")[0], self.xds_port, host, self.admin_port,
+                 self.config_path, self.cache.config.version)
+
+    async def stop(self) -> None:
+        self._stop_watch.set()
+        if self._watcher:
+            self._watcher.cancel()
+        if self._grpc:
+            await self._grpc.stop(grace=0.5)
+        if self._admin:
+            await self._admin.cleanup()
+
+    def reload(self, reason: str = "file changed") -> bool:
+        """Validate, build and swap in the file's config; a broken one leaves the running config."""
+        digest = _file_hash(self.config_path)
+        if digest == self._file_hash and self.last_reload["ok"]:
+            return True  # same bytes (editors touch files; watchers fire twice)
+        self._file_hash = digest
+        try:
+            config = load_config(self.config_path)
+            if config.version == self.cache.config.version:
+                errors: list[str] = []
+            else:
+                self.cache.set_config(config)
+                errors = []
+        except ConfigError as exc:
+            errors = [str(p) for p in exc.problems]
+        except InconsistentSnapshot as exc:
+            errors = [f"{self.config_path}: cannot build a consistent snapshot: {exc}"]
+        ok = not errors
+        self.last_reload = {"time": _now(), "ok": ok, "reason": reason,
+                            "version": self.cache.config.version, "errors": errors}
+        self.metrics.reloads.labels("ok" if ok else "failed").inc()
+        self.metrics.config_ok.set(1 if ok else 0)
+        if ok:
+            log.info("config reloaded (%s): version %s", reason, self.cache.config.version)
+        else:
+            log.error("config rejected, still serving version %s: %s", self.cache.config.version,
+                      " | ".join(errors))
+        return ok
+
+    async def _watch_file(self) -> None:
+        # Watch the directory: editors and Kubernetes ConfigMaps replace the file, not write it.
+        directory = self.config_path.resolve().parent
+        async for _changes in awatch(directory, stop_event=self._stop_watch, debounce=50, step=10,
+                                     recursive=False, ignore_permission_denied=True):
+            if self.config_path.exists():
+                self.reload()
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,88 @@
+"""The Envoy bootstrap: who this Envoy is and where its control plane is. Nothing regional
+beyond the node's region is baked in; all routing config arrives over xDS."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import yaml
+
+# Route regexes list every endpoint id and verb; RE2's default program-size cap (100) is
+# far below what a config with many models needs.
+RE2_MAX_PROGRAM_SIZE = 100_000
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _socket_address(host: str, port: int) -> dict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen: str | None = None,
+              admin_address: str = "127.0.0.1:9901", delta: bool = False) -> dict:
+    xds_host, xds_port = split_host_port(xds_address, "--xds-address")
+    admin_host, admin_port = split_host_port(admin_address, "--admin-address")
+    metadata = {"region": region}
+    if listen:
+        split_host_port(listen, "--listen")
+        metadata["listen"] = listen
+    return {
+        "node": {
+            "id": node_id or f"envoy-{region}",
+            "cluster": "vertex-gateway",
+            "locality": {"region": region},
+            "metadata": metadata,
+        },
+        "admin": {"address": _socket_address(admin_host, admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds_cluster",
+            "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {
+                        # Notice a dead control plane (or a dropped NAT entry) within seconds.
+                        "connection_keepalive": {"interval": "10s", "timeout": "5s"}}},
+                }},
+            "load_assignment": {"cluster_name": "xds_cluster", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _socket_address(xds_host, xds_port)}}]}]},
+        }]},
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
+            "re2.max_program_size.warn_level": RE2_MAX_PROGRAM_SIZE,
+        }}]},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+                         ".DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000}}]},
+    }
+
+
+def render(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,86 @@
+"""The snapshot cache: the config in force and one snapshot per node group.
+
+Apart from the server (as in go-control-plane): the server asks for a node's snapshot
+and waits for the next generation; the cache knows nothing about streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from google.protobuf.message import Message
+
+from .config import RegionConfig
+from .resources import NodeGroup, build_resources
+from .snapshot import Interner, Snapshot
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message]]]
+
+
+class UnknownRegion(LookupError):
+    pass
+
+
+def node_group(node: base_pb2.Node, config: RegionConfig) -> NodeGroup:
+    """Which snapshot a node gets: its region and its client listener (bootstrap metadata)."""
+    fields = node.metadata.fields
+    region = fields["region"].string_value if "region" in fields else node.locality.region
+    if not region:
+        raise UnknownRegion(f"node {node.id!r} has no region (bootstrap metadata 'region')")
+    if region not in config.regions:
+        raise UnknownRegion(f"node {node.id!r} is in region {region!r}, which the config does not define "
+                            f"(defined: {', '.join(config.regions)})")
+    address, port = config.listener.address, config.listener.port
+    listen = fields["listen"].string_value if "listen" in fields else ""
+    if listen:
+        host, _, port_text = listen.rpartition(":")
+        address, port = host.strip("[]") or address, int(port_text)
+    return NodeGroup(region=region, listen_address=address, listen_port=port)
+
+
+class SnapshotCache:
+    def __init__(self, config: RegionConfig, builder: Builder = build_resources):
+        self._builder = builder
+        self._interner = Interner()
+        self._config = config
+        self._changed = asyncio.Event()
+        self.generation = 0
+        self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
+
+    @property
+    def config(self) -> RegionConfig:
+        return self._config
+
+    def snapshot(self, group: NodeGroup) -> Snapshot:
+        found = self._snapshots.get(group)
+        if found is None:
+            found = self._snapshots[group] = Snapshot.build(self._builder(self._config, group), self._interner)
+        return found
+
+    def set_config(self, config: RegionConfig) -> None:
+        """Build every known group's snapshot for the new config, then swap; on error keep the old."""
+        groups = set(self._snapshots)
+        snapshots = self._prebuild(config, groups)
+        self._config, self._snapshots = config, snapshots
+        self._interner.retain(r for s in snapshots.values() for r in s.all())
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_change(self, generation: int) -> None:
+        """Return once the cache is past `generation`."""
+        while self.generation <= generation:
+            await self._changed.wait()
+
+    def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None) -> dict[NodeGroup, Snapshot]:
+        # Each region's default group is built too, so a config that cannot be built for some
+        # region is refused even when no Envoy of that region is connected yet.
+        wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
+                                      for r in config.regions}
+        return {g: Snapshot.build(self._builder(config, g), self._interner)
+                for g in wanted if g.region in config.regions}

@@ -1,0 +1,357 @@
+"""regions.yaml: typed models, loading, and every rule from SPEC "Rules".
+
+Structural checks (types, unknown keys, durations, addresses) come from pydantic;
+cross-references (a model naming an unknown region, a failover list naming
+itself...) are checked on the raw data so that one run reports every problem,
+not just the first that stopped the parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+VERBS = ("predict", "rawPredict", "streamRawPredict", "explain", "serverStreamingPredict")
+PUBLISHER_VERBS = ("generateContent", "streamGenerateContent", "countTokens", "rawPredict", "streamRawPredict")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_duration(value: Any) -> float:
+    """'60s', '250ms', '5m', '1h' or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}: use a number with a unit, e.g. 20s or 500ms")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(f"bad duration {value!r}: use a number with a unit, e.g. 20s or 500ms")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"bad duration {value!r}: must not be negative")
+    return seconds
+
+
+def check_address(value: Any) -> str:
+    """An IP literal or a DNS hostname (a PSC forwarding rule or a private DNS name)."""
+    text = str(value).strip()
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or len(text) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels) \
+            or labels[-1].isdigit():
+        raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
+    return text
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Address = Annotated[str, BeforeValidator(check_address)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutlierDetection(_Strict):
+    consecutive_5xx: int = Field(3, ge=1)
+    interval: Duration = 5.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_percent: int = Field(100, ge=0, le=100)
+    # A region answering 429 is out of capacity: skipping it beats paying a wasted attempt.
+    eject_on_429: bool = True
+
+
+class PolicyOverride(_Strict):
+    """Any subset of the policy keys; used by a region or a model to override the defaults."""
+
+    timeout: Duration | None = None
+    per_try_timeout: Duration | None = None
+    num_retries: int | None = Field(None, ge=0, le=10)
+    retry_on: list[str] | None = None
+    retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] | None = None
+    outlier_detection: OutlierDetection | None = None
+    # Retried bodies must be buffered; larger ones get a 413 instead of a retry-less forward.
+    max_request_bytes: int | None = Field(None, ge=1024)
+
+    @field_validator("retry_on")
+    @classmethod
+    def _known_retry_on(cls, value: list[str] | None) -> list[str] | None:
+        allowed = {"5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
+                   "refused-stream", "reset-before-request", "envoy-ratelimited", "http3-post-connect-failure"}
+        for item in value or []:
+            if item not in allowed:
+                raise ValueError(f"unknown retry_on {item!r} (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+
+class Policy(_Strict):
+    timeout: Duration = 60.0
+    per_try_timeout: Duration = 20.0
+    num_retries: int = Field(2, ge=0, le=10)
+    retry_on: list[str] = ["5xx", "reset", "connect-failure", "retriable-status-codes"]
+    retriable_status_codes: list[int] = [429]
+    outlier_detection: OutlierDetection = OutlierDetection()
+    max_request_bytes: int = 16 * 1024 * 1024
+
+    def merged(self, *overrides: PolicyOverride | None) -> Policy:
+        data = self.model_dump()
+        for override in overrides:
+            if override is not None:
+                data.update(override.model_dump(exclude_none=True))
+        return Policy.model_validate(data)
+
+
+class Listener(_Strict):
+    address: Address = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class Region(_Strict):
+    address: Address
+    port: int = Field(443, ge=1, le=65535)
+    tls: bool = True
+    host: str | None = None  # default {region}-aiplatform.googleapis.com, filled in by RegionConfig
+    ca_file: str | None = None
+    failover: list[str] = []
+    policy: PolicyOverride | None = None
+
+
+class Model(_Strict):
+    default: bool = False
+    endpoints: dict[str, Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]] = {}
+    publisher_model: str | None = None
+    regions: list[str] = []
+    policy: PolicyOverride | None = None
+
+    @property
+    def served_regions(self) -> list[str]:
+        return list(self.endpoints) if self.endpoints else list(self.regions)
+
+
+class Auth(_Strict):
+    credentials: str = "adc"
+    scopes: list[str] = ["https://www.googleapis.com/auth/cloud-platform"]
+    refresh_margin: Duration = 300.0
+
+
+class RegionConfig(_Strict):
+    project: str = Field(min_length=1)
+    listener: Listener = Listener()
+    regions: dict[str, Region]
+    models: dict[str, Model]
+    policy: Policy = Policy()
+    auth: Auth = Auth()
+
+    def host_of(self, region: str) -> str:
+        return self.regions[region].host or f"{region}-aiplatform.googleapis.com"
+
+    @property
+    def default_model(self) -> str:
+        return next(name for name, model in self.models.items() if model.default)
+
+    def policy_for(self, model: str, region: str) -> Policy:
+        """Defaults, then the region's overrides, then the model's (the most specific wins)."""
+        return self.policy.merged(self.regions[region].policy, self.models[model].policy)
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    path: str  # key path, e.g. regions.us-east4.failover[0]
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def load_config(path: str | Path) -> RegionConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]) from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, file: str = "regions.yaml") -> RegionConfig:
+    yaml = YAML(typ="rt")  # round-trip loader: keeps line numbers for messages, rejects duplicate keys
+    try:
+        raw = yaml.load(text)
+    except (MarkedYAMLError, YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([Problem(file, "", f"invalid YAML: {problem}", line)]) from exc
+    if raw is None or (isinstance(raw, (dict, list, str)) and not raw):
+        raise ConfigError([Problem(file, "", "the file is empty: expected project, regions and models")])
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem(file, "", f"expected a mapping at the top, got {type(raw).__name__}")])
+
+    problems: list[Problem] = []
+    config: RegionConfig | None = None
+    try:
+        config = RegionConfig.model_validate(_plain(raw))
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            problems.append(Problem(file, _key_path(loc), _message(error), _line_of(raw, loc)))
+    for loc, message in _cross_reference_problems(raw):
+        problems.append(Problem(file, _key_path(loc), message, _line_of(raw, loc)))
+    if problems:
+        raise ConfigError(_dedupe(problems))
+    assert config is not None
+    return config
+
+
+def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
+    """Rules that relate keys to each other; tolerant of a structurally broken file."""
+    out: list[tuple[tuple, str]] = []
+    regions = raw.get("regions")
+    models = raw.get("models")
+    region_names = list(regions) if isinstance(regions, dict) else []
+    known = ", ".join(map(str, region_names)) or "none"
+
+    if "regions" in raw and isinstance(regions, dict) and not regions:
+        out.append((("regions",), "no regions defined"))
+    for name, region in (regions or {}).items() if isinstance(regions, dict) else []:
+        if not _NAME.match(str(name)):
+            out.append((("regions", name), f"bad region name {name!r}"))
+        failover = region.get("failover") if isinstance(region, dict) else None
+        if not isinstance(failover, list):
+            continue
+        seen: set = set()
+        for i, target in enumerate(failover):
+            loc = ("regions", name, "failover", i)
+            if target == name:
+                out.append((loc, f"region {name!r} cannot fail over to itself"))
+            elif target not in region_names:
+                out.append((loc, f"unknown region {target!r} (defined: {known})"))
+            elif target in seen:
+                out.append((loc, f"region {target!r} listed twice"))
+            seen.add(target)
+
+    if "models" in raw and isinstance(models, dict) and not models:
+        out.append((("models",), "no models defined"))
+    if not isinstance(models, dict):
+        return out
+    defaults = [name for name, m in models.items() if isinstance(m, dict) and m.get("default") is True]
+    if models and not defaults:
+        out.append((("models",), "no default model: mark exactly one model `default: true` (it serves POST /predict)"))
+    for extra in defaults[1:]:
+        out.append((("models", extra, "default"), f"more than one default model ({', '.join(defaults)})"))
+
+    owner_of_id: dict[str, str] = {}
+    for name, model in models.items():
+        if not _NAME.match(str(name)):
+            out.append((("models", name), f"bad model name {name!r}: use letters, digits, '-', '_', '.'"))
+        if not isinstance(model, dict):
+            continue
+        endpoints, publisher = model.get("endpoints"), model.get("publisher_model")
+        if not endpoints and not publisher:
+            out.append((("models", name), "needs `endpoints:` (region -> endpoint id) or `publisher_model:`"))
+        if endpoints and publisher:
+            out.append((("models", name), "give either `endpoints:` or `publisher_model:`, not both"))
+        if publisher is not None and not re.match(r"^[a-z0-9-]+/[A-Za-z0-9._@-]+$", str(publisher)):
+            out.append((("models", name, "publisher_model"), f"bad publisher model {publisher!r}: expected PUBLISHER/MODEL"))
+        if publisher and not model.get("regions"):
+            out.append((("models", name, "regions"), "a publisher model needs `regions:`"))
+        for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
+            if region not in region_names:
+                out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))
+        for region, endpoint_id in (endpoints or {}).items() if isinstance(endpoints, dict) else []:
+            loc = ("models", name, "endpoints", region)
+            if region not in region_names:
+                out.append((loc, f"unknown region {region!r} (defined: {known})"))
+            if not re.match(r"^\d{1,19}$", str(endpoint_id)):
+                out.append((loc, f"bad endpoint id {endpoint_id!r}: expected the numeric Vertex endpoint id"))
+            elif str(endpoint_id) in owner_of_id and owner_of_id[str(endpoint_id)] != name:
+                out.append((loc, f"endpoint id {endpoint_id} is also used by model {owner_of_id[str(endpoint_id)]!r}"))
+            else:
+                owner_of_id[str(endpoint_id)] = name
+    return out
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented containers -> plain dicts/lists for pydantic."""
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, (int, float)) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(error: dict) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    got = error.get("input")
+    return f"{msg} (got {got!r})" if not isinstance(got, (dict, list)) else msg
+
+
+def _line_of(raw: Any, loc: tuple) -> int | None:
+    """Best-effort 1-based line of the deepest key in loc that exists in the YAML."""
+    node, line = raw, None
+    for part in loc:
+        try:
+            if isinstance(node, dict) and part in node:
+                line = node.lc.key(part)[0] + 1
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+            else:
+                break
+            node = node[part]
+        except (AttributeError, KeyError, TypeError):
+            break
+    return line
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for problem in problems:
+        key = (problem.path, problem.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(problem)
+    return out
+

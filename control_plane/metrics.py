@@ -1,0 +1,31 @@
+"""Prometheus metrics, in a registry of the control plane's own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pushes = Counter("vertex_gateway_xds_pushes", "xDS responses sent", ["type", "mode"], registry=r)
+        self.acks = Counter("vertex_gateway_xds_acks", "xDS ACKs received", ["type"], registry=r)
+        self.nacks = Counter("vertex_gateway_xds_nacks", "xDS NACKs received (Envoy rejected config)",
+                             ["type"], registry=r)
+        self.connected = Gauge("vertex_gateway_xds_connected_clients", "Connected xDS streams", ["mode"],
+                               registry=r)
+        self.reloads = Counter("vertex_gateway_config_reloads", "Config reloads by result", ["result"],
+                               registry=r)
+        self.config_ok = Gauge("vertex_gateway_config_last_reload_ok",
+                               "1 if the last reload applied, 0 if it was rejected", registry=r)
+        self.ack_latency = Histogram("vertex_gateway_xds_ack_seconds", "Time from a push to its ACK",
+                                     ["type"], registry=r,
+                                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.token_refreshes = Counter("vertex_gateway_token_refreshes", "Access-token refreshes by result",
+                                       ["credential", "result"], registry=r)
+        self.token_expiry = Gauge("vertex_gateway_token_expiry_seconds",
+                                  "Seconds until the current access token expires", ["credential"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

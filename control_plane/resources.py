@@ -1,0 +1,420 @@
+"""Region config -> Envoy resources, as pure functions.
+
+Shape (DESIGN-NOTES, "Per-attempt double rewrite"):
+
+  listener "ingress" --RDS--> route config "vertex"
+     route per model --> aggregate cluster "model/{m}"  (local region first, then its failover list)
+                           +- cluster "model/{m}@{region}" per region, EDS endpoints whose
+                              metadata vertex.{region, host, endpoint_path} says where to send
+  Upstream HTTP filters on the *aggregate* run once per attempt after the host is picked:
+  header_mutation copies that host's metadata into temporary headers, Lua rewrites :path and
+  :authority from them. So a retry in another region carries that region's path and host.
+
+Everything here is a pure function of (config, node group): no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from .config import PUBLISHER_VERBS, VERBS, Policy, RegionConfig
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+# The order Envoy is sent a change in: what is referenced before what references it.
+PUSH_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+LISTENER_NAME = "ingress"
+ROUTE_CONFIG_NAME = "vertex"
+METADATA_NAMESPACE = "vertex"
+# Headers used inside Envoy between the per-attempt filters; never accepted from clients.
+TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region")
+DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+# Runs once per attempt, after the host is chosen. :path may already hold the previous
+# attempt's rewrite (header edits persist across attempts), so only the verb and the query
+# are taken from it; the rest comes from the chosen host's metadata.
+REWRITE_LUA = """
+function envoy_on_request(h)
+  local hd = h:headers()
+  local ep, authority = hd:get("x-vertex-endpoint-path"), hd:get("x-vertex-host")
+  hd:remove("x-vertex-endpoint-path"); hd:remove("x-vertex-host"); hd:remove("x-vertex-region")
+  if ep == nil or ep == "" or authority == nil or authority == "" then
+    h:respond({[":status"] = "502", ["content-type"] = "application/json"},
+      '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
+    return
+  end
+  local path = hd:get(":path")
+  local query = string.match(path, "%?.*$") or ""
+  local verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
+  hd:replace(":path", ep .. ":" .. verb .. query)
+  hd:replace(":authority", authority)
+end
+"""
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """What an Envoy's resources depend on; Envoys with equal groups get identical snapshots."""
+
+    region: str
+    listen_address: str
+    listen_port: int
+
+
+def cluster_name(model: str) -> str:
+    return f"model/{model}"
+
+
+def region_cluster_name(model: str, region: str) -> str:
+    return f"model/{model}@{region}"
+
+
+def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
+    served = set(config.models[model].served_regions)
+    order = [local_region, *config.regions[local_region].failover]
+    return [region for region in order if region in served]
+
+
+def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
+    """Vertex path without the ':verb' suffix."""
+    spec = config.models[model]
+    base = f"/v1/projects/{config.project}/locations/{region}"
+    if spec.publisher_model:
+        publisher, name = spec.publisher_model.split("/", 1)
+        return f"{base}/publishers/{publisher}/models/{name}"
+    return f"{base}/endpoints/{spec.endpoints[region]}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _any(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(round(seconds * 1e9))
+    return out
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
+                                          resource_api_version=config_source_pb2.V3)
+
+
+def _header(key: str, value: str, append: int = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+            ) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=append)
+
+
+def _socket(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+def _regex(pattern: str) -> regex_pb2.RegexMatcher:
+    return regex_pb2.RegexMatcher(regex=pattern)
+
+
+def _alternation(items: list[str]) -> str:
+    return "|".join(_re_escape(item) for item in items)
+
+
+def _re_escape(text: str) -> str:
+    """RE2-safe escape of the few metacharacters names may contain."""
+    return "".join("\\" + ch if ch in r".^$*+?()[]{}|\\-" else ch for ch in text)
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
+    """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS."""
+    spec = config.regions[region]
+    policy = config.policy_for(model, region)
+    name = region_cluster_name(model, region)
+    od = policy.outlier_detection
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+            # Gateway errors (connect failure, reset, timeout) count like 5xx; keep one counter.
+            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+            interval=_duration(od.interval),
+            base_ejection_time=_duration(od.base_ejection_time),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
+        ),
+        # Default 1 s would delay the effect of an ejection on host selection.
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
+    )
+    if _is_ip(spec.address):
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+    else:
+        # EDS carries IPs only; a hostname (e.g. a PSC DNS name) is resolved by Envoy.
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
+    if spec.tls:
+        host = config.host_of(region)
+        tls = tls_pb2.UpstreamTlsContext(
+            # sni per region, not auto_sni: auto_sni would take the client's Host.
+            sni=host,
+            common_tls_context=tls_common_pb2.CommonTlsContext(
+                validation_context=tls_common_pb2.CertificateValidationContext(
+                    trusted_ca=base_pb2.DataSource(filename=spec.ca_file or DEFAULT_CA_FILE),
+                    match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(
+                        san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
+                        matcher=string_pb2.StringMatcher(exact=host))],
+                )))
+        cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(
+            name="envoy.transport_sockets.tls", typed_config=_any(tls)))
+    return cluster
+
+
+def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
+    spec = config.regions[region]
+    metadata = struct_pb2.Struct()
+    metadata.update({"region": region, "host": config.host_of(region),
+                     "endpoint_path": endpoint_path(config, model, region)})
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
+        metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: metadata}),
+    )
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=region_cluster_name(model, region),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
+            locality=base_pb2.Locality(region=region), lb_endpoints=[endpoint])],
+    )
+
+
+def upstream_filters() -> list[hcm_pb2.HttpFilter]:
+    """Per-attempt filters on the aggregate cluster (shared by every model's aggregate)."""
+    overwrite = header_mutation_pb2.HeaderMutation
+    copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
+            for name, key in zip(TEMP_HEADERS, ("endpoint_path", "host", "region"))]
+    mutations = header_mutation_pb2.Mutations(request_mutations=[
+        # Never carry a client's (or a previous attempt's) Authorization to another region.
+        mutation_rules_pb2.HeaderMutation(remove="authorization"),
+        *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
+    ])
+    return [
+        hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
+                           typed_config=_any(overwrite(mutations=mutations))),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
+            default_source_code=base_pb2.DataSource(inline_string=REWRITE_LUA)))),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
+                           typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
+    ]
+
+
+def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+    """The cluster a model's route names: its regions in failover order, local first."""
+    chain = failover_chain(config, model, local_region)
+    protocol = http_protocol_options_pb2.HttpProtocolOptions(
+        # The wire protocol really comes from each region's cluster; this only carries the filters.
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions()),
+        http_filters=upstream_filters(),
+    )
+    return cluster_pb2.Cluster(
+        name=cluster_name(model),
+        connect_timeout=_duration(5.0),
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(
+            name="envoy.clusters.aggregate",
+            typed_config=_any(aggregate_pb2.ClusterConfig(
+                clusters=[region_cluster_name(model, r) for r in chain]))),
+        # Retries are admitted by the breaker of the cluster the route names; the default
+        # max_retries=3 would refuse most concurrent failovers.
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                priority=base_pb2.DEFAULT,
+                retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+                    budget_percent=_percent(100.0),
+                    min_retry_concurrency=wrappers_pb2.UInt32Value(value=1024)))]),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(protocol)},
+    )
+
+
+def _percent(value: float) -> percent_pb2.Percent:
+    return percent_pb2.Percent(value=value)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _retry_policy(policy: Policy, attempts_available: int) -> route_components_pb2.RetryPolicy:
+    # A retry goes to a region not yet tried; more retries than regions would revisit one.
+    num_retries = min(policy.num_retries, attempts_available - 1) if attempts_available > 1 else policy.num_retries
+    return route_components_pb2.RetryPolicy(
+        retry_on=",".join(policy.retry_on),
+        retriable_status_codes=policy.retriable_status_codes,
+        num_retries=wrappers_pb2.UInt32Value(value=num_retries),
+        per_try_timeout=_duration(policy.per_try_timeout),
+        # Essential: without it a retry stays in the failing region (priority = region).
+        retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=_any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))),
+        retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=_any(previous_hosts_pb2.PreviousHostsPredicate()))],
+        host_selection_retry_max_attempts=3,
+    )
+
+
+def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
+                 match: route_components_pb2.RouteMatch) -> route_components_pb2.Route:
+    chain = failover_chain(config, model, local_region)
+    if not chain:
+        return route_components_pb2.Route(
+            name=name, match=match,
+            direct_response=_json_response(503, f"model {model!r} is not served from region "
+                                                f"{local_region} or its failover regions"),
+            response_headers_to_add=[_header("content-type", "application/json")])
+    policy = config.policy_for(model, local_region)
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        route=route_components_pb2.RouteAction(
+            cluster=cluster_name(model),
+            timeout=_duration(policy.timeout),
+            retry_policy=_retry_policy(policy, len(chain)),
+        ),
+        # A body must be buffered to be retried; larger ones cannot fail over.
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=policy.max_request_bytes),
+    )
+
+
+def _json_response(status: int, message: str, **extra) -> route_components_pb2.DirectResponseAction:
+    body = json.dumps({"error": {"code": status, "message": message, **extra}}, sort_keys=True)
+    return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
+
+
+def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.RouteConfiguration:
+    routes: list[route_components_pb2.Route] = []
+    for model, spec in config.models.items():
+        verbs = PUBLISHER_VERBS if spec.publisher_model else VERBS
+        routes.append(_model_route(config, model, local_region, f"model:{model}", route_components_pb2.RouteMatch(
+            safe_regex=_regex(f"^/v1/models/{_re_escape(model)}:({_alternation(list(verbs))})$"))))
+        if spec.publisher_model:
+            publisher, name = spec.publisher_model.split("/", 1)
+            native = (f"^/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
+                      f"/models/{_re_escape(name)}:({_alternation(list(verbs))})$")
+        else:
+            ids = sorted(set(spec.endpoints.values()))
+            native = (f"^/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})"
+                      f":({_alternation(list(verbs))})$")
+        routes.append(_model_route(config, model, local_region, f"native:{model}",
+                                   route_components_pb2.RouteMatch(safe_regex=_regex(native))))
+    routes.append(_model_route(config, config.default_model, local_region, "predict",
+                               route_components_pb2.RouteMatch(path="/predict")))
+    routes.append(route_components_pb2.Route(
+        name="not-found",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=_json_response(
+            404, "no such path on this gateway",
+            paths=["POST /v1/models/{model}:{verb}", "POST /predict",
+                   "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}"],
+            models=sorted(config.models), verbs=list(VERBS)),
+        response_headers_to_add=[_header("content-type", "application/json")],
+    ))
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(
+            name="vertex",
+            domains=["*"],
+            routes=routes,
+            include_attempt_count_in_response=True,
+            request_headers_to_remove=list(TEMP_HEADERS),
+            response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
+        )],
+    )
+
+
+# --------------------------------------------------------------------------- listener
+
+
+def listener(group: NodeGroup) -> listener_pb2.Listener:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix="ingress",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=[hcm_pb2.HttpFilter(
+            name="envoy.filters.http.router",
+            # Vertex need not see Envoy's own x-envoy-* request headers.
+            typed_config=_any(router_pb2.Router(suppress_envoy_headers=True)))],
+    )
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=_socket(group.listen_address, group.listen_port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=_any(manager))])],
+    )
+
+
+# --------------------------------------------------------------------------- everything
+
+
+def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Message]]:
+    """Every resource one Envoy (of this node group) is served, by type URL."""
+    clusters: list[Message] = []
+    endpoints: list[Message] = []
+    for model in config.models:
+        chain = failover_chain(config, model, group.region)
+        if not chain:
+            continue
+        clusters.append(aggregate_cluster(config, model, group.region))
+        for region in chain:
+            clusters.append(region_cluster(config, model, region))
+            if _is_ip(config.regions[region].address):
+                endpoints.append(load_assignment(config, model, region))
+    return {
+        SECRET_TYPE: [],
+        CLUSTER_TYPE: clusters,
+        ENDPOINT_TYPE: endpoints,
+        LISTENER_TYPE: [listener(group)],
+        ROUTE_TYPE: [route_configuration(config, group.region)],
+    }
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,138 @@
+"""Immutable, consistent sets of serialized resources, versioned by content hash.
+
+A resource is serialized once: its version is the hash of those bytes, and the bytes,
+already framed as a DiscoveryResponse `resources` entry, are shared by every stream
+that sends it. Two control-plane replicas given the same config produce the same
+versions, so an Envoy moving between them is not re-sent anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import any_pb2
+from google.protobuf.internal.encoder import _VarintBytes
+from google.protobuf.message import Message
+
+from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
+
+_RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    type_url: str
+    version: str  # content hash of the serialized message
+    message: Message = field(repr=False, compare=False)
+    any_bytes: bytes = field(repr=False, compare=False)  # serialized google.protobuf.Any
+
+    @property
+    def response_entry(self) -> bytes:
+        """This resource framed as one `resources` entry of a DiscoveryResponse."""
+        return _RESOURCES_FIELD_TAG + _VarintBytes(len(self.any_bytes)) + self.any_bytes
+
+
+def resource_name(message: Message) -> str:
+    return getattr(message, "cluster_name", "") or message.name
+
+
+class Interner:
+    """Serializes each distinct resource once; equal content yields the same Resource object.
+
+    Entries unused by the latest generation are dropped by `retain`, so memory follows the
+    config in force rather than every config ever loaded.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str, str], Resource] = {}
+
+    def intern(self, type_url: str, message: Message) -> Resource:
+        data = message.SerializeToString(deterministic=True)
+        version = hashlib.sha256(data).hexdigest()[:16]
+        name = resource_name(message)
+        key = (type_url, name, version)
+        found = self._by_key.get(key)
+        if found is None:
+            packed = any_pb2.Any(type_url=type_url, value=data)
+            found = Resource(name, type_url, version, message, packed.SerializeToString(deterministic=True))
+            self._by_key[key] = found
+        return found
+
+    def retain(self, live: Iterable[Resource]) -> None:
+        keep = {(r.type_url, r.name, r.version) for r in live}
+        self._by_key = {k: v for k, v in self._by_key.items() if k in keep}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+class InconsistentSnapshot(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    resources: Mapping[str, Mapping[str, Resource]]  # type URL -> name -> resource
+
+    @classmethod
+    def build(cls, built: Mapping[str, list[Message]], interner: Interner) -> Snapshot:
+        snapshot = cls({type_url: {r.name: r for r in (interner.intern(type_url, m) for m in built.get(type_url, []))}
+                        for type_url in PUSH_ORDER})
+        snapshot.check_consistent()
+        return snapshot
+
+    def select(self, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
+        """All resources of a type (names None: wildcard), or the named ones that exist."""
+        of_type = self.resources.get(type_url, {})
+        if names is None:
+            return [of_type[name] for name in sorted(of_type)]
+        return [of_type[name] for name in sorted(set(names)) if name in of_type]
+
+    def all(self) -> Iterable[Resource]:
+        for of_type in self.resources.values():
+            yield from of_type.values()
+
+    def check_consistent(self) -> None:
+        """Every name a resource refers to is in the snapshot: Envoy would wait on it forever."""
+        missing: list[str] = []
+        clusters = self.resources.get(CLUSTER_TYPE, {})
+        endpoints = self.resources.get(ENDPOINT_TYPE, {})
+        routes = self.resources.get(ROUTE_TYPE, {})
+        for cluster in clusters.values():
+            msg: cluster_pb2.Cluster = cluster.message
+            if msg.type == cluster_pb2.Cluster.EDS:
+                wanted = msg.eds_cluster_config.service_name or msg.name
+                if wanted not in endpoints:
+                    missing.append(f"cluster {msg.name} needs endpoints {wanted}")
+        for listener in self.resources.get(LISTENER_TYPE, {}).values():
+            for route_name in _rds_names(listener.message):
+                if route_name not in routes:
+                    missing.append(f"listener {listener.name} needs route config {route_name}")
+        if missing:
+            raise InconsistentSnapshot("; ".join(missing))
+
+
+def type_version(resources: list[Resource]) -> str:
+    """The version of a selection: a hash over (name, version), so equal content => equal version."""
+    digest = hashlib.sha256()
+    for resource in resources:
+        digest.update(f"{resource.name}\0{resource.version}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _rds_names(listener: listener_pb2.Listener) -> list[str]:
+    names = []
+    for chain in listener.filter_chains:
+        for flt in chain.filters:
+            if flt.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                manager = hcm_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(manager)
+                if manager.HasField("rds"):
+                    names.append(manager.rds.route_config_name)
+    return names

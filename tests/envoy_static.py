@@ -1,0 +1,34 @@
+"""Turn built xDS resources into one static Envoy config, for `envoy --mode validate`."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+
+def static_config(resources: dict) -> dict:
+    assignments = {la.cluster_name: la for la in resources[ENDPOINT_TYPE]}
+    routes = {rc.name: rc for rc in resources[ROUTE_TYPE]}
+    clusters = []
+    for cluster in resources[CLUSTER_TYPE]:
+        data = json_format.MessageToDict(cluster)
+        if data.get("type") == "EDS":  # inline what EDS would deliver
+            data.pop("edsClusterConfig")
+            data["type"] = "STATIC"
+            data["loadAssignment"] = json_format.MessageToDict(assignments[cluster.name])
+        clusters.append(data)
+    listeners = []
+    for listener in resources[LISTENER_TYPE]:
+        data = json_format.MessageToDict(listener)
+        for chain in data["filterChains"]:
+            for flt in chain["filters"]:
+                hcm = flt["typedConfig"]
+                if "rds" in hcm:
+                    hcm["routeConfig"] = json_format.MessageToDict(routes[hcm.pop("rds")["routeConfigName"]])
+        listeners.append(data)
+    return {
+        "node": {"id": "validate", "cluster": "vertex-gateway"},
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
+        "staticResources": {"listeners": listeners, "clusters": clusters},
+    }
