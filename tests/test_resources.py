@@ -1,0 +1,163 @@
+"""Config -> Envoy resources, without Envoy running (but checked by `envoy --mode validate`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from google.protobuf import json_format
+
+from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
+from control_plane.config import parse_config
+from control_plane.envoy_process import envoy_binary
+from control_plane.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    NodeGroup,
+    build_resources,
+    failover_chain,
+)
+from control_plane.snapshot import Interner, Snapshot, type_version
+
+from .envoy_static import static_config
+
+CONFIG = """
+project: p-123
+listener: {port: 8080}
+regions:
+  us-central1:
+    address: 10.128.0.10
+    failover: [us-east4, europe-west4]
+  us-east4:
+    address: 10.150.0.10
+    port: 8443
+    host: vertex.east.internal
+    failover: [us-central1]
+  europe-west4:
+    address: psc.europe.internal
+    tls: false
+    failover: [us-central1]
+models:
+  housing:
+    default: true
+    endpoints: {us-central1: "111", us-east4: "222", europe-west4: "333"}
+  churn:
+    endpoints: {us-east4: "444"}
+"""
+
+
+@pytest.fixture(scope="module")
+def config():
+    return parse_config(CONFIG)
+
+
+def by_name(messages):
+    return {getattr(m, "cluster_name", "") or m.name: m for m in messages}
+
+
+def test_failover_chain_is_local_first_then_the_regions_failover_list(config):
+    assert failover_chain(config, "housing", "us-central1") == ["us-central1", "us-east4", "europe-west4"]
+    assert failover_chain(config, "housing", "us-east4") == ["us-east4", "us-central1"]
+    # a model with no endpoint in the local region starts at the first failover region serving it
+    assert failover_chain(config, "churn", "us-central1") == ["us-east4"]
+    assert failover_chain(config, "churn", "europe-west4") == []
+
+
+def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = by_name(res[CLUSTER_TYPE])
+    agg = json_format.MessageToDict(clusters["model/housing"])
+    assert agg["clusterType"]["typedConfig"]["clusters"] == [
+        "model/housing@us-central1", "model/housing@us-east4", "model/housing@europe-west4"]
+    filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.header_mutation", "envoy.filters.http.lua", "envoy.filters.http.upstream_codec"]
+    budget = agg["circuitBreakers"]["thresholds"][0]["retryBudget"]
+    assert budget["budgetPercent"]["value"] == 100.0
+
+
+def test_region_cluster_endpoint_metadata_tls_and_eds(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    east = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing@us-east4"])
+    assert east["type"] == "EDS"
+    tls = east["transportSocket"]["typedConfig"]
+    assert tls["sni"] == "vertex.east.internal"
+    assert tls["commonTlsContext"]["validationContext"]["matchTypedSubjectAltNames"][0]["matcher"]["exact"] \
+        == "vertex.east.internal"
+    assert east["commonLbConfig"]["updateMergeWindow"] == "0s"
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/housing@us-east4"])
+    ep = la["endpoints"][0]["lbEndpoints"][0]
+    assert ep["endpoint"]["address"]["socketAddress"] == {"address": "10.150.0.10", "portValue": 8443}
+    assert ep["metadata"]["filterMetadata"]["vertex"] == {
+        "region": "us-east4", "host": "vertex.east.internal",
+        "endpoint_path": "/v1/projects/p-123/locations/us-east4/endpoints/222"}
+
+
+def test_hostname_address_is_resolved_by_envoy_not_eds(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    europe = by_name(res[CLUSTER_TYPE])["model/housing@europe-west4"]
+    assert json_format.MessageToDict(europe)["type"] == "STRICT_DNS"
+    assert "transportSocket" not in json_format.MessageToDict(europe)  # tls: false
+    assert "model/housing@europe-west4" not in by_name(res[ENDPOINT_TYPE])
+    md = json_format.MessageToDict(europe.load_assignment)["endpoints"][0]["lbEndpoints"][0]["metadata"]
+    assert md["filterMetadata"]["vertex"]["host"] == "europe-west4-aiplatform.googleapis.com"
+
+
+def test_routes_cover_the_client_paths(config):
+    res = build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080))
+    vhost = json_format.MessageToDict(res[ROUTE_TYPE][0])["virtualHosts"][0]
+    routes = {r["name"]: r for r in vhost["routes"]}
+    assert routes["model:housing"]["match"]["safeRegex"]["regex"].startswith("^/v1/models/housing:(predict|")
+    assert "(111|222|333)" in routes["native:housing"]["match"]["safeRegex"]["regex"]
+    assert routes["predict"]["match"]["path"] == "/predict"
+    assert routes["predict"]["route"]["cluster"] == "model/housing"
+    assert routes["not-found"]["directResponse"]["status"] == 404
+    body = json.loads(routes["not-found"]["directResponse"]["body"]["inlineString"])
+    assert "POST /v1/models/{model}:{verb}" in body["error"]["paths"]
+    assert vhost["includeAttemptCountInResponse"] is True
+    assert set(vhost["requestHeadersToRemove"]) == {"x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region"}
+    retry = routes["model:housing"]["route"]["retryPolicy"]
+    assert retry["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert retry["numRetries"] == 1  # two regions reachable from us-east4: one retry, never a revisit
+
+
+def test_unreachable_model_gets_a_json_503_route(config):
+    res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert routes["model:churn"].direct_response.status == 503
+    assert "model/churn" not in by_name(res[CLUSTER_TYPE])
+
+
+def test_listener_address_comes_from_the_node_group(config):
+    res = build_resources(config, NodeGroup("us-east4", "127.0.0.7", 9090))
+    sock = res[LISTENER_TYPE][0].address.socket_address
+    assert (sock.address, sock.port_value) == ("127.0.0.7", 9090)
+
+
+def test_building_is_pure_and_versions_are_content_hashes(config):
+    group = NodeGroup("us-central1", "0.0.0.0", 8080)
+    first = Snapshot.build(build_resources(config, group), Interner())
+    second = Snapshot.build(build_resources(parse_config(CONFIG), group), Interner())
+    for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
+        assert type_version(first.select(type_url)) == type_version(second.select(type_url))
+    # a sub-cluster is the same resource whichever region's Envoy gets it: shared, one serialization
+    interner = Interner()
+    a = Snapshot.build(build_resources(config, group), interner)
+    b = Snapshot.build(build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080)), interner)
+    assert a.resources[CLUSTER_TYPE]["model/housing@us-east4"] is b.resources[CLUSTER_TYPE]["model/housing@us-east4"]
+    assert a.resources[CLUSTER_TYPE]["model/housing"].version != b.resources[CLUSTER_TYPE]["model/housing"].version
+
+
+@pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
+def test_envoy_accepts_the_generated_config(config, region, tmp_path):
+    static = static_config(build_resources(config, NodeGroup(region, "127.0.0.1", 8080)))
+    static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
+        "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static))
+    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,226 @@
+"""The ADS server over real gRPC, with a scripted client speaking the xDS protocol."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from control_plane.app import ControlPlane
+from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+from .harness import write_config
+
+BASE = {
+    "project": "p-1",
+    "listener": {"port": 8080},
+    "regions": {
+        "us-central1": {"address": "127.0.0.1", "port": 9001, "tls": False, "failover": ["us-east4"]},
+        "us-east4": {"address": "127.0.0.2", "port": 9001, "tls": False, "failover": ["us-central1"]},
+    },
+    "models": {"housing": {"default": True, "endpoints": {"us-central1": "111", "us-east4": "222"}}},
+}
+METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+
+class AdsClient:
+    """A minimal Envoy stand-in: sends DiscoveryRequests, reads DiscoveryResponses."""
+
+    def __init__(self, address: str, region: str = "us-central1", node_id: str = "envoy-test"):
+        self.channel = grpc.aio.insecure_channel(address)
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.node = base_pb2.Node(id=node_id, cluster="vertex-gateway",
+                                  metadata=struct_pb2.Struct(fields={"region": struct_pb2.Value(string_value=region)}))
+        call = self.channel.stream_stream(METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                          response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+        self.call = call(self._iterate())
+        self.first = True
+
+    async def _iterate(self):
+        while True:
+            request = await self.requests.get()
+            if request is None:
+                return
+            yield request
+
+    def send(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None):
+        request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names),
+                                                 version_info=version, response_nonce=nonce)
+        if self.first:
+            request.node.CopyFrom(self.node)
+            self.first = False
+        if error:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self.requests.put_nowait(request)
+
+    async def recv(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
+        return await asyncio.wait_for(self.call.read(), timeout)
+
+    def ack(self, response, names=()):
+        self.send(response.type_url, names, version=response.version_info, nonce=response.nonce)
+
+    async def close(self):
+        self.requests.put_nowait(None)
+        self.call.cancel()
+        await self.channel.close()
+
+
+@pytest.fixture
+async def plane(tmp_path):
+    path = write_config(tmp_path / "regions.yaml", BASE)
+    plane = ControlPlane(path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False)
+    await plane.start()
+    yield plane
+    await plane.stop()
+
+
+@pytest.fixture
+async def client(plane):
+    client = AdsClient(f"127.0.0.1:{plane.xds_port}")
+    yield client
+    await client.close()
+
+
+def names(response):
+    out = []
+    for res in response.resources:
+        msg = cluster_pb2.Cluster() if res.type_url == CLUSTER_TYPE else None
+        if msg is not None:
+            res.Unpack(msg)
+            out.append(msg.name)
+    return sorted(out)
+
+
+async def until(condition, timeout: float = 5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)  # yields to the server on this loop; bounded by the deadline
+
+
+def types(plane, node_id="envoy-test"):
+    return plane.clients.by_node(node_id)[0].to_dict()["types"]
+
+
+async def test_initial_request_ack_and_status(plane, client):
+    client.send(CLUSTER_TYPE)
+    cds = await client.recv()
+    assert cds.type_url == CLUSTER_TYPE and cds.nonce and cds.version_info
+    assert names(cds) == ["model/housing", "model/housing@us-central1", "model/housing@us-east4"]
+    assert types(plane)["Cluster"]["status"] == "STALE"
+    client.ack(cds)
+    client.send(ENDPOINT_TYPE, ["model/housing@us-east4"])
+    eds = await client.recv()
+    assert len(eds.resources) == 1  # only what was asked for
+    assert types(plane)["Cluster"]["status"] == "SYNCED"
+    assert types(plane)["Cluster"]["version_acked"] == cds.version_info
+
+
+async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, client, tmp_path):
+    client.send(CLUSTER_TYPE)
+    cds = await client.recv()
+    client.send(LISTENER_TYPE)
+    lds = await client.recv()
+    client.ack(lds)
+    client.send(CLUSTER_TYPE, version="", nonce=cds.nonce, error="cluster rejected: bad thing")
+    await until(lambda: types(plane)["Cluster"]["status"] == "NACKED")
+    # a change that leaves clusters alone: the next response must be the listener, not CDS again
+    write_config(plane.config_path, {**BASE, "listener": {"port": 8081}})
+    assert plane.reload()
+    nxt = await client.recv()
+    assert nxt.type_url == LISTENER_TYPE
+    state = types(plane)["Cluster"]
+    assert state["status"] == "NACKED" and state["nack_error"] == "cluster rejected: bad thing"
+    assert plane.metrics.nacks.labels("Cluster")._value.get() == 1
+    # a new cluster version is sent, and its ACK clears the NACKED status
+    changed = {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}}
+    write_config(plane.config_path, {**changed, "listener": {"port": 8081}})
+    assert plane.reload()
+    fixed = await client.recv()
+    assert fixed.type_url == CLUSTER_TYPE and fixed.version_info != cds.version_info
+    client.ack(fixed)
+    client.ack(nxt)
+    client.send(ROUTE_TYPE, ["vertex"])
+    await client.recv()
+    assert types(plane)["Cluster"]["status"] == "SYNCED"
+
+
+async def test_stale_nonce_is_ignored(plane, client):
+    client.send(CLUSTER_TYPE)
+    first = await client.recv()
+    write_config(plane.config_path, {**BASE, "models": {"housing": {
+        "default": True, "endpoints": {"us-central1": "111"}}}})
+    assert plane.reload()
+    second = await client.recv()
+    assert second.nonce != first.nonce
+    # an ACK of the first response arrives late: it must not mark the second one ACKed
+    client.ack(first)
+    client.send(LISTENER_TYPE)
+    await client.recv()
+    state = types(plane)["Cluster"]
+    assert state["status"] == "STALE" and state["version_acked"] == ""
+
+
+async def test_reload_pushes_only_the_types_that_changed(plane, client):
+    for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+        client.send(type_url)
+        client.ack(await client.recv())
+    client.send(ROUTE_TYPE, ["vertex"])
+    routes = await client.recv()
+    client.ack(routes, ["vertex"])
+    # a failover-order change touches routes? no: it changes the aggregate cluster only
+    write_config(plane.config_path, {**BASE, "policy": {"timeout": "30s"}})
+    assert plane.reload()
+    changed = await client.recv()
+    assert changed.type_url == ROUTE_TYPE and changed.version_info != routes.version_info
+    client.ack(changed, ["vertex"])
+    assert plane.metrics.pushes.labels("Cluster", "sotw")._value.get() == 1
+
+
+async def test_unknown_region_gets_nothing_and_says_why(plane):
+    stranger = AdsClient(f"127.0.0.1:{plane.xds_port}", region="mars-north1", node_id="envoy-mars")
+    try:
+        stranger.send(CLUSTER_TYPE)
+        with pytest.raises(asyncio.TimeoutError):
+            await stranger.recv(timeout=0.5)
+        entry = types(plane, "envoy-mars")
+        assert entry["Cluster"]["status"] == "NOT_SENT"
+        assert "mars-north1" in plane.clients.by_node("envoy-mars")[0].error
+    finally:
+        await stranger.close()
+
+
+async def test_two_replicas_serve_identical_versions(plane, client, tmp_path):
+    other = ControlPlane(plane.config_path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False)
+    await other.start()
+    second = AdsClient(f"127.0.0.1:{other.xds_port}")
+    try:
+        for c in (client, second):
+            c.send(CLUSTER_TYPE)
+        a, b = await client.recv(), await second.recv()
+        assert a.version_info == b.version_info
+        assert a.resources == b.resources
+    finally:
+        await second.close()
+        await other.stop()
+
+
+async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
+    client.send(CLUSTER_TYPE)
+    cds = await client.recv()
+    version = plane.cache.config.version
+    plane.config_path.write_text("regions: [oops\n")
+    assert not plane.reload()
+    assert plane.cache.config.version == version
+    assert not plane.last_reload["ok"] and "invalid YAML" in plane.last_reload["errors"][0]
+    assert plane.metrics.reloads.labels("failed")._value.get() == 1
+    write_config(plane.config_path, {**BASE, "policy": {"num_retries": 1}})
+    assert plane.reload()
+    assert plane.last_reload["ok"]
+    assert cds.version_info  # the stream is still open and served
