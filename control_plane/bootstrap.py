@@ -14,7 +14,7 @@ RE2_MAX_PROGRAM_SIZE = 100_000
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 

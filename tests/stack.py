@@ -1,0 +1,95 @@
+"""A whole gateway for end-to-end tests: Vertex emulators per region, the control plane,
+and one real Envoy per requested region, all on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import requests
+
+from control_plane.emulator import EmulatorThread, VertexEmulator
+from control_plane.envoy_process import EnvoyProcess
+
+from .harness import ControlPlaneThread, free_port, wait_for, write_config
+
+PROJECT = "p-e2e"
+ENDPOINT_IDS = {"us-central1": "1001", "us-east4": "2002", "europe-west4": "3003"}
+DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["us-central1"],
+                    "europe-west4": ["us-central1"]}
+
+
+class Stack:
+    def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
+                 delta: bool = False):
+        self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
+        self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"})
+                          for r in regions}
+        self.emulator_thread = EmulatorThread(self.emulators.values()).__enter__()
+        self.config = {
+            "project": PROJECT,
+            "listener": {"port": 8080},
+            "regions": {r: {"address": "127.0.0.1", "port": e.port, "tls": False,
+                            "failover": [f for f in DEFAULT_FAILOVER[r] if f in regions]}
+                        for r, e in self.emulators.items()},
+            "models": {
+                "housing": {"default": True, "endpoints": {r: ENDPOINT_IDS[r] for r in regions}},
+                "churn": {"endpoints": {r: str(int(ENDPOINT_IDS[r]) + 1) for r in regions}},
+            },
+        }
+        _merge(self.config, extra or {})
+        self.config_path = write_config(self.dir / "regions.yaml", self.config)
+        self.plane = ControlPlaneThread(self.config_path)
+        self.envoys: dict[str, EnvoyProcess] = {}
+        try:
+            for region in envoys:
+                envoy = EnvoyProcess(region, self.plane.xds_address, f"127.0.0.1:{free_port()}",
+                                     delta=delta, workdir=self.dir)
+                self.envoys[region] = envoy.start()
+            for envoy in self.envoys.values():
+                envoy.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def url(self, path: str, region: str = "us-central1") -> str:
+        return f"http://{self.envoys[region].listen}{path}"
+
+    def post(self, path: str, region: str = "us-central1", **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return requests.post(self.url(path, region), **kwargs)
+
+    def update_config(self, change: dict) -> None:
+        """Edit regions.yaml as an operator would and wait until the control plane applied it."""
+        config = copy.deepcopy(self.config)
+        _merge(config, change)
+        self.config = config
+        write_config(self.config_path, config)
+        assert self.plane.reload()
+
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        def synced():
+            clients = requests.get(self.plane.admin_url + "/debug/clients", timeout=5).json()["clients"]
+            return len(clients) >= len(self.envoys) and all(
+                t["status"] == "SYNCED" for c in clients for t in c["types"].values())
+        wait_for(synced, timeout, what="every Envoy SYNCED")
+
+    def reset(self) -> None:
+        for emulator in self.emulators.values():
+            emulator.fail("none")
+            emulator.clear()
+
+    def close(self) -> None:
+        for envoy in self.envoys.values():
+            envoy.stop()
+        self.plane.close()
+        self.emulator_thread.__exit__(None, None, None)
+
+
+def _merge(into: dict, change: dict) -> None:
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
