@@ -98,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")
     demo.add_argument("--config", help="regions.yaml for the demo (default: the shipped demo config)")
-    demo.add_argument("--base-ip", default="127.0.0.1", help="demo binds 127.0.0.x addresses")
+    demo.add_argument("--loopback-prefix", default="127.0.0", metavar="127.0.N",
+                      help="bind the demo under this /24 of the loopback range (default 127.0.0)")
+    demo.add_argument("--xds-port", type=int, default=18000)
+    demo.add_argument("--admin-port", type=int, default=18001)
     demo.set_defaults(func=_demo)
     return top
 
@@ -106,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file event at INFO
     return args.func(args)
 
 

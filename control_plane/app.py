@@ -114,8 +114,11 @@ class ControlPlane:
     async def _watch_file(self) -> None:
         # Watch the directory: editors and Kubernetes ConfigMaps replace the file, not write it.
         directory = self.config_path.resolve().parent
+        # "..data" is the symlink a Kubernetes ConfigMap volume swaps on update.
+        names = {self.config_path.name, "..data"}
         async for _changes in awatch(directory, stop_event=self._stop_watch, debounce=50, step=10,
-                                     recursive=False, ignore_permission_denied=True):
+                                     recursive=False, ignore_permission_denied=True,
+                                     watch_filter=lambda _change, path: Path(path).name in names):
             if self.config_path.exists():
                 self.reload()
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"bad duration {value!r}: use a number with a unit, e.g. 20s or 500ms")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
     if seconds < 0:
         raise ValueError(f"bad duration {value!r}: must not be negative")
     return seconds
@@ -46,7 +49,9 @@ def parse_duration(value: Any) -> float:
 
 def check_address(value: Any) -> str:
     """An IP literal or a DNS hostname (a PSC forwarding rule or a private DNS name)."""
-    text = str(value).strip()
+    if not isinstance(value, str):  # `address:` (null) or `true` must not become the hostname "None"/"True"
+        raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
+    text = value.strip()
     try:
         ipaddress.ip_address(text)
         return text
@@ -69,50 +74,64 @@ class _Strict(BaseModel):
 
 class OutlierDetection(_Strict):
     consecutive_5xx: int = Field(3, ge=1)
-    interval: Duration = 5.0
-    base_ejection_time: Duration = 30.0
+    interval: Duration = Field(5.0, gt=0)  # Envoy rejects a zero interval / ejection time
+    base_ejection_time: Duration = Field(30.0, gt=0)
     max_ejection_percent: int = Field(100, ge=0, le=100)
     # A region answering 429 is out of capacity: skipping it beats paying a wasted attempt.
     eject_on_429: bool = True
+
+
+_RETRY_ON = {"5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
+             "refused-stream", "reset-before-request", "envoy-ratelimited", "http3-post-connect-failure"}
+
+
+def _check_retry_on(value: list[str] | None) -> list[str] | None:
+    for item in value or []:
+        if item not in _RETRY_ON:
+            raise ValueError(f"unknown retry_on {item!r} (allowed: {', '.join(sorted(_RETRY_ON))})")
+    return value
+
+
+StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
 class PolicyOverride(_Strict):
     """Any subset of the policy keys; used by a region or a model to override the defaults."""
 
     timeout: Duration | None = None
-    per_try_timeout: Duration | None = None
+    per_try_timeout: Annotated[Duration, Field(gt=0)] | None = None
     num_retries: int | None = Field(None, ge=0, le=10)
     retry_on: list[str] | None = None
-    retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] | None = None
+    retriable_status_codes: list[StatusCode] | None = None
     outlier_detection: OutlierDetection | None = None
     # Retried bodies must be buffered; larger ones get a 413 instead of a retry-less forward.
     max_request_bytes: int | None = Field(None, ge=1024)
 
-    @field_validator("retry_on")
-    @classmethod
-    def _known_retry_on(cls, value: list[str] | None) -> list[str] | None:
-        allowed = {"5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
-                   "refused-stream", "reset-before-request", "envoy-ratelimited", "http3-post-connect-failure"}
-        for item in value or []:
-            if item not in allowed:
-                raise ValueError(f"unknown retry_on {item!r} (allowed: {', '.join(sorted(allowed))})")
-        return value
+    _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
 
 class Policy(_Strict):
     timeout: Duration = 60.0
-    per_try_timeout: Duration = 20.0
+    per_try_timeout: Duration = Field(20.0, gt=0)  # also caps connect_timeout, which Envoy needs > 0
     num_retries: int = Field(2, ge=0, le=10)
     retry_on: list[str] = ["5xx", "reset", "connect-failure", "retriable-status-codes"]
-    retriable_status_codes: list[int] = [429]
+    retriable_status_codes: list[StatusCode] = [429]
     outlier_detection: OutlierDetection = OutlierDetection()
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
     def merged(self, *overrides: PolicyOverride | None) -> Policy:
         data = self.model_dump()
         for override in overrides:
             if override is not None:
-                data.update(override.model_dump(exclude_none=True))
+                # Only the keys the operator wrote; outlier_detection merges key by key, so a
+                # region overriding consecutive_5xx keeps the default policy's interval.
+                for key, value in override.model_dump(exclude_unset=True, exclude_none=True).items():
+                    if isinstance(value, dict) and isinstance(data.get(key), dict):
+                        data[key] = {**data[key], **value}
+                    else:
+                        data[key] = value
         return Policy.model_validate(data)
 
 
@@ -132,7 +151,7 @@ class Region(_Strict):
 
 
 class Model(_Strict):
-    default: bool = False
+    default: StrictBool = False  # `default: yes` is a string in YAML 1.2; say so rather than "no default"
     endpoints: dict[str, Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]] = {}
     publisher_model: str | None = None
     regions: list[str] = []
@@ -150,7 +169,8 @@ class Auth(_Strict):
 
 
 class RegionConfig(_Strict):
-    project: str = Field(min_length=1)
+    # "id or number": an unquoted project number arrives as an int
+    project: Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)] = Field(min_length=1)
     listener: Listener = Listener()
     regions: dict[str, Region]
     models: dict[str, Model]
@@ -197,6 +217,8 @@ def load_config(path: str | Path) -> RegionConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(path), "", f"cannot read: not UTF-8 text ({exc.reason})")]) from exc
     return parse_config(text, str(path))
 
 
@@ -212,7 +234,7 @@ def parse_config(text: str, file: str = "regions.yaml") -> RegionConfig:
     if raw is None or (isinstance(raw, (dict, list, str)) and not raw):
         raise ConfigError([Problem(file, "", "the file is empty: expected project, regions and models")])
     if not isinstance(raw, dict):
-        raise ConfigError([Problem(file, "", f"expected a mapping at the top, got {type(raw).__name__}")])
+        raise ConfigError([Problem(file, "", f"expected a mapping at the top, got {'a list' if isinstance(raw, list) else type(raw).__name__}")])
 
     problems: list[Problem] = []
     config: RegionConfig | None = None
@@ -249,6 +271,8 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         seen: set = set()
         for i, target in enumerate(failover):
             loc = ("regions", name, "failover", i)
+            if not isinstance(target, str):
+                continue  # pydantic reports the type; a nested list is unhashable below
             if target == name:
                 out.append((loc, f"region {name!r} cannot fail over to itself"))
             elif target not in region_names:

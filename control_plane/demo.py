@@ -1,0 +1,123 @@
+"""`python -m control_plane demo`: the whole stack on one machine.
+
+Per region in the demo config: a Vertex emulator (standing in for the region's PSC
+endpoint) and an Envoy; one control plane programs every Envoy over ADS. Everything
+binds 127.0.0.x; Ctrl-C stops every process this started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import tempfile
+from importlib import resources as package_files
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from .app import ControlPlane
+from .config import load_config
+from .emulator import VertexEmulator
+from .envoy_process import EnvoyProcess
+
+log = logging.getLogger(__name__)
+
+ENVOY_PORT = 8080
+EMULATOR_CONTROL_PORT = 8001
+
+
+def _prepare_config(source: Path | None, prefix: str, workdir: Path) -> Path:
+    """Copy the demo config into workdir, moving 127.0.0.x addresses under `prefix`."""
+    yaml = YAML()  # round-trip: the copy keeps the shipped comments
+    text = source.read_text() if source else package_files.files(__package__).joinpath(
+        "demo_regions.yaml").read_text()
+    data = yaml.load(text)
+    for region in data["regions"].values():
+        address = str(region["address"])
+        if address.startswith("127.0.0."):
+            region["address"] = f"{prefix}.{address.rsplit('.', 1)[1]}"
+    path = workdir / "regions.yaml"
+    with path.open("w") as out:
+        yaml.dump(data, out)
+    return path
+
+
+async def _run(args: argparse.Namespace) -> None:
+    prefix = args.loopback_prefix
+    workdir = Path(tempfile.mkdtemp(prefix="vertex-gateway-demo-"))
+    config_path = _prepare_config(Path(args.config) if args.config else None, prefix, workdir)
+    config = load_config(config_path)
+    plane = ControlPlane(config_path, xds_address=f"{prefix}.1:{args.xds_port}",
+                         admin_address=f"{prefix}.1:{args.admin_port}")
+    emulators: list[VertexEmulator] = []
+    envoys: list[EnvoyProcess] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await plane.start()
+        for index, (name, region) in enumerate(config.regions.items()):
+            ids = {m.endpoints[name]: model for model, m in config.models.items() if name in m.endpoints}
+            publishers = [m.publisher_model for m in config.models.values()
+                          if m.publisher_model and name in m.regions]
+            emulator = VertexEmulator(name, config.project, ids, publishers, host=region.address,
+                                      port=region.port, control_port=EMULATOR_CONTROL_PORT)
+            await emulator.start()
+            emulators.append(emulator)
+            envoy = EnvoyProcess(name, f"{prefix}.1:{plane.xds_port}", f"{prefix}.{21 + index}:{ENVOY_PORT}",
+                                 workdir=workdir / "envoy", log_level="warning")
+            envoys.append(envoy.start())
+        for envoy in envoys:
+            await asyncio.to_thread(envoy.wait_ready)
+        _print_banner(config, envoys, emulators, plane, config_path)
+        await stop.wait()
+    finally:
+        print("\nstopping: Envoys, emulators, control plane ...", flush=True)
+        for envoy in envoys:
+            await asyncio.to_thread(envoy.stop)
+        for emulator in emulators:
+            await emulator.stop()
+        await plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print_banner(config, envoys, emulators, plane, config_path) -> None:
+    first, first_emulator = envoys[0], emulators[0]
+    model = config.default_model
+    lines = [
+        "",
+        "Vertex gateway demo is up.",
+        f"  control plane: xDS {plane.xds_address.rpartition(':')[0]}:{plane.xds_port}, "
+        f"debug http://{plane.admin_address.rpartition(':')[0]}:{plane.admin_port}",
+    ]
+    for envoy, emulator in zip(envoys, emulators):
+        lines.append(f"  {envoy.region:<14} Envoy http://{envoy.listen}  ->  emulator {emulator.url} "
+                     f"(control {emulator.control_url})")
+    lines += [
+        "",
+        "Try:",
+        f"  curl -si http://{first.listen}/v1/models/{model}:predict -d '{{\"instances\": [[1, 2]]}}'",
+        f"  curl -si http://{first.listen}/predict -d '{{\"instances\": [[1, 2]]}}'",
+        "",
+        f"Make {first.region} fail, then repeat a curl (x-vertex-region shows who answered):",
+        f"  curl -s {first_emulator.control_url}/_emulator/fail -d '{{\"mode\": \"503\"}}'"
+        "     # or 429, 500, reset, hang, down",
+        f"  curl -s {first_emulator.control_url}/_emulator/fail -d '{{\"mode\": \"none\"}}'    # heal",
+        f"  curl -s {first_emulator.control_url}/_emulator/requests      # what the region received",
+        "",
+        "See what each Envoy runs:",
+        f"  curl -s http://{plane.admin_address.rpartition(':')[0]}:{plane.admin_port}/debug/clients",
+        f"Edit {config_path} while this runs: valid changes are pushed, broken ones rejected.",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    asyncio.run(_run(args))
+    return 0
