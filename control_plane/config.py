@@ -22,6 +22,8 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 VERBS = ("predict", "rawPredict", "streamRawPredict", "explain", "serverStreamingPredict")
 PUBLISHER_VERBS = ("generateContent", "streamGenerateContent", "countTokens", "rawPredict", "streamRawPredict")
+# Answered as a stream: no whole-response timeout, failover only before the first byte.
+STREAMING_VERBS = frozenset({"streamRawPredict", "serverStreamingPredict", "streamGenerateContent"})
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -20,28 +20,33 @@ import json
 from dataclasses import dataclass
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.common.matcher.v3 import matcher_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_mutation_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import percent_pb2
+from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from .config import PUBLISHER_VERBS, VERBS, Policy, RegionConfig
+from .config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -57,6 +62,7 @@ METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
 TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region")
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 
 # Runs once per attempt, after the host is chosen. :path may already hold the previous
 # attempt's rewrite (header edits persist across attempts), so only the verb and the query
@@ -121,6 +127,12 @@ def _any(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def _struct(data: dict) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(data)
+    return out
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -250,6 +262,18 @@ def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cl
             http_protocol_options=protocol_pb2.Http1ProtocolOptions()),
         http_filters=upstream_filters(),
     )
+    if config.policy_for(model, local_region).outlier_detection.eject_on_429:
+        # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
+        # requests skip the region instead of paying a wasted first attempt each. A matcher
+        # replaces the default "5xx is an error" rule, so 5xx is listed too.
+        def status(**match) -> matcher_pb2.MatchPredicate:
+            return matcher_pb2.MatchPredicate(http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[route_components_pb2.HeaderMatcher(name=":status", **match)]))
+
+        protocol.outlier_detection.error_matcher.CopyFrom(matcher_pb2.MatchPredicate(
+            or_match=matcher_pb2.MatchPredicate.MatchSet(rules=[
+                status(string_match=string_pb2.StringMatcher(exact="429")),
+                status(range_match=range_pb2.Int64Range(start=500, end=600))])))
     return cluster_pb2.Cluster(
         name=cluster_name(model),
         connect_timeout=_duration(5.0),
@@ -298,7 +322,7 @@ def _retry_policy(policy: Policy, attempts_available: int) -> route_components_p
 
 
 def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
-                 match: route_components_pb2.RouteMatch) -> route_components_pb2.Route:
+                 match: route_components_pb2.RouteMatch, streaming: bool = False) -> route_components_pb2.Route:
     chain = failover_chain(config, model, local_region)
     if not chain:
         return route_components_pb2.Route(
@@ -307,16 +331,27 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                                                 f"{local_region} or its failover regions"),
             response_headers_to_add=[_header("content-type", "application/json")])
     policy = config.policy_for(model, local_region)
+    action = route_components_pb2.RouteAction(cluster=cluster_name(model),
+                                              retry_policy=_retry_policy(policy, len(chain)))
+    retry = action.retry_policy
+    if streaming:
+        # A stream may rightly last longer than any whole-response timeout; what must be caught is
+        # an attempt that sends nothing (a hang before the first byte, or a stall mid-stream).
+        action.timeout.CopyFrom(_duration(0))
+        retry.ClearField("per_try_timeout")
+        retry.per_try_idle_timeout.CopyFrom(_duration(policy.per_try_timeout))
+    else:
+        action.timeout.CopyFrom(_duration(policy.timeout))
     return route_components_pb2.Route(
         name=name,
         match=match,
-        route=route_components_pb2.RouteAction(
-            cluster=cluster_name(model),
-            timeout=_duration(policy.timeout),
-            retry_policy=_retry_policy(policy, len(chain)),
-        ),
-        # A body must be buffered to be retried; larger ones cannot fail over.
+        route=action,
+        # A body must be buffered to be retried: the buffer filter holds up to this many bytes
+        # (413 beyond), and the router keeps that much for the retry.
         request_body_buffer_limit=wrappers_pb2.UInt64Value(value=policy.max_request_bytes),
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(
+            buffer=buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(
+                value=policy.max_request_bytes))))},
     )
 
 
@@ -329,18 +364,21 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     routes: list[route_components_pb2.Route] = []
     for model, spec in config.models.items():
         verbs = PUBLISHER_VERBS if spec.publisher_model else VERBS
-        routes.append(_model_route(config, model, local_region, f"model:{model}", route_components_pb2.RouteMatch(
-            safe_regex=_regex(f"^/v1/models/{_re_escape(model)}:({_alternation(list(verbs))})$"))))
         if spec.publisher_model:
             publisher, name = spec.publisher_model.split("/", 1)
             native = (f"^/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
-                      f"/models/{_re_escape(name)}:({_alternation(list(verbs))})$")
+                      f"/models/{_re_escape(name)}")
         else:
-            ids = sorted(set(spec.endpoints.values()))
-            native = (f"^/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})"
-                      f":({_alternation(list(verbs))})$")
-        routes.append(_model_route(config, model, local_region, f"native:{model}",
-                                   route_components_pb2.RouteMatch(safe_regex=_regex(native))))
+            native = (f"^/v1/projects/[^/]+/locations/[^/]+/endpoints/"
+                      f"({_alternation(sorted(set(spec.endpoints.values())))})")
+        for streaming in (False, True):
+            group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
+            suffix = ":stream" if streaming else ""
+            verb_re = f":({_alternation(group)})$"
+            routes.append(_model_route(config, model, local_region, f"model:{model}{suffix}", _regex_match(
+                f"^/v1/models/{_re_escape(model)}{verb_re}"), streaming))
+            routes.append(_model_route(config, model, local_region, f"native:{model}{suffix}", _regex_match(
+                native + verb_re), streaming))
     routes.append(_model_route(config, config.default_model, local_region, "predict",
                                route_components_pb2.RouteMatch(path="/predict")))
     routes.append(route_components_pb2.Route(
@@ -352,6 +390,7 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
                    "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}"],
             models=sorted(config.models), verbs=list(VERBS)),
         response_headers_to_add=[_header("content-type", "application/json")],
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))},
     ))
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
@@ -360,13 +399,54 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
             domains=["*"],
             routes=routes,
             include_attempt_count_in_response=True,
-            request_headers_to_remove=list(TEMP_HEADERS),
             response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
         )],
     )
 
 
+def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
+    return route_components_pb2.RouteMatch(safe_regex=_regex(pattern))
+
+
 # --------------------------------------------------------------------------- listener
+
+
+def _client_header_scrub() -> core_extension_pb2.TypedExtensionConfig:
+    """Before routing: drop what a client must not control. x-envoy-* would let it change
+    retries and timeouts (x-envoy-max-retries, x-envoy-upstream-rq-timeout-ms...); the
+    temporary x-vertex-* headers would let it pick the upstream path or host."""
+    mutations = [mutation_rules_pb2.HeaderMutation(remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
+        key_matcher=string_pb2.StringMatcher(prefix="x-envoy-")))]
+    mutations += [mutation_rules_pb2.HeaderMutation(remove=name) for name in TEMP_HEADERS]
+    return core_extension_pb2.TypedExtensionConfig(
+        name="envoy.http.early_header_mutation.header_mutation",
+        typed_config=_any(early_mutation_pb2.HeaderMutation(mutations=mutations)))
+
+
+def _local_replies() -> hcm_pb2.LocalReplyConfig:
+    """Errors Envoy itself produces (timeouts, no healthy region, body too large) as JSON, like
+    Vertex's own errors. Replies from Vertex pass through untouched."""
+    json_error = substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=_struct({"error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%",
+                                       "details": "%RESPONSE_CODE_DETAILS%"}}),
+        content_type="application/json")
+    too_large = substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=_struct({"error": {"code": 413, "message":
+                                       "request body larger than this gateway buffers for failover "
+                                       "(policy max_request_bytes)"}}),
+        content_type="application/json")
+    return hcm_pb2.LocalReplyConfig(mappers=[
+        hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
+                comparison=accesslog_pb2.ComparisonFilter(
+                    op=accesslog_pb2.ComparisonFilter.EQ,
+                    value=base_pb2.RuntimeUInt32(default_value=413, runtime_key="vertex_gateway.unused")))),
+            body_format_override=too_large),
+        hcm_pb2.ResponseMapper(
+            # Any response flag: no healthy upstream, timeout, connect failure, reset ...
+            filter=accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter()),
+            body_format_override=json_error),
+    ])
 
 
 def listener(group: NodeGroup) -> listener_pb2.Listener:
@@ -374,10 +454,18 @@ def listener(group: NodeGroup) -> listener_pb2.Listener:
         stat_prefix="ingress",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG_NAME),
-        http_filters=[hcm_pb2.HttpFilter(
-            name="envoy.filters.http.router",
-            # Vertex need not see Envoy's own x-envoy-* request headers.
-            typed_config=_any(router_pb2.Router(suppress_envoy_headers=True)))],
+        early_header_mutation_extensions=[_client_header_scrub()],
+        local_reply_config=_local_replies(),
+        http_filters=[
+            # Holds the whole body before the first attempt so every retry can resend it;
+            # the limit per route comes from the policy (BufferPerRoute).
+            hcm_pb2.HttpFilter(name=BUFFER_FILTER, typed_config=_any(buffer_pb2.Buffer(
+                max_request_bytes=wrappers_pb2.UInt32Value(value=Policy().max_request_bytes)))),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router",
+                # Vertex need not see Envoy's own x-envoy-* request headers.
+                typed_config=_any(router_pb2.Router(suppress_envoy_headers=True))),
+        ],
     )
     return listener_pb2.Listener(
         name=LISTENER_NAME,

@@ -118,7 +118,10 @@ def test_routes_cover_the_client_paths(config):
     body = json.loads(routes["not-found"]["directResponse"]["body"]["inlineString"])
     assert "POST /v1/models/{model}:{verb}" in body["error"]["paths"]
     assert vhost["includeAttemptCountInResponse"] is True
-    assert set(vhost["requestHeadersToRemove"]) == {"x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region"}
+    assert routes["model:housing:stream"]["route"]["timeout"] == "0s"  # streams: idle timeout per try instead
+    assert routes["model:housing:stream"]["route"]["retryPolicy"]["perTryIdleTimeout"] == "20s"
+    assert "streamRawPredict" in routes["model:housing:stream"]["match"]["safeRegex"]["regex"]
+    assert "streamRawPredict" not in routes["model:housing"]["match"]["safeRegex"]["regex"]
     retry = routes["model:housing"]["route"]["retryPolicy"]
     assert retry["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert retry["numRetries"] == 1  # two regions reachable from us-east4: one retry, never a revisit
@@ -135,6 +138,15 @@ def test_listener_address_comes_from_the_node_group(config):
     res = build_resources(config, NodeGroup("us-east4", "127.0.0.7", 9090))
     sock = res[LISTENER_TYPE][0].address.socket_address
     assert (sock.address, sock.port_value) == ("127.0.0.7", 9090)
+
+
+def test_listener_scrubs_client_control_headers_before_routing(config):
+    res = build_resources(config, NodeGroup("us-east4", "127.0.0.7", 9090))
+    hcm = json_format.MessageToDict(res[LISTENER_TYPE][0])["filterChains"][0]["filters"][0]["typedConfig"]
+    mutations = hcm["earlyHeaderMutationExtensions"][0]["typedConfig"]["mutations"]
+    assert {"removeOnMatch": {"keyMatcher": {"prefix": "x-envoy-"}}} in mutations
+    assert {m.get("remove") for m in mutations} >= {"x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region"}
+    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.buffer", "envoy.filters.http.router"]
 
 
 def test_building_is_pure_and_versions_are_content_hashes(config):
