@@ -71,28 +71,29 @@ class AdsServer:
         self.metrics.connected.labels("sotw").inc()
         log.info("xDS stream opened: node=%s peer=%s", stream.node_id, stream.peer)
         session = _SotwSession(self, stream)
+        pending: set[asyncio.Future] = set()
         try:
             for response in session.on_request(first):
                 yield response
             while True:
-                generation = self.cache.generation
                 next_request = asyncio.ensure_future(inbox.get())
-                change = asyncio.ensure_future(self.cache.wait_for_change(generation))
-                done, _ = await asyncio.wait({next_request, change}, return_when=asyncio.FIRST_COMPLETED)
+                change = asyncio.ensure_future(self.cache.wait_for_change(self.cache.generation))
+                pending = {next_request, change}
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in pending:
+                    future.cancel()
                 if change in done:
                     for response in session.on_change():
                         yield response
-                else:
-                    change.cancel()
                 if next_request in done:
                     request = next_request.result()
                     if request is None:
                         break
                     for response in session.on_request(request):
                         yield response
-                else:
-                    next_request.cancel()
         finally:
+            for future in pending:
+                future.cancel()
             reader.cancel()
             self.clients.close(stream)
             self.metrics.connected.labels("sotw").dec()
