@@ -10,7 +10,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
-from .resources import PUSH_ORDER
+from .resources import PUSH_ORDER, SECRET_TYPE
 
 if TYPE_CHECKING:
     from .app import ControlPlane
@@ -26,8 +26,17 @@ def _dumps(data) -> str:
 
 def admin_app(plane: ControlPlane) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
-        return _json({"status": "ok", "config_version": plane.cache.config.version,
-                      "clients": len(plane.clients.streams())})
+        reasons = plane.tokens.degraded_reasons()
+        waiting = plane.cache.missing_tokens()
+        if waiting:
+            reasons.append(f"waiting for the first access token of auth profile(s) {', '.join(waiting)}")
+        return _json({"status": "degraded" if reasons else "ok", "reasons": reasons,
+                      "config_version": plane.cache.config.version, "clients": len(plane.clients.streams())},
+                     status=503 if reasons else 200)
+
+    async def tokens(_: web.Request) -> web.Response:
+        return _json({"refresh_margin_seconds": plane.cache.config.auth.refresh_margin,
+                      "credentials": [state.to_dict() for state in plane.tokens.states]})
 
     async def clients(_: web.Request) -> web.Response:
         return _json({"config_version": plane.cache.config.version,
@@ -45,13 +54,13 @@ def admin_app(plane: ControlPlane) -> web.Application:
             group = node_group(stream.node, plane.cache.config)
         except UnknownRegion as exc:
             return _json({"node_id": node_id, "error": str(exc)}, status=409)
-        snapshot = plane.cache.snapshot(group)
         resources = {}
         for type_url in PUSH_ORDER:
             resources[type_url.rsplit(".", 1)[-1]] = [
                 {"name": r.name, "version": r.version,
-                 "resource": json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
-                for r in snapshot.select(type_url)]
+                 "resource": "[redacted]" if type_url == SECRET_TYPE else
+                 json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
+                for r in plane.cache.select(group, type_url)]
         return _json({"node_id": node_id, "region": group.region,
                       "listener": f"{group.listen_address}:{group.listen_port}",
                       "config_version": plane.cache.config.version, "resources": resources})
@@ -70,5 +79,6 @@ def admin_app(plane: ControlPlane) -> web.Application:
     app.router.add_get("/debug/clients", clients)
     app.router.add_get("/debug/config", config)
     app.router.add_get("/debug/regions", regions)
+    app.router.add_get("/debug/tokens", tokens)
     app.router.add_get("/metrics", metrics)
     return app

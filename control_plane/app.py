@@ -17,11 +17,12 @@ from watchfiles import awatch
 
 from .admin import admin_app
 from .cache import SnapshotCache
-from .config import ConfigError, load_config
+from .config import AuthProfile, ConfigError, RegionConfig, load_config
 from .metrics import Metrics
 from .server import AdsServer
 from .snapshot import InconsistentSnapshot
 from .status import ClientRegistry
+from .tokens import TokenRefresher
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class ControlPlane:
         self.clients = ClientRegistry()
         self.cache = SnapshotCache(config)
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
+        self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,
+                                     self.metrics)
         self.last_reload: dict = {"time": _now(), "ok": True, "version": config.version, "errors": []}
         self.metrics.config_ok.set(1)
         self.xds_port = 0
@@ -69,6 +72,7 @@ class ControlPlane:
         self.admin_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
         if self.watch:
             self._watcher = asyncio.create_task(self._watch_file())
+        self.tokens.start()
         log.info("serving xDS on %s:%d, admin on %s:%d, config %s version %s",
                  self.xds_address.rpartition(":")[0], self.xds_port, host, self.admin_port,
                  self.config_path, self.cache.config.version)
@@ -77,6 +81,7 @@ class ControlPlane:
         self._stop_watch.set()
         if self._watcher:
             self._watcher.cancel()
+        await self.tokens.stop()
         if self._grpc:
             await self._grpc.stop(grace=0.5)
         if self._admin:
@@ -94,6 +99,7 @@ class ControlPlane:
                 errors: list[str] = []
             else:
                 self.cache.set_config(config)
+                self.tokens.update(_profiles(config), config.auth.refresh_margin)
                 errors = []
         except ConfigError as exc:
             errors = [str(p) for p in exc.problems]
@@ -121,6 +127,10 @@ class ControlPlane:
                                      watch_filter=lambda _change, path: Path(path).name in names):
             if self.config_path.exists():
                 self.reload()
+
+
+def _profiles(config: RegionConfig) -> dict[str, AuthProfile]:
+    return {name: config.auth.profile(name) for name in config.profiles_in_use()}
 
 
 def _file_hash(path: Path) -> str:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import NodeGroup, build_resources
-from .snapshot import Interner, Snapshot
+from .resources import SECRET_TYPE, NodeGroup, build_resources, token_secret, token_secret_name
+from .snapshot import Interner, Resource, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,34 @@ class SnapshotCache:
         self._interner = Interner()
         self._config = config
         self._changed = asyncio.Event()
+        self._secrets: dict[str, Resource] = {}
         self.generation = 0
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
 
     @property
     def config(self) -> RegionConfig:
         return self._config
+
+    def set_tokens(self, tokens: Mapping[str, str]) -> None:
+        """The current access token per auth profile, served as SDS secrets. Only a change of
+        some token's value makes a new generation (and so a push)."""
+        secrets = {token_secret_name(p): self._interner.intern(SECRET_TYPE, token_secret(p, t))
+                   for p, t in tokens.items() if t}  # never an empty secret: Envoy would 401 everything
+        if {n: r.version for n, r in secrets.items()} == {n: r.version for n, r in self._secrets.items()}:
+            return
+        self._secrets = secrets
+        self._bump()
+
+    def missing_tokens(self) -> list[str]:
+        """Profiles the config needs whose first token has not arrived: nothing is served until then."""
+        return [p for p in self._config.profiles_in_use() if token_secret_name(p) not in self._secrets]
+
+    def select(self, group: NodeGroup, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
+        if type_url == SECRET_TYPE:
+            secrets = self._secrets
+            wanted = sorted(secrets) if names is None else sorted(n for n in set(names) if n in secrets)
+            return [secrets[n] for n in wanted]
+        return self.snapshot(group).select(type_url, names)
 
     def snapshot(self, group: NodeGroup) -> Snapshot:
         found = self._snapshots.get(group)
@@ -67,7 +89,10 @@ class SnapshotCache:
         groups = set(self._snapshots)
         snapshots = self._prebuild(config, groups)
         self._config, self._snapshots = config, snapshots
-        self._interner.retain(r for s in snapshots.values() for r in s.all())
+        self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
+        self._bump()
+
+    def _bump(self) -> None:
         self.generation += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -150,6 +150,7 @@ class Region(_Strict):
     ca_file: str | None = None
     failover: list[str] = []
     policy: PolicyOverride | None = None
+    auth: str | None = None  # a profile under auth.profiles (a different producer project)
 
 
 class Model(_Strict):
@@ -158,16 +159,36 @@ class Model(_Strict):
     publisher_model: str | None = None
     regions: list[str] = []
     policy: PolicyOverride | None = None
+    auth: str | None = None  # a profile under auth.profiles; wins over the region's
 
     @property
     def served_regions(self) -> list[str]:
         return list(self.endpoints) if self.endpoints else list(self.regions)
 
 
-class Auth(_Strict):
-    credentials: str = "adc"
+def _check_credentials(value: str) -> str:
+    if value == "adc" or (value.startswith("service_account:") and len(value) > len("service_account:")):
+        return value
+    raise ValueError(f"bad credentials {value!r}: expected adc or service_account:/path/to/key.json")
+
+
+class AuthProfile(_Strict):
+    """One set of Google credentials; its access token is shared by every region that uses it."""
+
+    credentials: Annotated[str, AfterValidator(_check_credentials)] = "adc"
+    impersonate: str | None = None  # a service-account email: tokens are minted for it via IAM
     scopes: list[str] = ["https://www.googleapis.com/auth/cloud-platform"]
-    refresh_margin: Duration = 300.0
+
+
+DEFAULT_PROFILE = "default"
+
+
+class Auth(AuthProfile):
+    refresh_margin: Duration = Field(300.0, gt=0)
+    profiles: dict[str, AuthProfile] = {}  # other credentials, named by a region's or model's `auth:`
+
+    def profile(self, name: str) -> AuthProfile:
+        return self if name == DEFAULT_PROFILE else self.profiles[name]
 
 
 class RegionConfig(_Strict):
@@ -185,6 +206,14 @@ class RegionConfig(_Strict):
     @property
     def default_model(self) -> str:
         return next(name for name, model in self.models.items() if model.default)
+
+    def profile_for(self, model: str, region: str) -> str:
+        """The credentials profile an attempt to `region` for `model` uses."""
+        return self.models[model].auth or self.regions[region].auth or DEFAULT_PROFILE
+
+    def profiles_in_use(self) -> list[str]:
+        used = {self.profile_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}
+        return sorted(used)
 
     def policy_for(self, model: str, region: str) -> Policy:
         """Defaults, then the region's overrides, then the model's (the most specific wins)."""
@@ -282,6 +311,17 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
             elif target in seen:
                 out.append((loc, f"region {target!r} listed twice"))
             seen.add(target)
+
+    auth = raw.get("auth") if isinstance(raw.get("auth"), dict) else {}
+    profiles = auth.get("profiles") if isinstance(auth.get("profiles"), dict) else {}
+    if DEFAULT_PROFILE in profiles:
+        out.append((("auth", "profiles", DEFAULT_PROFILE), "'default' names the top-level auth; pick another name"))
+    for section, entries in (("regions", regions), ("models", models)):
+        for name, entry in entries.items() if isinstance(entries, dict) else []:
+            wanted = entry.get("auth") if isinstance(entry, dict) else None
+            if wanted is not None and wanted != DEFAULT_PROFILE and wanted not in profiles:
+                out.append(((section, name, "auth"), f"unknown auth profile {wanted!r} "
+                                                     f"(defined under auth.profiles: {', '.join(profiles) or 'none'})"))
 
     if "models" in raw and isinstance(models, dict) and not models:
         out.append((("models",), "no models defined"))

@@ -22,6 +22,7 @@ from .app import ControlPlane
 from .config import load_config
 from .emulator import VertexEmulator
 from .envoy_process import EnvoyProcess
+from .fake_oauth import FakeTokenServer, write_service_account_key
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ ENVOY_PORT = 8080
 EMULATOR_CONTROL_PORT = 8001
 
 
-def _prepare_config(source: Path | None, prefix: str, workdir: Path) -> Path:
-    """Copy the demo config into workdir, moving 127.0.0.x addresses under `prefix`."""
+def _prepare_config(source: Path | None, prefix: str, workdir: Path, key_path: Path) -> Path:
+    """Copy the demo config into workdir, moving 127.0.0.x addresses under `prefix`; without an
+    `auth:` section, tokens come from the demo's local token endpoint (key_path)."""
     yaml = YAML()  # round-trip: the copy keeps the shipped comments
     text = source.read_text() if source else package_files.files(__package__).joinpath(
         "demo_regions.yaml").read_text()
@@ -39,6 +41,10 @@ def _prepare_config(source: Path | None, prefix: str, workdir: Path) -> Path:
         address = str(region["address"])
         if address.startswith("127.0.0."):
             region["address"] = f"{prefix}.{address.rsplit('.', 1)[1]}"
+    if "auth" not in data:
+        data["auth"] = {"credentials": f"service_account:{key_path}"}
+        data.yaml_set_comment_before_after_key(
+            "auth", before="tokens from the demo's local OAuth endpoint (real google-auth code)")
     path = workdir / "regions.yaml"
     with path.open("w") as out:
         yaml.dump(data, out)
@@ -48,7 +54,10 @@ def _prepare_config(source: Path | None, prefix: str, workdir: Path) -> Path:
 async def _run(args: argparse.Namespace) -> None:
     prefix = args.loopback_prefix
     workdir = Path(tempfile.mkdtemp(prefix="vertex-gateway-demo-"))
-    config_path = _prepare_config(Path(args.config) if args.config else None, prefix, workdir)
+    token_server = FakeTokenServer(host=f"{prefix}.1")
+    await token_server.start()
+    key_path = write_service_account_key(workdir / "demo-service-account.json", token_server.token_uri)
+    config_path = _prepare_config(Path(args.config) if args.config else None, prefix, workdir, key_path)
     config = load_config(config_path)
     plane = ControlPlane(config_path, xds_address=f"{prefix}.1:{args.xds_port}",
                          admin_address=f"{prefix}.1:{args.admin_port}")
@@ -82,6 +91,7 @@ async def _run(args: argparse.Namespace) -> None:
         for emulator in emulators:
             await emulator.stop()
         await plane.stop()
+        await token_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

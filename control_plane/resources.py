@@ -29,22 +29,28 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_mutation_pb2
+from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2 as generic_credential_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
+from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
 
@@ -60,7 +66,10 @@ LISTENER_NAME = "ingress"
 ROUTE_CONFIG_NAME = "vertex"
 METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
-TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region")
+# Each is copied from the chosen endpoint's metadata key of the same position.
+TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential")
+METADATA_KEYS = ("endpoint_path", "host", "region", "credential")
+CREDENTIAL_HEADER = "x-vertex-credential"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 
@@ -72,6 +81,7 @@ function envoy_on_request(h)
   local hd = h:headers()
   local ep, authority = hd:get("x-vertex-endpoint-path"), hd:get("x-vertex-host")
   hd:remove("x-vertex-endpoint-path"); hd:remove("x-vertex-host"); hd:remove("x-vertex-region")
+  hd:remove("x-vertex-credential")
   if ep == nil or ep == "" or authority == nil or authority == "" then
     h:respond({[":status"] = "502", ["content-type"] = "application/json"},
       '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
@@ -221,7 +231,8 @@ def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_p
     spec = config.regions[region]
     metadata = struct_pb2.Struct()
     metadata.update({"region": region, "host": config.host_of(region),
-                     "endpoint_path": endpoint_path(config, model, region)})
+                     "endpoint_path": endpoint_path(config, model, region),
+                     "credential": config.profile_for(model, region)})
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
         metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: metadata}),
@@ -233,24 +244,71 @@ def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_p
     )
 
 
-def upstream_filters() -> list[hcm_pb2.HttpFilter]:
-    """Per-attempt filters on the aggregate cluster (shared by every model's aggregate)."""
-    overwrite = header_mutation_pb2.HeaderMutation
+def token_secret_name(profile: str) -> str:
+    return f"token/{profile}"
+
+
+def token_secret(profile: str, token: str) -> secret_pb2.Secret:
+    """An access token as an SDS secret. The value carries the "Bearer " prefix because this
+    API snapshot lacks Generic.header_value_prefix."""
+    return secret_pb2.Secret(name=token_secret_name(profile), generic_secret=secret_pb2.GenericSecret(
+        secret=base_pb2.DataSource(inline_string=f"Bearer {token}")))
+
+
+def _credential_injector(profile: str) -> credential_injector_pb2.CredentialInjector:
+    return credential_injector_pb2.CredentialInjector(
+        overwrite=True,  # the client's own Authorization is replaced, never forwarded
+        credential=core_extension_pb2.TypedExtensionConfig(
+            name="envoy.http.injected_credentials.generic",
+            typed_config=_any(generic_credential_pb2.Generic(
+                header="authorization",
+                credential=secret_pb2.SdsSecretConfig(name=token_secret_name(profile), sds_config=_ads())))))
+
+
+def _only_for_profile(profile: str, injector: credential_injector_pb2.CredentialInjector) -> Message:
+    """Run the injector only on attempts whose chosen region uses this profile."""
+    skip = xds_matcher_pb2.Matcher.OnMatch(action=core_extension_pb2.TypedExtensionConfig(
+        name="skip", typed_config=_any(skip_action_pb2.SkipFilter())))
+    header_is_profile = xds_matcher_pb2.Matcher.MatcherList.Predicate(
+        single_predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+            input=core_extension_pb2.TypedExtensionConfig(
+                name="credential", typed_config=_any(http_inputs_pb2.HttpRequestHeaderMatchInput(
+                    header_name=CREDENTIAL_HEADER))),
+            value_match=xds_string_pb2.StringMatcher(exact=profile)))
+    return extension_matcher_pb2.ExtensionWithMatcher(
+        extension_config=core_extension_pb2.TypedExtensionConfig(
+            name="envoy.filters.http.credential_injector", typed_config=_any(injector)),
+        xds_matcher=xds_matcher_pb2.Matcher(matcher_list=xds_matcher_pb2.Matcher.MatcherList(matchers=[
+            xds_matcher_pb2.Matcher.MatcherList.FieldMatcher(
+                predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is_profile),
+                on_match=skip)])))
+
+
+def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
+    """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
+    into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
-            for name, key in zip(TEMP_HEADERS, ("endpoint_path", "host", "region"))]
+            for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
         mutation_rules_pb2.HeaderMutation(remove="authorization"),
         *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
     ])
-    return [
-        hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
-                           typed_config=_any(overwrite(mutations=mutations))),
+    filters = [hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
+                                  typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))]
+    if len(profiles) == 1:  # the common case: one token for every region, no matcher needed
+        filters.append(hcm_pb2.HttpFilter(name=f"credential/{profiles[0]}",
+                                          typed_config=_any(_credential_injector(profiles[0]))))
+    else:
+        filters += [hcm_pb2.HttpFilter(name=f"credential/{p}", typed_config=_any(
+            _only_for_profile(p, _credential_injector(p)))) for p in profiles]
+    filters += [
         hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
             default_source_code=base_pb2.DataSource(inline_string=REWRITE_LUA)))),
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]
+    return filters
 
 
 def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
@@ -260,7 +318,7 @@ def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cl
         # The wire protocol really comes from each region's cluster; this only carries the filters.
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options=protocol_pb2.Http1ProtocolOptions()),
-        http_filters=upstream_filters(),
+        http_filters=upstream_filters(sorted({config.profile_for(model, r) for r in chain})),
     )
     if config.policy_for(model, local_region).outlier_detection.eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new

@@ -159,8 +159,15 @@ class _SotwSession:
     def _push(self, type_url: str, force: bool = False):
         if self.group is None:
             return
+        missing = self.server.cache.missing_tokens()
+        if missing:
+            # Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
+            self.stream.error = f"waiting for the first access token of auth profile(s) {', '.join(missing)}"
+            return
+        if self.stream.error.startswith("waiting for the first access token"):
+            self.stream.error = ""
         state = self.stream.type_state(type_url)
-        selection = self.server.cache.snapshot(self.group).select(type_url, state.names)
+        selection = self.server.cache.select(self.group, type_url, state.names)
         version = type_version(selection)
         if version == state.sent_version and not force:
             return

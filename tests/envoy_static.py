@@ -27,8 +27,23 @@ def static_config(resources: dict) -> dict:
                 if "rds" in hcm:
                     hcm["routeConfig"] = json_format.MessageToDict(routes[hcm.pop("rds")["routeConfigName"]])
         listeners.append(data)
+    secrets = sorted(set(_sds_names(clusters)))
     return {
         "node": {"id": "validate", "cluster": "vertex-gateway"},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
-        "staticResources": {"listeners": listeners, "clusters": clusters},
+        "staticResources": {"listeners": listeners, "clusters": clusters, "secrets": [
+            {"name": name, "genericSecret": {"secret": {"inlineString": "Bearer validate"}}} for name in secrets]},
     }
+
+
+def _sds_names(node):
+    """Turn SDS references into static-secret references (by name), yielding the names."""
+    if isinstance(node, dict):
+        if "sdsConfig" in node and "name" in node:
+            node.pop("sdsConfig")
+            yield node["name"]
+        for value in node.values():
+            yield from _sds_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _sds_names(value)

@@ -11,6 +11,7 @@ import requests
 
 from control_plane.emulator import EmulatorThread, VertexEmulator
 from control_plane.envoy_process import EnvoyProcess
+from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
 
 from .harness import ControlPlaneThread, free_port, wait_for, write_config
 
@@ -22,13 +23,18 @@ DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["u
 
 class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
-                 delta: bool = False):
+                 delta: bool = False, token_lifetime: int = 3600):
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
         self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"})
                           for r in regions}
         self.emulator_thread = EmulatorThread(self.emulators.values()).__enter__()
+        # Real google-auth service-account credentials, granted by a local token endpoint.
+        self.token_server = FakeTokenServer(expires_in=token_lifetime)
+        self.emulator_thread.call(self.token_server.start())
+        self.key_path = write_service_account_key(self.dir / "key.json", self.token_server.token_uri)
         self.config = {
             "project": PROJECT,
+            "auth": {"credentials": f"service_account:{self.key_path}"},
             "listener": {"port": 8080},
             "regions": {r: {"address": "127.0.0.1", "port": e.port, "tls": False,
                             "failover": [f for f in DEFAULT_FAILOVER[r] if f in regions]}
@@ -84,6 +90,7 @@ class Stack:
         for envoy in self.envoys.values():
             envoy.stop()
         self.plane.close()
+        self.emulator_thread.call(self.token_server.stop())
         self.emulator_thread.__exit__(None, None, None)
 
 

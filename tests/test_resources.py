@@ -74,7 +74,8 @@ def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(co
         "model/housing@us-central1", "model/housing@us-east4", "model/housing@europe-west4"]
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]
     assert [f["name"] for f in filters] == [
-        "envoy.filters.http.header_mutation", "envoy.filters.http.lua", "envoy.filters.http.upstream_codec"]
+        "envoy.filters.http.header_mutation", "credential/default", "envoy.filters.http.lua",
+        "envoy.filters.http.upstream_codec"]
     budget = agg["circuitBreakers"]["thresholds"][0]["retryBudget"]
     assert budget["budgetPercent"]["value"] == 100.0
 
@@ -92,7 +93,7 @@ def test_region_cluster_endpoint_metadata_tls_and_eds(config):
     ep = la["endpoints"][0]["lbEndpoints"][0]
     assert ep["endpoint"]["address"]["socketAddress"] == {"address": "10.150.0.10", "portValue": 8443}
     assert ep["metadata"]["filterMetadata"]["vertex"] == {
-        "region": "us-east4", "host": "vertex.east.internal",
+        "region": "us-east4", "host": "vertex.east.internal", "credential": "default",
         "endpoint_path": "/v1/projects/p-123/locations/us-east4/endpoints/222"}
 
 

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from control_plane.app import ControlPlane
+from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 from .harness import write_config
@@ -72,7 +73,17 @@ class AdsClient:
 
 
 @pytest.fixture
-async def plane(tmp_path):
+async def token_server():
+    server = FakeTokenServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def plane(tmp_path, token_server):
+    key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
+    BASE["auth"] = {"credentials": f"service_account:{key}"}
     path = write_config(tmp_path / "regions.yaml", BASE)
     plane = ControlPlane(path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False)
     await plane.start()
