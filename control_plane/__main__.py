@@ -23,7 +23,11 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: plane.reload("SIGHUP"))
+        def on_hup() -> None:  # re-read the config and the credential files, refresh tokens now
+            plane.reload("SIGHUP")
+            plane.tokens.refresh_now(reload_credentials=True)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         await plane.stop()
 

@@ -49,6 +49,7 @@ from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
@@ -267,11 +268,11 @@ def _credential_injector(profile: str) -> credential_injector_pb2.CredentialInje
 
 def _only_for_profile(profile: str, injector: credential_injector_pb2.CredentialInjector) -> Message:
     """Run the injector only on attempts whose chosen region uses this profile."""
-    skip = xds_matcher_pb2.Matcher.OnMatch(action=core_extension_pb2.TypedExtensionConfig(
+    skip = xds_matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(
         name="skip", typed_config=_any(skip_action_pb2.SkipFilter())))
     header_is_profile = xds_matcher_pb2.Matcher.MatcherList.Predicate(
         single_predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
-            input=core_extension_pb2.TypedExtensionConfig(
+            input=xds_extension_pb2.TypedExtensionConfig(
                 name="credential", typed_config=_any(http_inputs_pb2.HttpRequestHeaderMatchInput(
                     header_name=CREDENTIAL_HEADER))),
             value_match=xds_string_pb2.StringMatcher(exact=profile)))

@@ -82,6 +82,7 @@ class _Source:
     credentials: object | None = None
     token: str = field(default="", repr=False)
     task: asyncio.Task | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TokenRefresher:
@@ -129,6 +130,13 @@ class TokenRefresher:
         self._running = False
         for name in list(self._sources):
             self._stop(name, forget=False)
+
+    def refresh_now(self, reload_credentials: bool = False) -> None:
+        """Refresh every profile now (SIGHUP, credential rotation); optionally re-read key files."""
+        for source in self._sources.values():
+            if reload_credentials:
+                source.credentials = None
+            source.wake.set()
 
     async def wait_first_tokens(self, timeout: float | None = None) -> bool:
         """True once every profile has had a token (used to tell operators about a slow start)."""
@@ -187,7 +195,11 @@ class TokenRefresher:
                     backoff = min(BACKOFF_MAX, backoff * 2)
                     if source.state.expiry:  # wake up at expiry to report it, whatever the backoff says
                         delay = min(delay, max(0.5, source.state.expiry - time.time()))
-                await asyncio.sleep(delay)
+                source.wake.clear()
+                try:  # sleep until the next refresh is due, or until refresh_now() wakes us
+                    await asyncio.wait_for(source.wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             slow_warning.cancel()
 
