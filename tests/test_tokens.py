@@ -48,7 +48,7 @@ def test_profile_resolution_model_wins_over_region():
 
 def test_unknown_profile_and_bad_credentials_are_rejected():
     with pytest.raises(ConfigError) as err:
-        parse_config(BASE % ("nope", "").replace("credentials: adc", "credentials: gcloud"))
+        parse_config((BASE % ("nope", "")).replace("credentials: adc", "credentials: gcloud"))
     text = str(err.value)
     assert "regions.us-central1.auth: unknown auth profile 'nope'" in text
     assert "auth.credentials: bad credentials 'gcloud'" in text
