@@ -148,6 +148,7 @@ class Region(_Strict):
     tls: bool = True
     host: str | None = None  # default {region}-aiplatform.googleapis.com, filled in by RegionConfig
     ca_file: str | None = None
+    http2: bool = False  # HTTP/2 to the endpoint (ALPN h2 with TLS), instead of HTTP/1.1
     failover: list[str] = []
     policy: PolicyOverride | None = None
     auth: str | None = None  # a profile under auth.profiles (a different producer project)

@@ -223,8 +223,16 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
                         san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
                         matcher=string_pb2.StringMatcher(exact=host))],
                 )))
+        if spec.http2:
+            tls.common_tls_context.alpn_protocols.append("h2")
         cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(
             name="envoy.transport_sockets.tls", typed_config=_any(tls)))
+    if spec.http2:
+        # Many requests over few connections; Vertex's front ends speak h2 over TLS.
+        cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
+            _any(http_protocol_options_pb2.HttpProtocolOptions(
+                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))))
     return cluster
 
 

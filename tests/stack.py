@@ -23,9 +23,13 @@ DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["u
 
 class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
-                 delta: bool = False, token_lifetime: int = 3600):
+                 delta: bool = False, token_lifetime: int = 3600, tls: dict | None = None,
+                 ca_file: str | None = None):
+        """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file)."""
+        tls = tls or {}
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
-        self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"})
+        self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"},
+                                            ssl_context=tls.get(r))
                           for r in regions}
         self.emulator_thread = EmulatorThread(self.emulators.values()).__enter__()
         # Real google-auth service-account credentials, granted by a local token endpoint.
@@ -36,7 +40,8 @@ class Stack:
             "project": PROJECT,
             "auth": {"credentials": f"service_account:{self.key_path}"},
             "listener": {"port": 8080},
-            "regions": {r: {"address": "127.0.0.1", "port": e.port, "tls": False,
+            "regions": {r: {"address": "127.0.0.1", "port": e.port, "tls": r in tls,
+                            **({"ca_file": ca_file} if r in tls else {}),
                             "failover": [f for f in DEFAULT_FAILOVER[r] if f in regions]}
                         for r, e in self.emulators.items()},
             "models": {

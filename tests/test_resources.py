@@ -35,6 +35,7 @@ regions:
     address: 10.150.0.10
     port: 8443
     host: vertex.east.internal
+    http2: true
     failover: [us-central1]
   europe-west4:
     address: psc.europe.internal
@@ -89,6 +90,9 @@ def test_region_cluster_endpoint_metadata_tls_and_eds(config):
     assert tls["commonTlsContext"]["validationContext"]["matchTypedSubjectAltNames"][0]["matcher"]["exact"] \
         == "vertex.east.internal"
     assert east["commonLbConfig"]["updateMergeWindow"] == "0s"
+    assert tls["commonTlsContext"]["alpnProtocols"] == ["h2"]  # http2: true
+    assert "http2ProtocolOptions" in east["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicitHttpConfig"]
     la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/housing@us-east4"])
     ep = la["endpoints"][0]["lbEndpoints"][0]
     assert ep["endpoint"]["address"]["socketAddress"] == {"address": "10.150.0.10", "portValue": 8443}
