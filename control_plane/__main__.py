@@ -8,16 +8,23 @@ import logging
 import signal
 import sys
 
-from .bootstrap import bootstrap, render
+from .bootstrap import XdsTls, bootstrap, render
 from .config import ConfigError, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import ControlPlane
+    from .app import ControlPlane, PlaintextRefused, ServerTls
+
+    if bool(args.xds_tls_cert) != bool(args.xds_tls_key):
+        print("serve: --xds-tls-cert and --xds-tls-key go together", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         plane = ControlPlane(args.config, xds_address=f"{args.xds_host}:{args.xds_port}",
-                             admin_address=f"{args.admin_host}:{args.admin_port}")
+                             admin_address=f"{args.admin_host}:{args.admin_port}",
+                             xds_tls=ServerTls(args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca)
+                             if args.xds_tls_cert else None,
+                             insecure_xds=args.insecure_xds)
         await plane.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -33,6 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
+    except PlaintextRefused as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"refusing to start: {len(exc.problems)} problem(s) in the config:", file=sys.stderr)
         for problem in exc.problems:
@@ -57,9 +67,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    tls_files = (args.xds_tls_ca, args.xds_tls_cert, args.xds_tls_key)
+    if any(tls_files) and not all(tls_files):
+        print("bootstrap: --xds-tls-ca, --xds-tls-cert and --xds-tls-key go together", file=sys.stderr)
+        return 2
+    xds_tls = XdsTls(*tls_files, server_name=args.xds_tls_server_name) if all(tls_files) else None
     try:
         config = bootstrap(args.region, args.xds_address, node_id=args.node_id, listen=args.listen,
-                           admin_address=args.admin_address, delta=args.delta)
+                           admin_address=args.admin_address, delta=args.delta, xds_tls=xds_tls)
     except ValueError as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
         return 2
@@ -85,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds-host", default="127.0.0.1", help="address to bind the xDS port (default loopback)")
     serve.add_argument("--admin-port", type=int, default=18001)
     serve.add_argument("--admin-host", default="127.0.0.1", help="address to bind the admin port")
+    serve.add_argument("--xds-tls-cert", metavar="FILE", help="serve xDS over TLS with this certificate")
+    serve.add_argument("--xds-tls-key", metavar="FILE")
+    serve.add_argument("--xds-tls-client-ca", metavar="FILE",
+                       help="require Envoy client certificates signed by this CA (mTLS)")
+    serve.add_argument("--insecure-xds", action="store_true",
+                       help="allow plaintext xDS on a non-loopback address (logs a warning)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a regions.yaml; exit 1 listing every problem")
@@ -98,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--listen", metavar="HOST:PORT", help="client listener for this Envoy (default from config)")
     boot.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
     boot.add_argument("--delta", action="store_true", help="use Delta xDS (DELTA_GRPC)")
+    boot.add_argument("--xds-tls-ca", metavar="FILE", help="mTLS to the control plane: CA of its certificate")
+    boot.add_argument("--xds-tls-cert", metavar="FILE", help="this Envoy's client certificate")
+    boot.add_argument("--xds-tls-key", metavar="FILE", help="this Envoy's client key")
+    boot.add_argument("--xds-tls-server-name", metavar="NAME",
+                      help="name in the control plane's certificate (default: the --xds-address host)")
     boot.set_defaults(func=_bootstrap)
 
     demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")

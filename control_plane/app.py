@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,9 +29,43 @@ from .tokens import TokenRefresher
 log = logging.getLogger(__name__)
 
 
+class PlaintextRefused(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: Envoys must present a certificate it signed
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = (Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())
+        client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                           require_client_auth=client_ca is not None)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class ControlPlane:
     def __init__(self, config_path: str | Path, xds_address: str = "127.0.0.1:18000",
-                 admin_address: str = "127.0.0.1:18001", watch: bool = True):
+                 admin_address: str = "127.0.0.1:18001", watch: bool = True, xds_tls: ServerTls | None = None,
+                 insecure_xds: bool = False):
+        xds_host = xds_address.rpartition(":")[0]
+        if xds_tls is None and not is_loopback(xds_host):
+            if not insecure_xds:
+                raise PlaintextRefused(
+                    f"plaintext xDS on non-loopback address {xds_host}: give --xds-tls-cert/--xds-tls-key "
+                    "(and --xds-tls-client-ca for mTLS), or --insecure-xds on a trusted network")
+            log.warning("serving xDS in PLAINTEXT on %s: any host that reaches it can read config and "
+                        "access tokens; use --xds-tls-* outside a trusted network", xds_host)
+        self.xds_tls = xds_tls
         self.config_path = Path(config_path)
         self.xds_address = xds_address
         self.admin_address = admin_address
@@ -60,7 +96,10 @@ class ControlPlane:
             ("grpc.keepalive_permit_without_calls", 1),
         ])
         self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(),))
-        self.xds_port = self._grpc.add_insecure_port(self.xds_address)
+        if self.xds_tls:
+            self.xds_port = self._grpc.add_secure_port(self.xds_address, self.xds_tls.credentials())
+        else:
+            self.xds_port = self._grpc.add_insecure_port(self.xds_address)
         if not self.xds_port:
             raise OSError(f"cannot bind the xDS port {self.xds_address}")
         await self._grpc.start()

@@ -4,6 +4,7 @@ beyond the node's region is baked in; all routing config arrives over xDS."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 import yaml
 
@@ -31,8 +32,32 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class XdsTls:
+    """mTLS to the control plane: the CA that signed its certificate, and this Envoy's own."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    server_name: str | None = None  # default: the xDS host
+
+    def transport_socket(self, xds_host: str) -> dict:
+        name = self.server_name or xds_host
+        san = {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+        return {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            **({} if _is_ip(name) else {"sni": name}),
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": self.cert_file},
+                                      "private_key": {"filename": self.key_file}}],
+                "validation_context": {"trusted_ca": {"filename": self.ca_file},
+                                       "match_typed_subject_alt_names": [san]},
+            }}}
+
+
 def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen: str | None = None,
-              admin_address: str = "127.0.0.1:9901", delta: bool = False) -> dict:
+              admin_address: str = "127.0.0.1:9901", delta: bool = False, xds_tls: XdsTls | None = None) -> dict:
     xds_host, xds_port = split_host_port(xds_address, "--xds-address")
     admin_host, admin_port = split_host_port(admin_address, "--admin-address")
     metadata = {"region": region}
@@ -59,6 +84,7 @@ def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen:
         },
         "static_resources": {"clusters": [{
             "name": "xds_cluster",
+            **({"transport_socket": xds_tls.transport_socket(xds_host)} if xds_tls else {}),
             "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
             "connect_timeout": "1s",
             "typed_extension_protocol_options": {

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .bootstrap import bootstrap, render
+from .bootstrap import XdsTls, bootstrap, render
 
 
 def envoy_binary() -> str:
@@ -26,7 +26,8 @@ def envoy_binary() -> str:
 class EnvoyProcess:
     def __init__(self, region: str, xds_address: str, listen: str, node_id: str | None = None,
                  delta: bool = False, log_level: str = "warning", workers: int = 1,
-                 workdir: str | Path | None = None, log_file: str | Path | None = None):
+                 workdir: str | Path | None = None, log_file: str | Path | None = None,
+                 xds_tls: XdsTls | None = None):
         self.region = region
         self.node_id = node_id or f"envoy-{region}"
         self.listen = listen
@@ -38,7 +39,7 @@ class EnvoyProcess:
         listen_host = listen.rpartition(":")[0]
         self.bootstrap_path.write_text(render(bootstrap(
             region, xds_address, node_id=self.node_id, listen=listen,
-            admin_address=f"{listen_host}:0", delta=delta)))
+            admin_address=f"{listen_host}:0", delta=delta, xds_tls=xds_tls)))
         self._args = [envoy_binary(), "-c", str(self.bootstrap_path), "--log-level", log_level,
                       "--concurrency", str(workers), "--admin-address-path", str(self.admin_path),
                       # Several Envoys share this host; hot restart's shared memory would collide.

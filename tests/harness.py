@@ -65,12 +65,12 @@ class LoopThread:
 class ControlPlaneThread:
     """A real ControlPlane (gRPC ADS + admin HTTP) on its own loop thread."""
 
-    def __init__(self, config_path: Path, watch: bool = True):
+    def __init__(self, config_path: Path, watch: bool = True, **options):
         self.loop = LoopThread()
 
         async def make() -> ControlPlane:
             plane = ControlPlane(config_path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
-                                 watch=watch)
+                                 watch=watch, **options)
             await plane.start()
             return plane
 

@@ -24,7 +24,7 @@ DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["u
 class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
                  delta: bool = False, token_lifetime: int = 3600, tls: dict | None = None,
-                 ca_file: str | None = None):
+                 ca_file: str | None = None, xds_tls=None, envoy_xds_tls=None):
         """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file)."""
         tls = tls or {}
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
@@ -51,12 +51,12 @@ class Stack:
         }
         _merge(self.config, extra or {})
         self.config_path = write_config(self.dir / "regions.yaml", self.config)
-        self.plane = ControlPlaneThread(self.config_path)
+        self.plane = ControlPlaneThread(self.config_path, xds_tls=xds_tls)
         self.envoys: dict[str, EnvoyProcess] = {}
         try:
             for region in envoys:
                 envoy = EnvoyProcess(region, self.plane.xds_address, f"127.0.0.1:{free_port()}",
-                                     delta=delta, workdir=self.dir)
+                                     delta=delta, workdir=self.dir, xds_tls=envoy_xds_tls)
                 self.envoys[region] = envoy.start()
             for envoy in self.envoys.values():
                 envoy.wait_ready()

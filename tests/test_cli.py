@@ -93,3 +93,26 @@ def test_demo_serves_fails_over_and_stops_everything_on_ctrl_c():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_bootstrap_with_xds_mtls_is_accepted_by_envoy(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client = ca.issue_cert("envoy.test")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "c.key"))
+    result = cli("bootstrap", "--region", "us-east4", "--xds-address", "cp.internal:18000",
+                 "--xds-tls-ca", str(tmp_path / "ca.pem"), "--xds-tls-cert", str(tmp_path / "c.pem"),
+                 "--xds-tls-key", str(tmp_path / "c.key"))
+    assert result.returncode == 0, result.stderr
+    tls = yaml.safe_load(result.stdout)["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert tls["sni"] == "cp.internal"
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(result.stdout)
+    check = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    half = cli("bootstrap", "--region", "us-east4", "--xds-address", "cp:1", "--xds-tls-ca", "x")
+    assert half.returncode == 2 and "go together" in half.stderr

@@ -1,0 +1,77 @@
+"""The xDS channel secured with mTLS: Envoy with a client certificate is served; a client
+without one is refused; plaintext off loopback is refused unless asked for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import trustme
+from envoy.service.discovery.v3 import discovery_pb2
+
+from control_plane.app import ControlPlane, PlaintextRefused, ServerTls
+from control_plane.bootstrap import XdsTls
+
+from .stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    files = {"ca": root / "ca.pem", "server": root / "server.pem", "server_key": root / "server.key",
+             "client": root / "client.pem", "client_key": root / "client.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server = ca.issue_cert("127.0.0.1", "control-plane.test")
+    server.cert_chain_pems[0].write_to_path(str(files["server"]))
+    server.private_key_pem.write_to_path(str(files["server_key"]))
+    client = ca.issue_cert("envoy-us-central1.test")
+    client.cert_chain_pems[0].write_to_path(str(files["client"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_envoy_with_a_client_certificate_is_served_over_mtls(pki):
+    stack = Stack(regions=("us-central1",), envoys=("us-central1",),
+                  xds_tls=ServerTls(pki["server"], pki["server_key"], pki["ca"]),
+                  envoy_xds_tls=XdsTls(pki["ca"], pki["client"], pki["client_key"], server_name="control-plane.test"))
+    try:
+        assert stack.post("/predict", json={"instances": [1]}).status_code == 200
+        stack.wait_synced()
+        # a client without a certificate gets no stream
+        assert asyncio.run(_try_ads(stack.plane.xds_address, pki["ca"])) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stack.close()
+
+
+async def _try_ads(address: str, ca_file: str) -> grpc.StatusCode:
+    credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read())
+    async with grpc.aio.secure_channel(address, credentials, options=[
+            ("grpc.ssl_target_name_override", "control-plane.test")]) as channel:
+        call = channel.stream_stream("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                                     request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                     response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+
+        async def requests():
+            yield discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+
+        try:
+            async for _ in call(requests(), timeout=5):
+                return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_plaintext_off_loopback_is_refused_unless_asked(tmp_path, caplog):
+    config = tmp_path / "regions.yaml"
+    config.write_text("project: p\nregions: {us-central1: {address: 10.0.0.1}}\n"
+                      "models: {m: {default: true, endpoints: {us-central1: '1'}}}\n")
+    with pytest.raises(PlaintextRefused, match="0.0.0.0"):
+        ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0")
+    ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0", insecure_xds=True)
+    assert "PLAINTEXT" in caplog.text
+    ControlPlane(config, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0")  # loopback: fine
