@@ -1,23 +1,33 @@
-"""The ADS server (state of the world) on grpc.aio.
+"""The ADS server on grpc.aio: state of the world (StreamAggregatedResources) and Delta
+(DeltaAggregatedResources).
 
-One coroutine per Envoy stream. It answers requests (initial, ACK, NACK, subscription
-change) and pushes when the cache moves to a new generation. Responses are assembled
-from each resource's pre-serialized bytes, so a resource is serialized once however
-many Envoys receive it.
+One coroutine per Envoy stream. After every request (initial, ACK, NACK, subscription
+change) and every cache generation, the stream's session *reconciles*: per type it works
+out what the Envoy should hold now and sends the difference. Responses are assembled from
+each resource's pre-serialized bytes, so a resource is serialized once however many
+Envoys receive it.
+
+Make-before-break, so an edit never drops traffic:
+- clusters are first sent as the union of the new set and what the Envoy has, so nothing
+  a live route names disappears;
+- listeners and routes wait until those clusters and their endpoints are ACKed;
+- clusters no longer wanted are removed only once the new routes are ACKed.
 
 Protocol points (xDS spec, "ACK/NACK and versioning"):
 - a request whose nonce is not the latest sent for its type is stale and ignored;
-- a NACK is recorded and logged; the same version is never sent again (no NACK loop),
-  the next *different* version is;
-- versions are content hashes, so an unchanged selection is never re-sent.
+- a NACK is recorded and logged, and the version it rejected is never sent again (no
+  NACK loop); the next *different* version is;
+- versions are content hashes: an unchanged selection is never re-sent, and a Delta
+  client that reconnects is sent nothing it already has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -25,15 +35,18 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from .cache import SnapshotCache, UnknownRegion, node_group
 from .metrics import Metrics
-from .resources import CLUSTER_TYPE, LISTENER_TYPE, PUSH_ORDER
-from .snapshot import type_version
-from .status import ClientRegistry, ClientStream
+from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
+from .snapshot import Resource, type_version
+from .status import ClientRegistry, ClientStream, TypeState
 
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 CONTROL_PLANE_ID = "vertex-gateway"
+WAITING_FOR_TOKEN = "waiting for the first access token"
+
+Selection = dict[str, Resource]
 
 
 class AdsServer:
@@ -44,17 +57,23 @@ class AdsServer:
         self._nonces = 0
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
+        # Responses are bytes assembled from pre-serialized resources, hence `bytes` as serializer.
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self.stream_sotw,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=bytes,  # responses are assembled from pre-serialized resources
-            ),
+                functools.partial(self._serve, session_type=SotwSession),
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                functools.partial(self._serve, session_type=DeltaSession),
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString, response_serializer=bytes),
         })
 
-    async def stream_sotw(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+    def next_nonce(self) -> str:
+        self._nonces += 1
+        return str(self._nonces)
+
+    async def _serve(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
+                     session_type: type[Session]) -> AsyncIterator[bytes]:
+        inbox: asyncio.Queue = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -64,118 +83,257 @@ class AdsServer:
                 await inbox.put(None)
 
         reader = asyncio.create_task(read())
+        pending: set[asyncio.Future] = set()
         first = await inbox.get()
         if first is None:
+            reader.cancel()
             return
-        stream = self.clients.open(first.node, context.peer(), "sotw")
-        self.metrics.connected.labels("sotw").inc()
-        log.info("xDS stream opened: node=%s peer=%s", stream.node_id, stream.peer)
-        session = _SotwSession(self, stream)
-        pending: set[asyncio.Future] = set()
+        stream = self.clients.open(first.node, context.peer(), session_type.MODE)
+        self.metrics.connected.labels(stream.mode).inc()
+        log.info("xDS stream opened: node=%s mode=%s peer=%s", stream.node_id, stream.mode, stream.peer)
+        session = session_type(self, stream)
         try:
-            for response in session.on_request(first):
-                yield response
+            request = first
             while True:
+                if request is not None:
+                    for response in session.on_request(request):
+                        yield response
+                else:
+                    for response in session.on_change():
+                        yield response
                 next_request = asyncio.ensure_future(inbox.get())
-                change = asyncio.ensure_future(self.cache.wait_for_change(self.cache.generation))
+                change = asyncio.ensure_future(self.cache.wait_for_change(session.generation))
                 pending = {next_request, change}
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for future in pending:
                     future.cancel()
-                if change in done:
-                    for response in session.on_change():
-                        yield response
                 if next_request in done:
                     request = next_request.result()
                     if request is None:
                         break
-                    for response in session.on_request(request):
-                        yield response
+                    if change in done:  # both at once: take the change first, then the request
+                        for response in session.on_change():
+                            yield response
+                else:
+                    request = None
         finally:
             for future in pending:
                 future.cancel()
             reader.cancel()
             self.clients.close(stream)
-            self.metrics.connected.labels("sotw").dec()
-            log.info("xDS stream closed: node=%s", stream.node_id)
-
-    def next_nonce(self) -> str:
-        self._nonces += 1
-        return str(self._nonces)
+            self.metrics.connected.labels(stream.mode).dec()
+            log.info("xDS stream closed: node=%s mode=%s", stream.node_id, stream.mode)
 
 
-class _SotwSession:
-    """The per-stream protocol state machine; yields serialized DiscoveryResponses."""
+class Session:
+    """Per-stream protocol state, shared by both variants: what to hold, and when."""
+
+    MODE = ""
 
     def __init__(self, server: AdsServer, stream: ClientStream):
         self.server = server
+        self.cache = server.cache
         self.stream = stream
-        self.node = stream.node
+        self.generation = -1
         self.group = None
+        self.sent: dict[str, Selection] = {}  # type -> what the Envoy was last sent (all of it)
+
+    # -------------------------------------------------------------- events
+
+    def on_change(self) -> Iterator[bytes]:
+        yield from self.reconcile()
+
+    def reconcile(self) -> Iterator[bytes]:
+        self.generation = self.cache.generation
         self._resolve_group()
+        if self.group is None:
+            return
+        missing = self.cache.missing_tokens()
+        if missing:
+            # Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
+            self.stream.error = f"{WAITING_FOR_TOKEN} of auth profile(s) {', '.join(missing)}"
+            return
+        for type_url in PUSH_ORDER:
+            state = self.stream.types.get(type_url)
+            if state is None or not state.subscribed:
+                continue
+            desired = self.desired(type_url, state)
+            if desired is not None:
+                yield from self.send(type_url, state, desired)
+
+    # -------------------------------------------------------------- make-before-break
+
+    def desired(self, type_url: str, state: TypeState) -> Selection | None:
+        """What the Envoy should hold of this type now; None: hold what it has."""
+        target = self._target(type_url, state.names)
+        if type_url == CLUSTER_TYPE:
+            if self._routes_settled():
+                return target  # routes no longer name the old clusters: removals are safe now
+            return {**self.sent.get(CLUSTER_TYPE, {}), **target}
+        if type_url == ENDPOINT_TYPE:
+            # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
+            held = self.sent.get(ENDPOINT_TYPE, {})
+            return {**{n: r for n, r in held.items() if state.names is None or n in state.names}, **target}
+        if type_url in (LISTENER_TYPE, ROUTE_TYPE) and not self._clusters_ready():
+            return None
+        return target
+
+    def _target(self, type_url: str, names) -> Selection:
+        return {r.name: r for r in self.cache.select(self.group, type_url, names)}
+
+    def _clusters_ready(self) -> bool:
+        """Every cluster (and its endpoints) the new routes may name has been ACKed."""
+        clusters = self._target(CLUSTER_TYPE, None)
+        cds = self.stream.types.get(CLUSTER_TYPE)
+        if cds is None or not set(clusters) <= set(cds.sent_resources) or not _acked(cds):
+            return False
+        eds = self.stream.types.get(ENDPOINT_TYPE)
+        wanted = {n for n in self._target(ENDPOINT_TYPE, None)}
+        if not wanted:
+            return True
+        return eds is not None and wanted <= set(eds.sent_resources) and _acked(eds)
+
+    def _routes_settled(self) -> bool:
+        for type_url in (LISTENER_TYPE, ROUTE_TYPE):
+            state = self.stream.types.get(type_url)
+            if state is None or not state.subscribed:
+                continue
+            target = self._target(type_url, state.names)
+            if type_version(list(target.values())) != state.acked_version or not _acked(state):
+                return False
+        return True
+
+    # -------------------------------------------------------------- helpers
 
     def _resolve_group(self) -> None:
         try:
-            self.group = node_group(self.node, self.server.cache.config)
+            self.group = node_group(self.stream.node, self.cache.config)
             self.stream.region, self.stream.error = self.group.region, ""
         except (UnknownRegion, ValueError) as exc:
             if str(exc) != self.stream.error:
-                log.error("serving nothing to node %s: %s", self.node.id, exc)
+                log.error("serving nothing to node %s: %s", self.stream.node_id, exc)
             self.group, self.stream.error = None, str(exc)
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest):
-        state = self.stream.type_state(request.type_url)
+    def record_answer(self, state: TypeState, nonce: str, version: str, error: str | None) -> bool:
+        """Apply an ACK or NACK to `state`; False if the nonce is stale (ignore the request)."""
+        if not nonce:
+            return True
+        if nonce != state.sent_nonce:
+            return False
+        kind = _short(state.type_url)
         metrics = self.server.metrics
-        kind = request.type_url.rsplit(".", 1)[-1]
-        if request.response_nonce:
-            if request.response_nonce != state.sent_nonce:
-                return  # answers an older response; a newer one is in flight
-            if request.HasField("error_detail"):
-                state.nack_error = request.error_detail.message
-                state.nacked_version = state.sent_version
-                metrics.nacks.labels(kind).inc()
-                log.warning("node %s NACKed %s version %s (keeps running %s): %s", self.stream.node_id, kind,
-                            state.sent_version, request.version_info or "nothing", request.error_detail.message)
-            else:
-                if state.acked_version != request.version_info and state.sent_at is not None:
-                    metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
-                    metrics.acks.labels(kind).inc()
-                state.acked_version = request.version_info
-                state.acked_at = time.time()
-        names = frozenset(request.resource_names) - {"*"}
-        wanted = None if request.type_url in WILDCARD_TYPES and not names else names
-        initial = not state.subscribed
-        state.subscribed = True
-        if initial or wanted != state.names:
-            state.names = wanted
-            yield from self._push(request.type_url, force=initial)
+        if error is not None:
+            state.nack_error, state.nacked_version = error, state.sent_version
+            metrics.nacks.labels(kind).inc()
+            log.warning("node %s NACKed %s version %s (it keeps running %s): %s", self.stream.node_id, kind,
+                        state.sent_version, version or "its previous config", error)
+        else:
+            if state.acked_version != version and state.sent_at is not None:
+                metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
+                metrics.acks.labels(kind).inc()
+            state.acked_version, state.acked_at = version, time.time()
+        return True
 
-    def on_change(self):
-        self._resolve_group()
-        for type_url in PUSH_ORDER:
-            if self.stream.types.get(type_url) and self.stream.types[type_url].subscribed:
-                yield from self._push(type_url)
-
-    def _push(self, type_url: str, force: bool = False):
-        if self.group is None:
-            return
-        missing = self.server.cache.missing_tokens()
-        if missing:
-            # Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
-            self.stream.error = f"waiting for the first access token of auth profile(s) {', '.join(missing)}"
-            return
-        if self.stream.error.startswith("waiting for the first access token"):
-            self.stream.error = ""
-        state = self.stream.type_state(type_url)
-        selection = self.server.cache.select(self.group, type_url, state.names)
-        version = type_version(selection)
-        if version == state.sent_version and not force:
-            return
+    def mark_sent(self, type_url: str, state: TypeState, selection: Selection, version: str) -> str:
         nonce = self.server.next_nonce()
+        state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
+        state.sent_resources = {n: r.version for n, r in selection.items()}
+        self.sent[type_url] = selection
+        self.server.metrics.pushes.labels(_short(type_url), self.MODE).inc()
+        return nonce
+
+    def on_request(self, request) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+        raise NotImplementedError
+
+
+class SotwSession(Session):
+    MODE = "sotw"
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> Iterator[bytes]:
+        state = self.stream.type_state(request.type_url)
+        error = request.error_detail.message if request.HasField("error_detail") else None
+        if not self.record_answer(state, request.response_nonce, request.version_info, error):
+            return
+        names = frozenset(request.resource_names) - {"*"}
+        state.names = None if request.type_url in WILDCARD_TYPES and not names else names
+        state.subscribed = True
+        yield from self.reconcile()
+
+    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+        selection = [desired[n] for n in sorted(desired)]
+        version = type_version(selection)
+        if version == state.sent_version and state.sent_nonce:
+            return
+        nonce = self.mark_sent(type_url, state, desired, version)
         header = discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=type_url, nonce=nonce,
             control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-        state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
-        state.sent_resources = {r.name: r.version for r in selection}
-        self.server.metrics.pushes.labels(type_url.rsplit(".", 1)[-1], "sotw").inc()
         yield header.SerializeToString() + b"".join(r.response_entry for r in selection)
+
+
+class DeltaSession(Session):
+    MODE = "delta"
+
+    def __init__(self, server: AdsServer, stream: ClientStream):
+        super().__init__(server, stream)
+        self.known: dict[str, dict[str, str]] = {}  # type -> name -> version the client holds
+        self._before: dict[str, dict[str, str]] = {}  # type -> `known` before the unanswered response
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Iterator[bytes]:
+        type_url = request.type_url
+        state = self.stream.type_state(type_url)
+        error = request.error_detail.message if request.HasField("error_detail") else None
+        # A Delta ACK carries no version: the client now holds what we sent.
+        if not self.record_answer(state, request.response_nonce, state.sent_version, error):
+            return
+        if request.response_nonce and error is not None:
+            self.known[type_url] = self._before.get(type_url, {})  # the client applied nothing
+        if not state.subscribed:
+            state.subscribed = True
+            self.known[type_url] = dict(request.initial_resource_versions)
+            subscribe = set(request.resource_names_subscribe)
+            state.names = None if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe) \
+                else frozenset(subscribe - {"*"})
+        elif request.resource_names_subscribe or request.resource_names_unsubscribe:
+            if state.names is not None:
+                state.names = (state.names | set(request.resource_names_subscribe)) \
+                    - set(request.resource_names_unsubscribe)
+            for name in request.resource_names_unsubscribe:  # the client drops it; forget it
+                self.known.get(type_url, {}).pop(name, None)
+        yield from self.reconcile()
+
+    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+        version = type_version([desired[n] for n in sorted(desired)])
+        if state.nacked_version == version:
+            return  # Envoy rejected exactly this: wait for a different version
+        known = self.known.setdefault(type_url, {})
+        changed = [desired[n] for n in sorted(desired) if known.get(n) != desired[n].version]
+        in_scope: Callable[[str], bool] = (lambda n: True) if state.names is None else (lambda n: n in state.names)
+        removed = sorted(n for n in known if n not in desired and in_scope(n))
+        if not changed and not removed:
+            if state.sent_version != version:  # the client already holds exactly this (a reconnect)
+                state.sent_version = state.acked_version = version
+                state.sent_resources = {n: r.version for n, r in desired.items()}
+                self.sent[type_url] = desired
+            return
+        self._before[type_url] = dict(known)
+        nonce = self.mark_sent(type_url, state, desired, version)
+        for resource in changed:
+            known[resource.name] = resource.version
+        for name in removed:
+            known.pop(name, None)
+        header = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed,
+            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
+        yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+
+
+def _acked(state: TypeState) -> bool:
+    return bool(state.sent_nonce) and state.acked_version == state.sent_version
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -32,10 +33,20 @@ class Resource:
     message: Message = field(repr=False, compare=False)
     any_bytes: bytes = field(repr=False, compare=False)  # serialized google.protobuf.Any
 
-    @property
+    @cached_property
     def response_entry(self) -> bytes:
         """This resource framed as one `resources` entry of a DiscoveryResponse."""
         return _RESOURCES_FIELD_TAG + _VarintBytes(len(self.any_bytes)) + self.any_bytes
+
+    @cached_property
+    def delta_entry(self) -> bytes:
+        """This resource framed as one `resources` entry of a DeltaDiscoveryResponse: an
+        envoy.service.discovery.v3.Resource {version = 1, resource = 2, name = 3}."""
+        name, version = self.name.encode(), self.version.encode()
+        body = (b"\x0a" + _VarintBytes(len(version)) + version
+                + b"\x12" + _VarintBytes(len(self.any_bytes)) + self.any_bytes
+                + b"\x1a" + _VarintBytes(len(name)) + name)
+        return _RESOURCES_FIELD_TAG + _VarintBytes(len(body)) + body
 
 
 def resource_name(message: Message) -> str:

@@ -133,59 +133,100 @@ async def test_initial_request_ack_and_status(plane, client):
     assert types(plane)["Cluster"]["version_acked"] == cds.version_info
 
 
-async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, client, tmp_path):
+async def sync(client) -> dict:
+    """Walk the protocol as Envoy does: clusters, their endpoints, listener, routes; ACK each."""
+    got = {}
     client.send(CLUSTER_TYPE)
-    cds = await client.recv()
+    got[CLUSTER_TYPE] = await client.recv()
+    client.ack(got[CLUSTER_TYPE])
+    eds_names = [n for n in names(got[CLUSTER_TYPE]) if "@" in n]
+    client.send(ENDPOINT_TYPE, eds_names)
+    got[ENDPOINT_TYPE] = await client.recv()
+    client.ack(got[ENDPOINT_TYPE], eds_names)
     client.send(LISTENER_TYPE)
-    lds = await client.recv()
-    client.ack(lds)
-    client.send(CLUSTER_TYPE, version="", nonce=cds.nonce, error="cluster rejected: bad thing")
-    await until(lambda: types(plane)["Cluster"]["status"] == "NACKED")
-    # a change that leaves clusters alone: the next response must be the listener, not CDS again
-    write_config(plane.config_path, {**BASE, "listener": {"port": 8081}})
+    got[LISTENER_TYPE] = await client.recv()
+    client.ack(got[LISTENER_TYPE])
+    client.send(ROUTE_TYPE, ["vertex"])
+    got[ROUTE_TYPE] = await client.recv()
+    client.ack(got[ROUTE_TYPE], ["vertex"])
+    return got
+
+
+async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, client):
+    await sync(client)
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert plane.reload()
-    nxt = await client.recv()
-    assert nxt.type_url == LISTENER_TYPE
+    bad = await client.recv()
+    assert bad.type_url == CLUSTER_TYPE
+    client.send(CLUSTER_TYPE, version="", nonce=bad.nonce, error="cluster rejected: bad thing")
+    await until(lambda: types(plane)["Cluster"]["status"] == "NACKED")
     state = types(plane)["Cluster"]
-    assert state["status"] == "NACKED" and state["nack_error"] == "cluster rejected: bad thing"
+    assert state["nack_error"] == "cluster rejected: bad thing"
     assert plane.metrics.nacks.labels("Cluster")._value.get() == 1
-    # a new cluster version is sent, and its ACK clears the NACKED status
-    changed = {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}}
-    write_config(plane.config_path, {**changed, "listener": {"port": 8081}})
+    # a route-only edit: clusters are not ACKed, so routes wait, and the rejected CDS is not re-sent
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5},
+                                                        "timeout": "30s"}})
+    assert plane.reload()
+    # the next different cluster version is sent; its ACK clears NACKED and releases the routes
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 7},
+                                                        "timeout": "30s"}})
     assert plane.reload()
     fixed = await client.recv()
-    assert fixed.type_url == CLUSTER_TYPE and fixed.version_info != cds.version_info
+    assert fixed.type_url == CLUSTER_TYPE and fixed.version_info != bad.version_info
     client.ack(fixed)
-    client.ack(nxt)
-    client.send(ROUTE_TYPE, ["vertex"])
-    await client.recv()
+    routes = await client.recv()
+    assert routes.type_url == ROUTE_TYPE
+    client.ack(routes, ["vertex"])
+    await until(lambda: types(plane)["RouteConfiguration"]["status"] == "SYNCED")
     assert types(plane)["Cluster"]["status"] == "SYNCED"
 
 
 async def test_stale_nonce_is_ignored(plane, client):
     client.send(CLUSTER_TYPE)
     first = await client.recv()
-    write_config(plane.config_path, {**BASE, "models": {"housing": {
-        "default": True, "endpoints": {"us-central1": "111"}}}})
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert plane.reload()
     second = await client.recv()
     assert second.nonce != first.nonce
     # an ACK of the first response arrives late: it must not mark the second one ACKed
     client.ack(first)
-    client.send(LISTENER_TYPE)
+    client.send(ENDPOINT_TYPE, ["model/housing@us-east4"])
     await client.recv()
     state = types(plane)["Cluster"]
     assert state["status"] == "STALE" and state["version_acked"] == ""
 
 
-async def test_reload_pushes_only_the_types_that_changed(plane, client):
-    for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
-        client.send(type_url)
-        client.ack(await client.recv())
-    client.send(ROUTE_TYPE, ["vertex"])
+async def test_routes_wait_for_their_clusters_and_removals_wait_for_routes(plane, client):
+    """Make-before-break: a new model's clusters and endpoints are ACKed before a route names
+    them; a removed model's clusters go only after routes without it are ACKed."""
+    await sync(client)
+    extra = {"churn": {"endpoints": {"us-central1": "333", "us-east4": "444"}}}
+    write_config(plane.config_path, {**BASE, "models": {**BASE["models"], **extra}})
+    assert plane.reload()
+    cds = await client.recv()
+    assert cds.type_url == CLUSTER_TYPE and "model/churn" in names(cds)
+    client.ack(cds)
+    eds_names = [n for n in names(cds) if "@" in n]
+    client.send(ENDPOINT_TYPE, eds_names)  # Envoy subscribes to the new clusters' endpoints
+    eds = await client.recv()
+    assert eds.type_url == ENDPOINT_TYPE
+    assert types(plane)["RouteConfiguration"]["status"] == "SYNCED"  # still the old routes
+    client.ack(eds, eds_names)
     routes = await client.recv()
+    assert routes.type_url == ROUTE_TYPE  # only now
     client.ack(routes, ["vertex"])
-    # a failover-order change touches routes? no: it changes the aggregate cluster only
+    # removal: routes first, clusters after their ACK
+    write_config(plane.config_path, BASE)
+    assert plane.reload()
+    routes = await client.recv()
+    assert routes.type_url == ROUTE_TYPE
+    client.ack(routes, ["vertex"])
+    cds = await client.recv()
+    assert cds.type_url == CLUSTER_TYPE and "model/churn" not in names(cds)
+
+
+async def test_reload_pushes_only_the_types_that_changed(plane, client):
+    routes = (await sync(client))[ROUTE_TYPE]
     write_config(plane.config_path, {**BASE, "policy": {"timeout": "30s"}})
     assert plane.reload()
     changed = await client.recv()
