@@ -4,6 +4,7 @@ and one real Envoy per requested region, all on 127.0.0.1 ephemeral ports."""
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -97,11 +98,23 @@ class Stack:
         self.plane.close()
         self.emulator_thread.call(self.token_server.stop())
         self.emulator_thread.__exit__(None, None, None)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+DELETE = "__delete__"  # as a value in an edit: remove the key
 
 
 def _merge(into: dict, change: dict) -> None:
     for key, value in change.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        if value == DELETE:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value)
         else:
             into[key] = value

@@ -15,9 +15,10 @@ from .stack import PROJECT, Stack
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack():
-    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1", "us-east4"))
+@pytest.fixture(scope="module", params=["sotw", "delta"])
+def stack(request):
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1", "us-east4"),
+                  delta=request.param == "delta")
     yield stack
     stack.close()
 
