@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from .bootstrap import XdsTls, bootstrap, render
 from .config import ConfigError, load_config
@@ -24,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
                              admin_address=f"{args.admin_host}:{args.admin_port}",
                              xds_tls=ServerTls(args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca)
                              if args.xds_tls_cert else None,
-                             insecure_xds=args.insecure_xds)
+                             insecure_xds=args.insecure_xds, admin_token=_admin_token(args))
         await plane.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -49,6 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    if args.admin_token_file:
+        return Path(args.admin_token_file).read_text().strip() or None
+    return os.environ.get("VERTEX_GATEWAY_ADMIN_TOKEN") or None
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -104,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds-tls-key", metavar="FILE")
     serve.add_argument("--xds-tls-client-ca", metavar="FILE",
                        help="require Envoy client certificates signed by this CA (mTLS)")
+    serve.add_argument("--admin-token-file", metavar="FILE",
+                       help="bearer token the admin endpoints require (needed when not on loopback); "
+                            "or set VERTEX_GATEWAY_ADMIN_TOKEN")
     serve.add_argument("--insecure-xds", action="store_true",
                        help="allow plaintext xDS on a non-loopback address (logs a warning)")
     serve.set_defaults(func=_serve)

@@ -3,6 +3,7 @@ over the control plane's state; all JSON except /metrics."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,16 @@ def admin_app(plane: ControlPlane) -> web.Application:
         return web.Response(body=plane.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"x-content-type-options": "nosniff"})
 
-    app = web.Application()
+    @web.middleware
+    async def require_token(request: web.Request, handler):
+        # /healthz stays open for probes; everything else shows config and must be asked for.
+        if plane.admin_token and request.path != "/healthz":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {plane.admin_token}".encode()):
+                return _json({"error": "missing or wrong bearer token"}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[require_token])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/debug/clients", clients)
     app.router.add_get("/debug/config", config)

@@ -18,9 +18,11 @@ from aiohttp import web
 from watchfiles import awatch
 
 from .admin import admin_app
-from .cache import SnapshotCache
+from .cache import Builder, SnapshotCache
 from .config import AuthProfile, ConfigError, RegionConfig, load_config
+from .csds import CsdsServer
 from .metrics import Metrics
+from .resources import build_resources
 from .server import AdsServer
 from .snapshot import InconsistentSnapshot
 from .status import ClientRegistry
@@ -56,7 +58,7 @@ def is_loopback(host: str) -> bool:
 class ControlPlane:
     def __init__(self, config_path: str | Path, xds_address: str = "127.0.0.1:18000",
                  admin_address: str = "127.0.0.1:18001", watch: bool = True, xds_tls: ServerTls | None = None,
-                 insecure_xds: bool = False):
+                 insecure_xds: bool = False, admin_token: str | None = None, builder: Builder = build_resources):
         xds_host = xds_address.rpartition(":")[0]
         if xds_tls is None and not is_loopback(xds_host):
             if not insecure_xds:
@@ -65,6 +67,11 @@ class ControlPlane:
                     "(and --xds-tls-client-ca for mTLS), or --insecure-xds on a trusted network")
             log.warning("serving xDS in PLAINTEXT on %s: any host that reaches it can read config and "
                         "access tokens; use --xds-tls-* outside a trusted network", xds_host)
+        admin_host = admin_address.rpartition(":")[0]
+        if not is_loopback(admin_host) and not admin_token:
+            raise PlaintextRefused(f"admin endpoints on non-loopback address {admin_host} need a bearer token "
+                                   "(--admin-token-file or VERTEX_GATEWAY_ADMIN_TOKEN)")
+        self.admin_token = admin_token
         self.xds_tls = xds_tls
         self.config_path = Path(config_path)
         self.xds_address = xds_address
@@ -74,7 +81,7 @@ class ControlPlane:
         self._file_hash = _file_hash(self.config_path)
         self.metrics = Metrics()
         self.clients = ClientRegistry()
-        self.cache = SnapshotCache(config)
+        self.cache = SnapshotCache(config, builder)
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
         self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,
                                      self.metrics)
@@ -95,7 +102,7 @@ class ControlPlane:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(),))
+        self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(), CsdsServer(self.clients).rpc_handler()))
         if self.xds_tls:
             self.xds_port = self._grpc.add_secure_port(self.xds_address, self.xds_tls.credentials())
         else:

@@ -137,13 +137,16 @@ class Session:
         self.generation = -1
         self.group = None
         self.sent: dict[str, Selection] = {}  # type -> what the Envoy was last sent (all of it)
+        self.held: dict[str, Selection] = {}  # type -> what the Envoy runs: the last ACKed selection
 
     # -------------------------------------------------------------- events
 
     def on_change(self) -> Iterator[bytes]:
         yield from self.reconcile()
 
-    def reconcile(self) -> Iterator[bytes]:
+    def reconcile(self, resend: str | None = None) -> Iterator[bytes]:
+        """Send each subscribed type what differs from `desired`; `resend`: a type the client
+        asked for again and must be answered even if nothing changed."""
         self.generation = self.cache.generation
         self._resolve_group()
         if self.group is None:
@@ -159,7 +162,7 @@ class Session:
                 continue
             desired = self.desired(type_url, state)
             if desired is not None:
-                yield from self.send(type_url, state, desired)
+                yield from self.send(type_url, state, desired, force=type_url == resend)
 
     # -------------------------------------------------------------- make-before-break
 
@@ -169,10 +172,10 @@ class Session:
         if type_url == CLUSTER_TYPE:
             if self._routes_settled():
                 return target  # routes no longer name the old clusters: removals are safe now
-            return {**self.sent.get(CLUSTER_TYPE, {}), **target}
+            return {**self.held.get(CLUSTER_TYPE, {}), **target}
         if type_url == ENDPOINT_TYPE:
             # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
-            held = self.sent.get(ENDPOINT_TYPE, {})
+            held = self.held.get(ENDPOINT_TYPE, {})
             return {**{n: r for n, r in held.items() if state.names is None or n in state.names}, **target}
         if type_url in (LISTENER_TYPE, ROUTE_TYPE) and not self._clusters_ready():
             return None
@@ -214,12 +217,18 @@ class Session:
                 log.error("serving nothing to node %s: %s", self.stream.node_id, exc)
             self.group, self.stream.error = None, str(exc)
 
-    def record_answer(self, state: TypeState, nonce: str, version: str, error: str | None) -> bool:
-        """Apply an ACK or NACK to `state`; False if the nonce is stale (ignore the request)."""
+    def record_answer(self, state: TypeState, nonce: str, version: str, error: str | None) -> str:
+        """Apply an ACK or NACK to `state`. Returns "new" (no nonce: a first request), "answer",
+        "stale" (answers an older response: ignore), or "again": a second request on a nonce
+        already answered, which Envoy sends when it wants the resources re-sent (an updated
+        EDS cluster warms only on a fresh EDS response)."""
         if not nonce:
-            return True
+            return "new"
         if nonce != state.sent_nonce:
-            return False
+            return "stale"
+        if nonce == state.answered_nonce:
+            return "again"
+        state.answered_nonce = nonce
         kind = _short(state.type_url)
         metrics = self.server.metrics
         if error is not None:
@@ -232,7 +241,8 @@ class Session:
                 metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
                 metrics.acks.labels(kind).inc()
             state.acked_version, state.acked_at = version, time.time()
-        return True
+            self.held[state.type_url] = self.sent.get(state.type_url, {})
+        return "answer"
 
     def mark_sent(self, type_url: str, state: TypeState, selection: Selection, version: str) -> str:
         nonce = self.server.next_nonce()
@@ -245,7 +255,7 @@ class Session:
     def on_request(self, request) -> Iterator[bytes]:
         raise NotImplementedError
 
-    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+    def send(self, type_url: str, state: TypeState, desired: Selection, force: bool = False) -> Iterator[bytes]:
         raise NotImplementedError
 
 
@@ -255,17 +265,18 @@ class SotwSession(Session):
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> Iterator[bytes]:
         state = self.stream.type_state(request.type_url)
         error = request.error_detail.message if request.HasField("error_detail") else None
-        if not self.record_answer(state, request.response_nonce, request.version_info, error):
+        answer = self.record_answer(state, request.response_nonce, request.version_info, error)
+        if answer == "stale":
             return
         names = frozenset(request.resource_names) - {"*"}
         state.names = None if request.type_url in WILDCARD_TYPES and not names else names
         state.subscribed = True
-        yield from self.reconcile()
+        yield from self.reconcile(resend=request.type_url if answer == "again" else None)
 
-    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+    def send(self, type_url: str, state: TypeState, desired: Selection, force: bool = False) -> Iterator[bytes]:
         selection = [desired[n] for n in sorted(desired)]
         version = type_version(selection)
-        if version == state.sent_version and state.sent_nonce:
+        if version == state.sent_version and state.sent_nonce and not force:
             return
         nonce = self.mark_sent(type_url, state, desired, version)
         header = discovery_pb2.DiscoveryResponse(
@@ -287,7 +298,8 @@ class DeltaSession(Session):
         state = self.stream.type_state(type_url)
         error = request.error_detail.message if request.HasField("error_detail") else None
         # A Delta ACK carries no version: the client now holds what we sent.
-        if not self.record_answer(state, request.response_nonce, state.sent_version, error):
+        version = "" if error is not None else state.sent_version
+        if self.record_answer(state, request.response_nonce, version, error) == "stale":
             return
         if request.response_nonce and error is not None:
             self.known[type_url] = self._before.get(type_url, {})  # the client applied nothing
@@ -301,11 +313,13 @@ class DeltaSession(Session):
             if state.names is not None:
                 state.names = (state.names | set(request.resource_names_subscribe)) \
                     - set(request.resource_names_unsubscribe)
+            for name in request.resource_names_subscribe:  # asked for again (e.g. an updated
+                self.known.get(type_url, {}).pop(name, None)  # cluster re-subscribes its endpoints)
             for name in request.resource_names_unsubscribe:  # the client drops it; forget it
                 self.known.get(type_url, {}).pop(name, None)
         yield from self.reconcile()
 
-    def send(self, type_url: str, state: TypeState, desired: Selection) -> Iterator[bytes]:
+    def send(self, type_url: str, state: TypeState, desired: Selection, force: bool = False) -> Iterator[bytes]:
         version = type_version([desired[n] for n in sorted(desired)])
         if state.nacked_version == version:
             return  # Envoy rejected exactly this: wait for a different version
@@ -317,8 +331,15 @@ class DeltaSession(Session):
             if state.sent_version != version:  # the client already holds exactly this (a reconnect)
                 state.sent_version = state.acked_version = version
                 state.sent_resources = {n: r.version for n, r in desired.items()}
-                self.sent[type_url] = desired
+                self.sent[type_url] = self.held[type_url] = desired
             return
+        if type_url == CLUSTER_TYPE:
+            # An updated EDS cluster warms only when its endpoints arrive again, and a Delta client
+            # does not re-subscribe names it already has: send those endpoints again after this.
+            endpoints = self.known.get(ENDPOINT_TYPE, {})
+            for resource in changed:
+                if resource.name in known:
+                    endpoints.pop(resource.name, None)
         self._before[type_url] = dict(known)
         nonce = self.mark_sent(type_url, state, desired, version)
         for resource in changed:
@@ -332,7 +353,7 @@ class DeltaSession(Session):
 
 
 def _acked(state: TypeState) -> bool:
-    return bool(state.sent_nonce) and state.acked_version == state.sent_version
+    return bool(state.sent_version) and state.acked_version == state.sent_version
 
 
 def _short(type_url: str) -> str:

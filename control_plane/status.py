@@ -30,6 +30,7 @@ class TypeState:
     names: frozenset[str] | None = None  # None = wildcard
     sent_version: str = ""
     sent_nonce: str = ""
+    answered_nonce: str = ""  # the last nonce an ACK or NACK referred to
     sent_at: float | None = None
     sent_resources: dict[str, str] = field(default_factory=dict)  # name -> resource version
     acked_version: str = ""
@@ -39,7 +40,7 @@ class TypeState:
 
     @property
     def status(self) -> SyncStatus:
-        if not self.sent_nonce:
+        if not self.sent_version:  # (a reconnecting Delta client may be up to date with no response)
             return SyncStatus.NOT_SENT
         if self.nacked_version and self.nacked_version == self.sent_version:
             return SyncStatus.NACKED

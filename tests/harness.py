@@ -65,11 +65,11 @@ class LoopThread:
 class ControlPlaneThread:
     """A real ControlPlane (gRPC ADS + admin HTTP) on its own loop thread."""
 
-    def __init__(self, config_path: Path, watch: bool = True, **options):
+    def __init__(self, config_path: Path, watch: bool = True, xds_address: str = "127.0.0.1:0", **options):
         self.loop = LoopThread()
 
         async def make() -> ControlPlane:
-            plane = ControlPlane(config_path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+            plane = ControlPlane(config_path, xds_address=xds_address, admin_address="127.0.0.1:0",
                                  watch=watch, **options)
             await plane.start()
             return plane

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -25,7 +26,7 @@ DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["u
 class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
                  delta: bool = False, token_lifetime: int = 3600, tls: dict | None = None,
-                 ca_file: str | None = None, xds_tls=None, envoy_xds_tls=None):
+                 ca_file: str | None = None, plane_options: dict | None = None, envoy_xds_tls=None):
         """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file)."""
         tls = tls or {}
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
@@ -52,7 +53,8 @@ class Stack:
         }
         _merge(self.config, extra or {})
         self.config_path = write_config(self.dir / "regions.yaml", self.config)
-        self.plane = ControlPlaneThread(self.config_path, xds_tls=xds_tls)
+        self.plane_options = plane_options or {}
+        self.plane = ControlPlaneThread(self.config_path, **self.plane_options)
         self.envoys: dict[str, EnvoyProcess] = {}
         try:
             for region in envoys:
@@ -86,6 +88,13 @@ class Stack:
             return len(clients) >= len(self.envoys) and all(
                 t["status"] == "SYNCED" for c in clients for t in c["types"].values())
         wait_for(synced, timeout, what="every Envoy SYNCED")
+
+    def restart_control_plane(self, stopped: Callable[[], None] = lambda: None) -> None:
+        """Stop the control plane, run `stopped()` while it is down, start a new one on the same port."""
+        address = self.plane.xds_address
+        self.plane.close()
+        stopped()
+        self.plane = ControlPlaneThread(self.config_path, xds_address=address, **self.plane_options)
 
     def reset(self) -> None:
         for emulator in self.emulators.values():

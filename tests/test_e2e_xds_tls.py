@@ -36,7 +36,7 @@ def pki(tmp_path_factory):
 
 def test_envoy_with_a_client_certificate_is_served_over_mtls(pki):
     stack = Stack(regions=("us-central1",), envoys=("us-central1",),
-                  xds_tls=ServerTls(pki["server"], pki["server_key"], pki["ca"]),
+                  plane_options={"xds_tls": ServerTls(pki["server"], pki["server_key"], pki["ca"])},
                   envoy_xds_tls=XdsTls(pki["ca"], pki["client"], pki["client_key"], server_name="control-plane.test"))
     try:
         assert stack.post("/predict", json={"instances": [1]}).status_code == 200
