@@ -11,7 +11,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
-from .resources import PUSH_ORDER, SECRET_TYPE
+from .resources import PUSH_ORDER, SECRET_TYPE, members
 
 if TYPE_CHECKING:
     from .app import ControlPlane
@@ -62,7 +62,11 @@ def admin_app(plane: ControlPlane) -> web.Application:
                  "resource": "[redacted]" if type_url == SECRET_TYPE else
                  json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
                 for r in plane.cache.select(group, type_url)]
-        return _json({"node_id": node_id, "region": group.region,
+        config_now = plane.cache.config
+        models = {name: {"strategy": spec.strategy, "weights": spec.weights or None,
+                         "regions": members(config_now, name, group.region)}
+                  for name, spec in config_now.models.items()}
+        return _json({"node_id": node_id, "region": group.region, "models": models,
                       "listener": f"{group.listen_address}:{group.listen_port}",
                       "config_version": plane.cache.config.version, "resources": resources})
 

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from ruamel.yaml import YAML
@@ -161,6 +161,10 @@ class Model(_Strict):
     regions: list[str] = []
     policy: PolicyOverride | None = None
     auth: str | None = None  # a profile under auth.profiles; wins over the region's
+    # failover: local region first, then its failover list. weighted: first attempts spread by
+    # `weights`. least_request: spread by outstanding requests. Retries always go elsewhere.
+    strategy: Literal["failover", "weighted", "least_request"] = "failover"
+    weights: dict[str, Annotated[int, Field(ge=0, le=1000)]] = {}
 
     @property
     def served_regions(self) -> list[str]:
@@ -349,6 +353,24 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
             out.append((("models", name, "publisher_model"), f"bad publisher model {publisher!r}: expected PUBLISHER/MODEL"))
         if publisher and not model.get("regions"):
             out.append((("models", name, "regions"), "a publisher model needs `regions:`"))
+        served = list(endpoints) if isinstance(endpoints, dict) and endpoints else \
+            [r for r in model.get("regions") or [] if isinstance(r, str)] if isinstance(model.get("regions"), list) else []
+        weights = model.get("weights")
+        if model.get("strategy") == "weighted":
+            if not isinstance(weights, dict) or not weights:
+                out.append((("models", name, "weights"), "strategy weighted needs `weights:` (region -> weight)"))
+            else:
+                for region in served:
+                    if region not in weights:
+                        out.append((("models", name, "weights"), f"no weight for region {region!r}, which "
+                                                                 f"serves this model (0 drains it)"))
+                if all(w == 0 for w in weights.values() if isinstance(w, int)):
+                    out.append((("models", name, "weights"), "every weight is 0: nothing would serve the model"))
+        elif weights:
+            out.append((("models", name, "weights"), "weights apply only with `strategy: weighted`"))
+        for region in weights if isinstance(weights, dict) else []:
+            if region not in served:
+                out.append((("models", name, "weights", region), f"region {region!r} does not serve this model"))
         for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
             if region not in region_names:
                 out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))

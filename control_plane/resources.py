@@ -73,6 +73,9 @@ METADATA_KEYS = ("endpoint_path", "host", "region", "credential")
 CREDENTIAL_HEADER = "x-vertex-credential"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+SOCKET_MATCH = "envoy.transport_socket_match"  # endpoint metadata key transport_socket_matches read
+PIN_HEADER = "x-vertex-pin-region"
 
 # Runs once per attempt, after the host is chosen. :path may already hold the previous
 # attempt's rewrite (header edits persist across attempts), so only the verb and the query
@@ -119,6 +122,17 @@ def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[
     served = set(config.models[model].served_regions)
     order = [local_region, *config.regions[local_region].failover]
     return [region for region in order if region in served]
+
+
+def members(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions that serve `model` to an Envoy in local_region, by the model's strategy: the
+    failover chain in order, or the regions a weighted or least-request spread uses."""
+    spec = config.models[model]
+    if spec.strategy == "failover":
+        return failover_chain(config, model, local_region)
+    if spec.strategy == "weighted":
+        return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
+    return list(spec.served_regions)
 
 
 def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
@@ -183,26 +197,20 @@ def _re_escape(text: str) -> str:
 
 
 def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
-    """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS."""
+    """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
+    Under an aggregate its upstream filters never run; a pinned route names it directly."""
     spec = config.regions[region]
     policy = config.policy_for(model, region)
-    name = region_cluster_name(model, region)
-    od = policy.outlier_detection
     cluster = cluster_pb2.Cluster(
-        name=name,
+        name=region_cluster_name(model, region),
         connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        outlier_detection=outlier_detection_pb2.OutlierDetection(
-            consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
-            # Gateway errors (connect failure, reset, timeout) count like 5xx; keep one counter.
-            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
-            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
-            interval=_duration(od.interval),
-            base_ejection_time=_duration(od.base_ejection_time),
-            max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
-        ),
+        outlier_detection=_outlier_detection(policy),
         # Default 1 s would delay the effect of an ejection on host selection.
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
+        circuit_breakers=_retry_budget(),
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, [region], policy, http2=spec.http2))},
     )
     if _is_ip(spec.address):
         cluster.type = cluster_pb2.Cluster.EDS
@@ -212,45 +220,137 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
     if spec.tls:
-        host = config.host_of(region)
-        tls = tls_pb2.UpstreamTlsContext(
-            # sni per region, not auto_sni: auto_sni would take the client's Host.
-            sni=host,
-            common_tls_context=tls_pb2.CommonTlsContext(
-                validation_context=tls_common_pb2.CertificateValidationContext(
-                    trusted_ca=base_pb2.DataSource(filename=spec.ca_file or DEFAULT_CA_FILE),
-                    match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(
-                        san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
-                        matcher=string_pb2.StringMatcher(exact=host))],
-                )))
-        if spec.http2:
-            tls.common_tls_context.alpn_protocols.append("h2")
-        cluster.transport_socket.CopyFrom(base_pb2.TransportSocket(
-            name="envoy.transport_sockets.tls", typed_config=_any(tls)))
-    if spec.http2:
-        # Many requests over few connections; Vertex's front ends speak h2 over TLS.
-        cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
-            _any(http_protocol_options_pb2.HttpProtocolOptions(
-                explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                    http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))))
+        cluster.transport_socket.CopyFrom(_tls_socket(config, region))
     return cluster
 
 
-def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
+def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
     spec = config.regions[region]
-    metadata = struct_pb2.Struct()
-    metadata.update({"region": region, "host": config.host_of(region),
-                     "endpoint_path": endpoint_path(config, model, region),
-                     "credential": config.profile_for(model, region)})
-    endpoint = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
-        metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: metadata}),
+    host = config.host_of(region)
+    tls = tls_pb2.UpstreamTlsContext(
+        # sni per region, not auto_sni: auto_sni would take the client's Host.
+        sni=host,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            alpn_protocols=["h2"] if spec.http2 else [],
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=spec.ca_file or DEFAULT_CA_FILE),
+                match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(
+                    san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
+                    matcher=string_pb2.StringMatcher(exact=host))],
+            )))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(tls))
+
+
+def _outlier_detection(policy: Policy) -> outlier_detection_pb2.OutlierDetection:
+    od = policy.outlier_detection
+    return outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+        # Gateway errors (connect failure, reset, timeout) count like 5xx; keep one counter.
+        consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+        interval=_duration(od.interval),
+        base_ejection_time=_duration(od.base_ejection_time),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
     )
+
+
+def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
+    # Retries are admitted by the breaker of the cluster the route names; the default
+    # max_retries=3 would refuse most concurrent failovers.
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        priority=base_pb2.DEFAULT,
+        retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+            budget_percent=_percent(100.0), min_retry_concurrency=wrappers_pb2.UInt32Value(value=1024)))])
+
+
+def _http_options(config: RegionConfig, model: str, regions: list[str], policy: Policy,
+                  http2: bool = False) -> http_protocol_options_pb2.HttpProtocolOptions:
+    """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier error."""
+    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
+        http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions())
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=explicit,
+        http_filters=upstream_filters(sorted({config.profile_for(model, r) for r in regions})))
+    if policy.outlier_detection.eject_on_429:
+        # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
+        # requests skip the region instead of paying a wasted first attempt each. A matcher
+        # replaces the default "5xx is an error" rule, so 5xx is listed too.
+        def status(**match) -> matcher_pb2.MatchPredicate:
+            return matcher_pb2.MatchPredicate(http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[route_components_pb2.HeaderMatcher(name=":status", **match)]))
+
+        options.outlier_detection.error_matcher.CopyFrom(matcher_pb2.MatchPredicate(
+            or_match=matcher_pb2.MatchPredicate.MatchSet(rules=[
+                status(string_match=string_pb2.StringMatcher(exact="429")),
+                status(range_match=range_pb2.Int64Range(start=500, end=600))])))
+    return options
+
+
+def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=region_cluster_name(model, region),
         endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
-            locality=base_pb2.Locality(region=region), lb_endpoints=[endpoint])],
+            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region)])])
+
+
+def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0) -> endpoint_components_pb2.LbEndpoint:
+    spec = config.regions[region]
+    metadata = {METADATA_NAMESPACE: _struct({
+        "region": region, "host": config.host_of(region), "endpoint_path": endpoint_path(config, model, region),
+        "credential": config.profile_for(model, region)})}
+    if spec.tls:  # a spread cluster picks each region's TLS settings by this key
+        metadata[SOCKET_MATCH] = _struct({"region": region})
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
+        metadata=base_pb2.Metadata(filter_metadata=metadata))
+    if weight:
+        endpoint.load_balancing_weight.value = weight
+    return endpoint
+
+
+def spread_load_assignment(config: RegionConfig, model: str, local_region: str) -> endpoint_pb2.ClusterLoadAssignment:
+    """Every member region's endpoint in one priority, weighted by the model's weights."""
+    spec = config.models[model]
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name(model),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+            _lb_endpoint(config, model, region, spec.weights.get(region, 1) if spec.weights else 1)
+            for region in members(config, model, local_region)])])
+
+
+def spread_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+    """The cluster a weighted or least-request model's route names: all its regions in one
+    priority. Retries move to a region not yet tried (previous_hosts: one host per region)."""
+    spec = config.models[model]
+    regions = members(config, model, local_region)
+    policy = config.policy_for(model, local_region)
+    cluster = cluster_pb2.Cluster(
+        name=cluster_name(model),
+        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST if spec.strategy == "least_request"
+        else cluster_pb2.Cluster.ROUND_ROBIN,
+        outlier_detection=_outlier_detection(policy),
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            update_merge_window=_duration(0),
+            # With few hosts (one per region) the default 50% panic threshold would send traffic
+            # to ejected regions as soon as half are out; never do that.
+            healthy_panic_threshold=percent_pb2.Percent(value=0)),
+        circuit_breakers=_retry_budget(),
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, regions, policy, http2=all(config.regions[r].http2 for r in regions)))},
+        transport_socket_matches=[cluster_pb2.Cluster.TransportSocketMatch(
+            name=region, match=_struct({"region": region}), transport_socket=_tls_socket(config, region))
+            for region in regions if config.regions[region].tls],
     )
+    if all(_is_ip(config.regions[r].address) for r in regions):
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+    else:
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(spread_load_assignment(config, model, local_region))
+    return cluster
 
 
 def token_secret_name(profile: str) -> str:
@@ -321,26 +421,8 @@ def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
 
 
 def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
-    """The cluster a model's route names: its regions in failover order, local first."""
+    """The cluster a failover model's route names: its regions in failover order, local first."""
     chain = failover_chain(config, model, local_region)
-    protocol = http_protocol_options_pb2.HttpProtocolOptions(
-        # The wire protocol really comes from each region's cluster; this only carries the filters.
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http_protocol_options=protocol_pb2.Http1ProtocolOptions()),
-        http_filters=upstream_filters(sorted({config.profile_for(model, r) for r in chain})),
-    )
-    if config.policy_for(model, local_region).outlier_detection.eject_on_429:
-        # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
-        # requests skip the region instead of paying a wasted first attempt each. A matcher
-        # replaces the default "5xx is an error" rule, so 5xx is listed too.
-        def status(**match) -> matcher_pb2.MatchPredicate:
-            return matcher_pb2.MatchPredicate(http_response_headers_match=matcher_pb2.HttpHeadersMatch(
-                headers=[route_components_pb2.HeaderMatcher(name=":status", **match)]))
-
-        protocol.outlier_detection.error_matcher.CopyFrom(matcher_pb2.MatchPredicate(
-            or_match=matcher_pb2.MatchPredicate.MatchSet(rules=[
-                status(string_match=string_pb2.StringMatcher(exact="429")),
-                status(range_match=range_pb2.Int64Range(start=500, end=600))])))
     return cluster_pb2.Cluster(
         name=cluster_name(model),
         connect_timeout=_duration(5.0),
@@ -349,16 +431,10 @@ def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cl
             name="envoy.clusters.aggregate",
             typed_config=_any(aggregate_pb2.ClusterConfig(
                 clusters=[region_cluster_name(model, r) for r in chain]))),
-        # Retries are admitted by the breaker of the cluster the route names; the default
-        # max_retries=3 would refuse most concurrent failovers.
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                priority=base_pb2.DEFAULT,
-                retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
-                    budget_percent=_percent(100.0),
-                    min_retry_concurrency=wrappers_pb2.UInt32Value(value=1024)))]),
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(protocol)},
+        circuit_breakers=_retry_budget(),
+        # The wire protocol really comes from each region's cluster; these options carry the filters.
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, chain, config.policy_for(model, local_region)))},
     )
 
 
@@ -369,28 +445,31 @@ def _percent(value: float) -> percent_pb2.Percent:
 # --------------------------------------------------------------------------- routes
 
 
-def _retry_policy(policy: Policy, attempts_available: int) -> route_components_pb2.RetryPolicy:
+def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) -> route_components_pb2.RetryPolicy:
     # A retry goes to a region not yet tried; more retries than regions would revisit one.
     num_retries = min(policy.num_retries, attempts_available - 1) if attempts_available > 1 else policy.num_retries
-    return route_components_pb2.RetryPolicy(
+    retry = route_components_pb2.RetryPolicy(
         retry_on=",".join(policy.retry_on),
         retriable_status_codes=policy.retriable_status_codes,
         num_retries=wrappers_pb2.UInt32Value(value=num_retries),
         per_try_timeout=_duration(policy.per_try_timeout),
-        # Essential: without it a retry stays in the failing region (priority = region).
-        retry_priority=route_components_pb2.RetryPolicy.RetryPriority(
-            name="envoy.retry_priorities.previous_priorities",
-            typed_config=_any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))),
         retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
             name="envoy.retry_host_predicates.previous_hosts",
             typed_config=_any(previous_hosts_pb2.PreviousHostsPredicate()))],
         host_selection_retry_max_attempts=3,
     )
+    if by_priority:  # failover: each region is a priority of the aggregate
+        # Essential: without it a retry stays in the failing region.
+        retry.retry_priority.CopyFrom(route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=_any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))))
+    return retry
 
 
 def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
-                 match: route_components_pb2.RouteMatch, streaming: bool = False) -> route_components_pb2.Route:
-    chain = failover_chain(config, model, local_region)
+                 match: route_components_pb2.RouteMatch, streaming: bool = False,
+                 pinned: str | None = None) -> route_components_pb2.Route:
+    chain = [pinned] if pinned else members(config, model, local_region)
     if not chain:
         return route_components_pb2.Route(
             name=name, match=match,
@@ -398,8 +477,11 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                                                 f"{local_region} or its failover regions"),
             response_headers_to_add=[_header("content-type", "application/json")])
     policy = config.policy_for(model, local_region)
-    action = route_components_pb2.RouteAction(cluster=cluster_name(model),
-                                              retry_policy=_retry_policy(policy, len(chain)))
+    if pinned:  # that region only: no failover
+        policy = policy.model_copy(update={"num_retries": 0})
+    action = route_components_pb2.RouteAction(
+        cluster=region_cluster_name(model, pinned) if pinned else cluster_name(model),
+        retry_policy=_retry_policy(policy, len(chain), config.models[model].strategy == "failover"))
     retry = action.retry_policy
     if streaming:
         # A stream may rightly last longer than any whole-response timeout; what must be caught is
@@ -413,6 +495,7 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
         name=name,
         match=match,
         route=action,
+        request_headers_to_remove=[PIN_HEADER] if pinned else [],
         # A body must be buffered to be retried: the buffer filter holds up to this many bytes
         # (413 beyond), and the router keeps that much for the retry.
         request_body_buffer_limit=wrappers_pb2.UInt64Value(value=policy.max_request_bytes),
@@ -431,21 +514,22 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     routes: list[route_components_pb2.Route] = []
     for model, spec in config.models.items():
         verbs = PUBLISHER_VERBS if spec.publisher_model else VERBS
+        model_path = f"/v1/models/{_re_escape(model)}"
         if spec.publisher_model:
             publisher, name = spec.publisher_model.split("/", 1)
-            native = (f"^/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
+            native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
                       f"/models/{_re_escape(name)}")
         else:
-            native = (f"^/v1/projects/[^/]+/locations/[^/]+/endpoints/"
-                      f"({_alternation(sorted(set(spec.endpoints.values())))})")
+            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
+        routes += _pin_routes(config, model, local_region, model_path, native, verbs)
         for streaming in (False, True):
             group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
             suffix = ":stream" if streaming else ""
             verb_re = f":({_alternation(group)})$"
-            routes.append(_model_route(config, model, local_region, f"model:{model}{suffix}", _regex_match(
-                f"^/v1/models/{_re_escape(model)}{verb_re}"), streaming))
-            routes.append(_model_route(config, model, local_region, f"native:{model}{suffix}", _regex_match(
-                native + verb_re), streaming))
+            routes.append(_model_route(config, model, local_region, f"model:{model}{suffix}",
+                                       _regex_match(f"^{model_path}{verb_re}"), streaming))
+            routes.append(_model_route(config, model, local_region, f"native:{model}{suffix}",
+                                       _regex_match(f"^{native}{verb_re}"), streaming))
     routes.append(_model_route(config, config.default_model, local_region, "predict",
                                route_components_pb2.RouteMatch(path="/predict")))
     routes.append(route_components_pb2.Route(
@@ -454,8 +538,9 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
         direct_response=_json_response(
             404, "no such path on this gateway",
             paths=["POST /v1/models/{model}:{verb}", "POST /predict",
-                   "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}"],
-            models=sorted(config.models), verbs=list(VERBS)),
+                   "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}",
+                   "POST /v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model}:{verb}"],
+            models=sorted(config.models), verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))},
     ))
@@ -469,6 +554,33 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
             response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
         )],
     )
+
+
+def _pin_routes(config: RegionConfig, model: str, local_region: str, model_path: str, native: str,
+                verbs: tuple[str, ...]) -> list[route_components_pb2.Route]:
+    """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
+    regions this Envoy would use for the model may be pinned; any other value gets a 400."""
+    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
+    if model == config.default_model:
+        paths = f"(?:{paths}|/predict)"
+    allowed = members(config, model, local_region)
+
+    def match(**header) -> route_components_pb2.RouteMatch:
+        return route_components_pb2.RouteMatch(safe_regex=_regex(f"^{paths}$"), headers=[
+            route_components_pb2.HeaderMatcher(name=PIN_HEADER, **header)])
+
+    # One route per region covers unary and streaming verbs alike: no whole-request timeout,
+    # an idle timeout per try instead (what a hang looks like either way).
+    routes = [_model_route(config, model, local_region, f"pin:{model}@{region}",
+                           match(string_match=string_pb2.StringMatcher(exact=region)), streaming=True,
+                           pinned=region) for region in allowed]
+    routes.append(route_components_pb2.Route(
+        name=f"pin:{model}:refused", match=match(present_match=True),
+        direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
+                                            f"{model!r} from this gateway", allowed_regions=allowed),
+        response_headers_to_add=[_header("content-type", "application/json")],
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
+    return routes
 
 
 def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
@@ -549,12 +661,17 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
     """Every resource one Envoy (of this node group) is served, by type URL."""
     clusters: list[Message] = []
     endpoints: list[Message] = []
-    for model in config.models:
-        chain = failover_chain(config, model, group.region)
-        if not chain:
+    for model, spec in config.models.items():
+        regions = members(config, model, group.region)
+        if not regions:
             continue
-        clusters.append(aggregate_cluster(config, model, group.region))
-        for region in chain:
+        if spec.strategy == "failover":
+            clusters.append(aggregate_cluster(config, model, group.region))
+        else:
+            clusters.append(spread_cluster(config, model, group.region))
+            if clusters[-1].type == cluster_pb2.Cluster.EDS:
+                endpoints.append(spread_load_assignment(config, model, group.region))
+        for region in regions:  # failover members; for a spread, the targets of pinned requests
             clusters.append(region_cluster(config, model, region))
             if _is_ip(config.regions[region].address):
                 endpoints.append(load_assignment(config, model, region))

@@ -18,6 +18,7 @@ from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
 from .harness import ControlPlaneThread, free_port, wait_for, write_config
 
 PROJECT = "p-e2e"
+GEMINI = ["google/gemini-2.0-flash"]  # publisher models every emulator serves
 ENDPOINT_IDS = {"us-central1": "1001", "us-east4": "2002", "europe-west4": "3003"}
 DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["us-central1"],
                     "europe-west4": ["us-central1"]}
@@ -31,7 +32,7 @@ class Stack:
         tls = tls or {}
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
         self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"},
-                                            ssl_context=tls.get(r))
+                                            GEMINI, ssl_context=tls.get(r))
                           for r in regions}
         self.emulator_thread = EmulatorThread(self.emulators.values()).__enter__()
         # Real google-auth service-account credentials, granted by a local token endpoint.

@@ -47,6 +47,14 @@ models:
     endpoints: {us-central1: "111", us-east4: "222", europe-west4: "333"}
   churn:
     endpoints: {us-east4: "444"}
+  spread:
+    strategy: weighted
+    weights: {us-central1: 3, us-east4: 1, europe-west4: 0}
+    endpoints: {us-central1: "555", us-east4: "666", europe-west4: "777"}
+  gemini:
+    publisher_model: google/gemini-2.0-flash
+    regions: [us-central1, us-east4]
+    strategy: least_request
 """
 
 
@@ -130,6 +138,44 @@ def test_routes_cover_the_client_paths(config):
     retry = routes["model:housing"]["route"]["retryPolicy"]
     assert retry["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert retry["numRetries"] == 1  # two regions reachable from us-east4: one retry, never a revisit
+
+
+def test_weighted_model_is_one_spread_cluster_with_per_region_tls(config):
+    res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
+    spread = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/spread"])
+    assert spread.get("lbPolicy", "ROUND_ROBIN") == "ROUND_ROBIN" and spread["type"] == "EDS"
+    assert spread["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
+    assert [m["name"] for m in spread["transportSocketMatches"]] == ["us-central1", "us-east4"]
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/spread"])
+    weights = {e["metadata"]["filterMetadata"]["vertex"]["region"]: e["loadBalancingWeight"]
+               for e in la["endpoints"][0]["lbEndpoints"]}
+    assert weights == {"us-central1": 3, "us-east4": 1}  # weight 0 drains europe-west4
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert not routes["model:spread"].route.retry_policy.HasField("retry_priority")
+    gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
+    assert gemini["lbPolicy"] == "LEAST_REQUEST"
+
+
+def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):
+    res = build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080))
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert routes["pin:housing@us-central1"].route.cluster == "model/housing@us-central1"
+    assert routes["pin:housing@us-central1"].route.retry_policy.num_retries.value == 0
+    assert "pin:housing@europe-west4" not in routes  # not in us-east4's failover list
+    refused = json.loads(routes["pin:housing:refused"].direct_response.body.inline_string)
+    assert refused["error"]["allowed_regions"] == ["us-east4", "us-central1"]
+    names = [r.name for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes]
+    assert names.index("pin:housing:refused") < names.index("model:housing")
+
+
+def test_publisher_model_paths(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-east4"])
+    assert la["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]["endpoint_path"] == \
+        "/v1/projects/p-123/locations/us-east4/publishers/google/models/gemini-2.0-flash"
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert "streamGenerateContent" in routes["model:gemini:stream"].match.safe_regex.regex
+    assert "publishers/google/models/gemini\\-2\\.0\\-flash:" in routes["native:gemini"].match.safe_regex.regex
 
 
 def test_unreachable_model_gets_a_json_503_route(config):
