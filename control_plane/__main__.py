@@ -70,7 +70,12 @@ def _validate(args: argparse.Namespace) -> int:
     endpoints = sum(len(m.endpoints) or len(m.regions) for m in config.models.values())
     print(f"{args.config}: OK: project {config.project}, {len(config.regions)} region(s), "
           f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
-          f"default model {config.default_model}, version {config.version}")
+          f"default model {config.default_model}, version {config.version}",
+          file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON document alone
+    if args.show or args.against or args.json:
+        from .dryrun import show
+
+        return show(args.config, config, against=args.against, as_json=args.json)
     return 0
 
 
@@ -121,6 +126,12 @@ def parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a regions.yaml; exit 1 listing every problem")
     validate.add_argument("config")
+    validate.add_argument("--show", action="store_true",
+                          help="also print what would be pushed per region: resources and versions, "
+                               "failover chains, upstream paths")
+    validate.add_argument("--against", metavar="OLDFILE",
+                          help="with --show (implied): only what changes from OLDFILE, per region")
+    validate.add_argument("--json", action="store_true", help="with --show (implied): as JSON on stdout")
     validate.set_defaults(func=_validate)
 
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for one Envoy")

@@ -20,7 +20,6 @@ Mapping from a type's state (status.SyncStatus) to the CSDS enums:
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 
@@ -32,8 +31,6 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from .resources import PUSH_ORDER
 from .status import ClientRegistry, ClientStream, SyncStatus, TypeState
-
-log = logging.getLogger(__name__)
 
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 

@@ -150,7 +150,7 @@ def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
 
 def _any(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.Pack(message, deterministic=True)  # map order (Structs) must not vary between processes
     return packed
 
 
