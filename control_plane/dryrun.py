@@ -27,7 +27,7 @@ from .resources import (
     NodeGroup,
     build_resources,
     endpoint_path,
-    failover_chain,
+    members,
     token_secret_name,
 )
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
@@ -56,8 +56,10 @@ class Upstream:
 @dataclass(frozen=True)
 class ModelPlan:
     default: bool
-    chain: list[str]  # regions tried, in order; empty: the route answers 503
+    chain: list[str]  # regions used (failover: in order); empty: the route answers 503
     upstreams: list[Upstream]
+    strategy: str = "failover"
+    weights: dict[str, int] | None = None
 
 
 @dataclass
@@ -95,11 +97,12 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
             secrets=[])
         profiles: set[str] = set()
         for model, spec in config.models.items():
-            chain = failover_chain(config, model, region)
+            chain = members(config, model, region)
             profiles.update(config.profile_for(model, r) for r in chain)
             envoy.models[model] = ModelPlan(default=spec.default, chain=chain, upstreams=[
                 Upstream(r, config.regions[r].address, config.regions[r].port, config.regions[r].tls,
-                         config.host_of(r), endpoint_path(config, model, r) + ":{verb}") for r in chain])
+                         config.host_of(r), endpoint_path(config, model, r) + ":{verb}") for r in chain],
+                strategy=spec.strategy, weights=dict(spec.weights) or None)
         envoy.secrets = sorted(token_secret_name(p) for p in profiles)
         out[region] = envoy
     return out
@@ -195,7 +198,7 @@ def to_json(path: str, config: RegionConfig, new_plan: dict[str, EnvoyPlan], aga
             "listener": envoy.listener if envoy else None,
             "resources": envoy.resources if envoy else {},
             "secrets": envoy.secrets if envoy else [],
-            "models": {m: {"default": p.default, "chain": p.chain,
+            "models": {m: {"default": p.default, "chain": p.chain, "strategy": p.strategy, "weights": p.weights,
                            "upstreams": {u.region: {k: v for k, v in asdict(u).items() if k != "region"}
                                          for u in p.upstreams}}
                        for m, p in (envoy.models if envoy else {}).items()},
@@ -308,7 +311,10 @@ def _models(envoy: EnvoyPlan, old: EnvoyPlan | None) -> list[str]:
             note = "  (new)"
         elif was is not None and was.chain != p.chain:
             note = f"  (was: {_chain(was.chain)})"
-        lines.append(f"    {model}{' (default)' if p.default else ''}: {_chain(p.chain)}{note}")
+        how = _chain(p.chain) if p.strategy == "failover" else \
+            f"{p.strategy} over " + (", ".join(f"{r}={p.weights.get(r, 0)}" for r in p.weights) if p.weights
+                                     else ", ".join(p.chain))
+        lines.append(f"    {model}{' (default)' if p.default else ''}: {how}{note}")
         rows = []
         old_upstreams = {u.region: u for u in was.upstreams} if was else {}
         for u in p.upstreams:

@@ -210,6 +210,7 @@ def test_json(tmp_path, old):
     plain = json.loads(cli("--show", "--json", str(old)).stdout)
     assert plain["against"] is None and "diff" not in plain["regions"]["us-east4"]
     assert plain["regions"]["europe-west4"]["models"]["churn"] == {"default": False, "chain": ["us-central1"],
+                                                                    "strategy": "failover", "weights": None,
                                                                     "upstreams": plain["regions"]["europe-west4"]
                                                                     ["models"]["churn"]["upstreams"]}
 
@@ -234,3 +235,13 @@ def test_invalid_files_exit_1(tmp_path, old):
     # plain validate is unchanged
     assert cli(str(old)).returncode == 0 and cli(str(broken)).returncode == 1
     assert cli(str(old)).stdout.count("\n") == 1
+
+
+def test_show_names_the_strategy_and_weights(tmp_path):
+    path = tmp_path / "weighted.yaml"
+    path.write_text("project: p\nregions:\n  us-central1: {address: 10.0.0.1}\n  us-east4: {address: 10.0.0.2}\n"
+                    "models:\n  m:\n    default: true\n    strategy: weighted\n"
+                    "    weights: {us-central1: 80, us-east4: 20}\n"
+                    "    endpoints: {us-central1: '1', us-east4: '2'}\n")
+    out = cli("--show", str(path)).stdout
+    assert "m (default): weighted over us-central1=80, us-east4=20" in out
