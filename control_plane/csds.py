@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.service.status.v3 import csds_pb2
-from envoy.type.matcher.v3 import node_pb2, string_pb2, struct_pb2 as struct_matcher_pb2, value_pb2
+from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from .resources import PUSH_ORDER

@@ -10,7 +10,8 @@ import pytest
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
-from envoy.type.matcher.v3 import node_pb2, regex_pb2, string_pb2, struct_pb2 as struct_matcher_pb2, value_pb2
+from envoy.type.matcher.v3 import node_pb2, regex_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, token_secret_name
 

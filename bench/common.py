@@ -1,0 +1,100 @@
+"""Helpers shared by the benchmarks (beyond those of bench/failover.py, which they import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.failover import fmt, machine  # noqa: E402,F401  (re-exported)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rpartition(")")[2].split()  # after "(comm)": fields 3.. of proc(5)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime (14), stime (15)
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    user = system = 0.0
+    for pid in pids:
+        u, s = cpu_times(pid)
+        user, system = user + u, system + s
+    return user, system
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size from /proc/PID/statm (pages)."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def ensure_debian_package(binary: str, package: str) -> str | None:
+    """The path of `binary`, installing Debian's `package` first when absent and we are root.
+    None (and a message on stderr) when it cannot be had."""
+    found = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"{binary} not found and cannot install it (needs root and apt-get): apt-get install -y {package}",
+              file=sys.stderr)
+        return None
+    print(f"{binary} not found: installing Debian package {package} ...", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "install", "-y", "-qq", package], ["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", package]):
+        if cmd[1] == "update" and (shutil.which(binary) or Path(f"/usr/sbin/{binary}").exists()):
+            break
+        subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    found = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if not found:
+        print(f"installing {package} failed: {binary} still not found", file=sys.stderr)
+    return found
+
+
+def write_json(directory: Path, name: str, started, doc: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001  (the thing waited for may not be up yet)
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+
+
+def pct(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"

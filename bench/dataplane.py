@@ -1,0 +1,690 @@
+"""Data plane: requests/s, latency and proxy CPU per request, Envoy vs the Python smart router.
+
+Every target answers `POST /v1/models/housing:predict` with a ~1 KB JSON body, and every
+proxied request ends at the same fast backend (nginx from Debian, `return 200` with a static
+~1 KB Vertex-like JSON answer; `--backend envoy` uses an Envoy with a direct_response instead):
+
+  direct      the load generator straight to the backend: the floor
+  envoy-1w    this project's Envoy, 1 worker, programmed by the control plane (full filter
+              chain: buffer, router with the retry policy, aggregate cluster, per-attempt
+              header_mutation + credential_injector + Lua rewrite); both regions' address and
+              port point at the backend, tls false
+  envoy-2w    the same with 2 workers
+  router-1p   bench/smart_router.py (aiohttp), 1 process
+  router-2p   the same, 2 processes on one port (SO_REUSEPORT)
+
+Cells run at 1, 16 and 64 connections, interleaved (per connection count, every target in
+turn), so slow drifts of this shared machine hit all targets alike. Proxy CPU per request is
+the proxy processes' CPU time (utime + stime from /proc/PID/stat, all threads) over the
+measured run, divided by the requests served.
+
+`--ablate` (on by default) also runs Envoys whose filter chain lacks one part more each
+(same control plane, a builder that edits the built resources), at 16 connections: where
+Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped).
+
+Load generator: wrk (installed from Debian when absent and running as root); without it the
+Python load generator of tests/loadgen.py runs in a separate process, and the output says so
+(its own cost then bounds every number).
+
+    python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
+                              [--targets direct,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import children, cpu_seconds, ensure_debian_package, fmt, machine, wait_until, write_json  # noqa: E402
+from bench.failover import make_body  # noqa: E402
+from control_plane.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
+from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, build_resources  # noqa: E402
+from tests.harness import free_port  # noqa: E402
+from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
+
+LOCAL, REMOTE = "us-central1", "us-east4"
+MODEL_PATH = "/v1/models/housing:predict"
+TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
+# Cumulative: each variant drops one more part of the filter chain than the one before.
+VARIANTS = {
+    "full": "the product's filter chain",
+    "-lua": "without the Lua rewrite (upstream filter)",
+    "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
+    "-buffer, scrub, local replies": "also HCM with the router alone: no buffer filter, no early header "
+                                     "mutation, no local-reply mapping",
+    "bare": "also the route names the region cluster directly: no aggregate cluster, no retry policy, "
+            "no response header",
+}
+ABLATE_CONNECTIONS = 16
+BENCH_TOKEN = "ya29.bench-static-token"
+HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+def backend_answer(body: bytes) -> bytes:
+    """What the emulator would answer for this body (one prediction per instance), as static bytes."""
+    n = len(json.loads(body)["instances"])
+    return json.dumps({"predictions": [{"region": LOCAL, "endpoint_id": ENDPOINT_IDS[LOCAL], "model": "housing",
+                                        "index": i, "value": round(0.5 + i / 7, 6)} for i in range(n)],
+                       "deployedModelId": "1234567890123", "model": f"projects/{PROJECT}/locations/{LOCAL}/models/housing",
+                       "modelDisplayName": "housing", "modelVersionId": "1"}, separators=(",", ":")).encode()
+
+
+class Backend:
+    """nginx (`return 200`, 1 worker) or an Envoy with a direct_response, on 127.0.0.1."""
+
+    def __init__(self, kind: str, answer: bytes, workdir: Path):
+        self.kind, self.port, self.dir = kind, free_port(), workdir
+        self.proc: subprocess.Popen | None = None
+        text = answer.decode()
+        if kind == "nginx":
+            nginx = ensure_debian_package("nginx", "nginx-light")
+            if not nginx:
+                raise FileNotFoundError("nginx")
+            assert "'" not in text and "$" not in text
+            d = workdir
+            (d / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      default_type application/json;
+      add_header x-seen-uri $request_uri always;
+      add_header x-seen-host $host always;
+      add_header x-seen-auth $http_authorization always;
+      return 200 '{text}';
+    }}
+  }}
+}}
+""")
+            self.args = [nginx, "-p", str(d), "-e", str(d / "nginx-error.log"), "-c", str(d / "nginx.conf")]
+        else:
+            import yaml
+            config = {"static_resources": {"listeners": [{
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+                "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                             ".HttpConnectionManager",
+                    "stat_prefix": "backend",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": text}},
+                        "response_headers_to_add": [
+                            {"header": {"key": "content-type", "value": "application/json"}},
+                            {"header": {"key": "x-seen-uri", "value": "%REQ(:PATH)%"}},
+                            {"header": {"key": "x-seen-host", "value": "%REQ(:AUTHORITY)%"}},
+                            {"header": {"key": "x-seen-auth", "value": "%REQ(AUTHORIZATION)%"}}]}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
+            (workdir / "backend-envoy.yaml").write_text(yaml.safe_dump(config))
+            self.args = [envoy_binary(), "-c", str(workdir / "backend-envoy.yaml"), "--concurrency", "1",
+                         "--disable-hot-restart", "--log-level", "error", "--base-id", str(os.getpid() % 60000)]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Backend:
+        log = open(self.dir / f"backend-{self.kind}.log", "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_until(lambda: _post(self.url + MODEL_PATH, b"{}")[0] == 200, 30, f"the {self.kind} backend")
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)] if self.proc else []
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _post(url: str, body: bytes, timeout: float = 5) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}
+
+
+# --------------------------------------------------------------------------- ablation builder
+
+
+def ablated_builder(variant_by_port: dict[int, str]):
+    """build_resources, then (for Envoys listening on a port in variant_by_port) drop parts."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+
+    def build(config, group):
+        built = build_resources(config, group)
+        variant = variant_by_port.get(group.listen_port, "full")
+        level = list(VARIANTS).index(variant)
+        if level == 0:
+            return built
+        for cluster in built[CLUSTER_TYPE]:
+            if HPO in cluster.typed_extension_protocol_options:
+                options = hpo_pb2.HttpProtocolOptions()
+                cluster.typed_extension_protocol_options[HPO].Unpack(options)
+                keep = [f for f in options.http_filters if
+                        (f.name != "envoy.filters.http.lua" if level == 1 else f.name.endswith("upstream_codec"))]
+                del options.http_filters[:]
+                options.http_filters.extend(keep)
+                cluster.typed_extension_protocol_options[HPO].Pack(options)
+        if level >= 3:
+            for listener in built[LISTENER_TYPE]:
+                for chain in listener.filter_chains:
+                    for flt in chain.filters:
+                        manager = hcm_pb2.HttpConnectionManager()
+                        flt.typed_config.Unpack(manager)
+                        keep = [f for f in manager.http_filters if f.name == "envoy.filters.http.router"]
+                        del manager.http_filters[:]
+                        manager.http_filters.extend(keep)
+                        manager.ClearField("early_header_mutation_extensions")
+                        manager.ClearField("local_reply_config")
+                        flt.typed_config.Pack(manager)
+            for rc in built[ROUTE_TYPE]:
+                for vh in rc.virtual_hosts:
+                    for route in vh.routes:
+                        route.typed_per_filter_config.clear()
+                        route.ClearField("request_body_buffer_limit")
+                        if level >= 4 and route.HasField("route") and route.route.cluster.startswith("model/") \
+                                and "@" not in route.route.cluster:
+                            route.route.cluster = f"{route.route.cluster}@{group.region}"
+                            route.route.ClearField("retry_policy")
+                    if level >= 4:
+                        vh.include_attempt_count_in_response = False
+                        del vh.response_headers_to_add[:]
+        return built
+
+    return build
+
+
+# --------------------------------------------------------------------------- load generators
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"bytes\\":%%d,\\"connect\\":%%d,\\"read\\":%%d," ..
+    "\\"write\\":%%d,\\"status\\":%%d,\\"timeout\\":%%d,\\"p50_us\\":%%d,\\"p90_us\\":%%d,\\"p99_us\\":%%d," ..
+    "\\"max_us\\":%%d,\\"mean_us\\":%%.1f}\\n",
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+class Wrk:
+    name = "wrk"
+
+    def __init__(self, binary: str, body: bytes, workdir: Path):
+        self.binary = binary
+        self.script = workdir / "post.lua"
+        assert b"]==]" not in body
+        self.script.write_text(WRK_SCRIPT % body.decode())
+        self.version = (subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
+                        + subprocess.run([binary, "-v"], capture_output=True, text=True).stderr).split("\n")[0]
+
+    def run(self, url: str, connections: int, duration: float) -> dict:
+        cmd = [self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+               "-s", str(self.script), url]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk gave no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+        r = json.loads(line[len("WRKJSON "):])
+        errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+        return {"requests": r["requests"], "duration_s": r["duration_us"] / 1e6, "errors": errors,
+                "error_detail": {k: r[k] for k in ("connect", "read", "write", "status", "timeout") if r[k]},
+                "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+                "max_ms": r["max_us"] / 1000, "mean_ms": r["mean_us"] / 1000,
+                "rps": r["requests"] / (r["duration_us"] / 1e6)}
+
+
+def _python_load(url: str, connections: int, duration: float, body: bytes, queue) -> None:
+    from tests.loadgen import percentile, run_load
+    result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration))
+    lat = [s.latency * 1000 for s in result.samples]
+    queue.put({"requests": len(lat), "duration_s": result.duration,
+               "errors": sum(s.status != 200 for s in result.samples), "error_detail": {},
+               "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99),
+               "max_ms": max(lat), "mean_ms": sum(lat) / len(lat), "rps": len(lat) / result.duration})
+
+
+class PythonLoad:
+    """tests/loadgen.py in its own process: used only when wrk cannot be had."""
+
+    name = "python (tests/loadgen.py) -- FALLBACK: its own CPU cost bounds every number"
+    version = sys.version.split()[0]
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def run(self, url: str, connections: int, duration: float) -> dict:
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_python_load, args=(url, connections, duration, self.body, queue))
+        proc.start()
+        try:
+            return queue.get(timeout=duration + 60)
+        finally:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class Target:
+    def __init__(self, name: str, url: str, pids_fn, describe: str):
+        self.name, self.url, self._pids, self.describe = name, url, pids_fn, describe
+
+    @property
+    def pids(self) -> list[int]:
+        return self._pids()
+
+
+def start_router(processes: int, config_path: Path, workdir: Path) -> tuple[list[subprocess.Popen], str]:
+    port = free_port()
+    procs = []
+    for i in range(processes):
+        log = open(workdir / f"router-{processes}p-{i}.log", "ab")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.smart_router", "--config", str(config_path), "--listen",
+             f"127.0.0.1:{port}", "--reuse-port"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True))
+        log.close()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _post(url + MODEL_PATH, b'{"instances":[1]}')[0] == 200, 30, f"the {processes}-process router")
+    return procs, url
+
+
+def start_envoy(stack: Stack, name: str, workers: int, port: int) -> EnvoyProcess:
+    envoy = EnvoyProcess(LOCAL, stack.plane.xds_address, f"127.0.0.1:{port}", node_id=f"bench-{name}",
+                         workers=workers, workdir=stack.dir, log_level="error")
+    stack.envoys[name] = envoy.start()
+    return envoy
+
+
+def check_rewrite(target: str, url: str, body: bytes, backend: Backend) -> dict:
+    """One request: did the backend see the local region's Vertex path, host and a token?"""
+    status, headers = _post(url + MODEL_PATH, body)
+    seen = {k: headers.get(f"x-seen-{k}", "") for k in ("uri", "host", "auth")}
+    ok = status == 200
+    if target != "direct" and not target.startswith("ablate:"):
+        ok = ok and seen["uri"] == f"/v1/projects/{PROJECT}/locations/{LOCAL}/endpoints/{ENDPOINT_IDS[LOCAL]}:predict" \
+            and seen["host"] == f"{LOCAL}-aiplatform.googleapis.com" and seen["auth"].startswith("Bearer ")
+    return {"status": status, "seen": {**seen, "auth": seen["auth"][:12] + "..." if seen["auth"] else ""},
+            "region": headers.get("x-vertex-region"), "ok": ok}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(load, target: Target, connections: int, duration: float, warmup: float) -> dict:
+    if warmup > 0:
+        load.run(target.url + MODEL_PATH, connections, warmup)
+    pids = target.pids
+    before = cpu_seconds(pids) if pids else (0.0, 0.0)
+    r = load.run(target.url + MODEL_PATH, connections, duration)
+    after = cpu_seconds(pids) if pids else (0.0, 0.0)
+    user, system = after[0] - before[0], after[1] - before[1]
+    n = max(1, r["requests"])
+    r.update({"target": target.name, "connections": connections,
+              "proxy_cpu_s": round(user + system, 3) if pids else None,
+              "proxy_cpu_us_per_req": round((user + system) / n * 1e6, 1) if pids else None,
+              "proxy_user_us_per_req": round(user / n * 1e6, 1) if pids else None,
+              "proxy_sys_us_per_req": round(system / n * 1e6, 1) if pids else None,
+              "proxy_cores": round((user + system) / r["duration_s"], 2) if pids else None,
+              "loadavg": os.getloadavg()[0]})
+    return r
+
+
+def run(args: argparse.Namespace) -> dict:
+    body = make_body()
+    answer = backend_answer(body)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
+    wrk = None if args.python_load else ensure_debian_package("wrk", "wrk")
+    if wrk:
+        load = Wrk(wrk, body, workdir)
+    else:
+        print("WARNING: wrk unavailable; falling back to the Python load generator (tests/loadgen.py) in its own "
+              "process. Its CPU cost, not the proxies', bounds requests/s; compare ratios only.", file=sys.stderr)
+        load = PythonLoad(body)
+    backend_kind = args.backend
+    try:
+        backend = Backend(backend_kind, answer, workdir).start()
+    except FileNotFoundError:
+        print("nginx unavailable: the backend is an Envoy with a direct_response instead", file=sys.stderr)
+        backend_kind = "envoy"
+        backend = Backend(backend_kind, answer, workdir).start()
+
+    ablate = [] if args.no_ablate else list(VARIANTS)
+    variant_ports = {v: free_port() for v in ablate}
+    routers: list[subprocess.Popen] = []
+    stack = None
+    targets: dict[str, Target] = {}
+    results: list[dict] = []
+    checks: dict[str, dict] = {}
+    try:
+        stack = Stack(regions=(LOCAL, REMOTE), envoys=(), extra={
+            "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)}},
+            plane_options={"builder": ablated_builder({p: v for v, p in variant_ports.items()})})
+        targets["direct"] = Target("direct", backend.url, lambda: [],
+                                   f"{backend_kind} backend, no proxy")
+        envoys = {}
+        for name, workers in (("envoy-1w", 1), ("envoy-2w", 2)):
+            if name in args.targets:
+                envoys[name] = start_envoy(stack, name, workers, free_port())
+        for v, port in variant_ports.items():
+            envoys[f"ablate:{v}"] = start_envoy(stack, f"ablate-{len(envoys)}", 1, port)
+        for name, envoy in envoys.items():
+            envoy.wait_ready()
+            url = f"http://{envoy.listen}"
+            wait_until(lambda: _post(url + MODEL_PATH, body)[0] == 200, 30, f"{name} routes")
+            targets[name] = Target(name, url, (lambda e=envoy: [e.proc.pid]),
+                                   f"Envoy {envoy.node_id}, pid {envoy.proc.pid}")
+        router_config = workdir / "router.json"
+        router_config.write_text(json.dumps({
+            "project": PROJECT, "local": LOCAL, "failover": [REMOTE], "default_model": "housing",
+            "token": BENCH_TOKEN,
+            "regions": {r: {"upstream": backend.url, "endpoints": {"housing": ENDPOINT_IDS[r]}} for r in (LOCAL, REMOTE)}}))
+        for name, processes in (("router-1p", 1), ("router-2p", 2)):
+            if name in args.targets:
+                procs, url = start_router(processes, router_config, workdir)
+                routers += procs
+                targets[name] = Target(name, url, (lambda ps=procs: [p.pid for p in ps]),
+                                       f"bench/smart_router.py x{processes}")
+        for name, target in targets.items():
+            checks[name] = check_rewrite(name, target.url, body, backend)
+            if not checks[name]["ok"]:
+                raise RuntimeError(f"{name}: the backend did not see a rewritten request: {checks[name]}")
+        print(f"  all targets up; backend {backend_kind} on {backend.url}; load generator {load.name}",
+              file=sys.stderr)
+        main_targets = [t for t in args.targets if t in targets]
+        for rnd in range(args.rounds):
+            for connections in args.connections:
+                for name in main_targets:
+                    r = measure(load, targets[name], connections, args.duration, args.warmup)
+                    r["round"] = rnd
+                    results.append(r)
+                    print(f"  [{rnd}] {name:10s} c={connections:<3d} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms"
+                          f"  p99 {r['p99_ms']:.3f} ms  cpu/req {fmt(r['proxy_cpu_us_per_req'], '.1f')} us"
+                          f"  errors {r['errors']}  load {r['loadavg']:.2f}", file=sys.stderr)
+            for v in ablate:
+                r = measure(load, targets[f"ablate:{v}"], ABLATE_CONNECTIONS, args.duration, args.warmup)
+                r.update(round=rnd, variant=v)
+                results.append(r)
+                print(f"  [{rnd}] ablate {v:30s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
+                      f"{r['proxy_cpu_us_per_req']:.1f} us (user {r['proxy_user_us_per_req']:.1f}, sys "
+                      f"{r['proxy_sys_us_per_req']:.1f})", file=sys.stderr)
+        envoy_stats = {}
+        if "envoy-1w" in envoys:
+            stats = envoys["envoy-1w"].stats("^cluster.model/housing.upstream_rq_retry|^http.ingress.downstream_rq_")
+            envoy_stats = {k: v for k, v in stats.items() if v}
+    finally:
+        for p in routers:
+            _stop(p)
+        if stack is not None:
+            stack.close()
+        backend.stop()
+    return {"results": results, "checks": checks, "backend": backend_kind, "load": load.name,
+            "load_version": getattr(load, "version", ""), "body_bytes": len(body), "answer_bytes": len(answer),
+            "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}}
+
+
+# --------------------------------------------------------------------------- analysis and output
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per (target, connections): the median over rounds of each number."""
+    import statistics
+    cells: dict[tuple, list[dict]] = {}
+    for r in results:
+        key = (r.get("variant") and f"ablate:{r['variant']}") or r["target"], r["connections"]
+        cells.setdefault(key, []).append(r)
+    out = {}
+    for key, rs in cells.items():
+        agg = {"requests": sum(r["requests"] for r in rs), "errors": sum(r["errors"] for r in rs), "rounds": len(rs)}
+        for field in ("rps", "p50_ms", "p90_ms", "p99_ms", "proxy_cpu_us_per_req", "proxy_user_us_per_req",
+                      "proxy_sys_us_per_req", "proxy_cores"):
+            values = [r[field] for r in rs if r.get(field) is not None]
+            agg[field] = statistics.median(values) if values else None
+        out[key] = agg
+    return out
+
+
+def verdicts(cells: dict) -> list[dict]:
+    def get(t, c, f):
+        cell = cells.get((t, c))
+        return cell[f] if cell else None
+
+    rows = []
+    e1, r1 = get("envoy-1w", 16, "rps"), get("router-1p", 16, "rps")
+    e2, r2 = get("envoy-2w", 16, "rps"), get("router-2p", 16, "rps")
+    if e1 and r1:
+        rows.append({"target": "req/s vs the Python smart router, 16 connections (1 Envoy worker vs 1 router "
+                               "process)", "goal": ">= 2.5x", "value": e1 / r1, "text": f"{e1 / r1:.1f}x",
+                     "met": e1 / r1 >= 2.5})
+    if e2 and r2:
+        rows.append({"target": "the same, 2 Envoy workers vs 2 router processes", "goal": ">= 2.5x",
+                     "value": e2 / r2, "text": f"{e2 / r2:.1f}x", "met": e2 / r2 >= 2.5})
+    cpu = get("envoy-1w", 16, "proxy_cpu_us_per_req")
+    if cpu is not None:
+        rows.append({"target": "Envoy CPU per request (1 worker, 16 connections)", "goal": "<= 60 us",
+                     "value": cpu, "text": f"{cpu:.0f} us", "met": cpu <= 60})
+    p_env, p_dir = get("envoy-1w", 1, "p50_ms"), get("direct", 1, "p50_ms")
+    if p_env is not None and p_dir is not None:
+        added = p_env - p_dir
+        rows.append({"target": "p50 added over direct, 1 connection (1 worker)", "goal": "<= 0.3 ms",
+                     "value": added, "text": f"{added:.3f} ms", "met": added <= 0.3})
+    return rows
+
+
+def markdown(doc: dict) -> str:
+    cells = doc["cells"]
+    conns = sorted({c for (_, c) in cells})
+    names = [t for t in TARGETS if any((t, c) in cells for c in conns)]
+    lines = ["| target | conns | req/s | vs direct | vs router (same cores) | p50 ms | p99 ms | proxy CPU us/req "
+             "(user + sys) | proxy cores busy | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in conns:
+        for t in names:
+            cell = cells.get((t, c))
+            if not cell:
+                continue
+            direct = cells.get(("direct", c), {}).get("rps")
+            peer = {"envoy-1w": "router-1p", "envoy-2w": "router-2p"}.get(t)
+            router = cells.get((peer, c), {}).get("rps") if peer else None
+            cpu = (f"{cell['proxy_cpu_us_per_req']:.0f} ({cell['proxy_user_us_per_req']:.0f} + "
+                   f"{cell['proxy_sys_us_per_req']:.0f})" if cell["proxy_cpu_us_per_req"] is not None else "–")
+            vs_direct = f"{100 * cell['rps'] / direct:.0f}%" if direct else "–"
+            vs_router = f"{cell['rps'] / router:.1f}x" if router else "–"
+            lines.append(f"| {t} | {c} | {cell['rps']:,.0f} | {vs_direct} | {vs_router} | {cell['p50_ms']:.3f} | "
+                         f"{cell['p99_ms']:.3f} | {cpu} | {fmt(cell['proxy_cores'], '.2f')} | {cell['errors']} |")
+    ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
+    ablation = [(v, c) for v, c in ablation if c]
+    if ablation:
+        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; each row drops one more "
+                      "part):", "",
+                  "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
+                  "|---|---|---:|---:|---:|---:|"]
+        prev = None
+        for v, c in ablation:
+            saved = f"{prev - c['proxy_cpu_us_per_req']:.1f} us" if prev is not None else "–"
+            lines.append(f"| {v} | {VARIANTS[v]} | {c['rps']:,.0f} | {c['p50_ms']:.3f} | "
+                         f"{c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
+                         f"{c['proxy_sys_us_per_req']:.1f}) | {saved} |")
+            prev = c["proxy_cpu_us_per_req"]
+    lines += ["", "| target | goal | measured | |", "|---|---|---:|---|"]
+    for v in doc["verdicts"]:
+        lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> str:
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib not installed: plot skipped (pip install matplotlib)"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = doc["cells"]
+    conns = sorted({c for (t, c) in cells if not t.startswith("ablate:")})
+    names = [t for t in TARGETS if any((t, c) in cells for c in conns)]
+    colors = {"direct": "tab:gray", "envoy-1w": "tab:blue", "envoy-2w": "tab:cyan", "router-1p": "tab:orange",
+              "router-2p": "tab:red"}
+    ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
+    ablation = [(v, c) for v, c in ablation if c]
+    fig, axes = plt.subplots(1, 4 if ablation else 3, figsize=(19 if ablation else 15, 4.6))
+    width = 0.8 / len(names)
+    for i, t in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(conns))]
+        rps = [cells.get((t, c), {}).get("rps") or 0 for c in conns]
+        axes[0].bar(xs, rps, width, color=colors[t], label=t)
+        p50 = [cells.get((t, c), {}).get("p50_ms") or float("nan") for c in conns]
+        p99 = [cells.get((t, c), {}).get("p99_ms") or float("nan") for c in conns]
+        axes[1].bar(xs, p99, width, color=colors[t], alpha=0.35)
+        axes[1].bar(xs, p50, width, color=colors[t], label=t)
+        if t != "direct":
+            cpu = [cells.get((t, c), {}).get("proxy_cpu_us_per_req") or 0 for c in conns]
+            axes[2].bar(xs, cpu, width, color=colors[t], label=t)
+    for ax, title, ylabel in ((axes[0], "throughput", "requests/s"),
+                              (axes[1], "latency: p50 (solid), p99 (light)", "ms (log)"),
+                              (axes[2], "proxy CPU per request", "us of CPU per request")):
+        ax.set_xticks(range(len(conns)), [f"{c} conn" for c in conns])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+    axes[1].set_yscale("log")
+    axes[2].axhline(60, color="black", ls="--", lw=1, label="target 60 us")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    if ablation:
+        ax = axes[3]
+        ys = range(len(ablation))
+        ax.barh(list(ys), [c["proxy_user_us_per_req"] for _, c in ablation], color="tab:blue", label="user")
+        ax.barh(list(ys), [c["proxy_sys_us_per_req"] for _, c in ablation],
+                left=[c["proxy_user_us_per_req"] for _, c in ablation], color="tab:purple", label="kernel")
+        ax.set_yticks(list(ys), [v for v, _ in ablation], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(60, color="black", ls="--", lw=1)
+        ax.set_xlabel("us of Envoy CPU per request")
+        ax.set_title(f"Envoy CPU by filter chain ({ABLATE_CONNECTIONS} conn, 1 worker)", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Data plane, {doc['settings']['body_bytes']} B JSON POST, backend {doc['backend']}, "
+                 f"load {doc['load'].split()[0]}; {doc['machine']['cores']} shared cores", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each cell (not measured)")
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every cell; the tables show medians")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--backend", choices=("nginx", "envoy"), default="nginx")
+    parser.add_argument("--no-ablate", action="store_true", help="skip the filter-chain ablation")
+    parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "dataplane.png")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+
+    started = dt.datetime.now(dt.timezone.utc)
+    info = machine()
+    t0 = time.monotonic()
+    print(f"data-plane benchmark: {args.targets} x {args.connections} connections, {args.duration:g} s per cell "
+          f"(+{args.warmup:g} s warm-up), {args.rounds} round(s); {info['cores']} cores, {info['cpu']}, "
+          f"Envoy {info['envoy']}", file=sys.stderr)
+    out = run(args)
+    info["loadavg_end"] = list(os.getloadavg())
+    try:
+        info["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    except OSError:
+        pass
+    info["load_generator"] = f"{out['load']} {out['load_version']}".strip()
+    cells = aggregate(out["results"])
+    doc = {
+        "benchmark": "dataplane",
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - t0, 1),
+        "machine": info,
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
+                     "rounds": args.rounds, "targets": args.targets, "body_bytes": out["body_bytes"],
+                     "answer_bytes": out["answer_bytes"], "path": MODEL_PATH, "ablate": not args.no_ablate,
+                     "wrk_threads": 1},
+        "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],
+        "envoy_stats": out["envoy_stats"],
+        "cells": cells,
+        "results": out["results"],
+    }
+    doc["verdicts"] = verdicts(cells)
+    table = markdown(doc)
+    print(table)
+    if not args.no_plot:
+        print(plot(doc, args.plot), file=sys.stderr)
+    doc["cells"] = [{"target": t, "connections": c, **v} for (t, c), v in cells.items()]
+    doc["markdown"] = table
+    path = write_json(args.out, "dataplane", started, doc)
+    print(f"results written to {path} ({doc['wall_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

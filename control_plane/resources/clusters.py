@@ -1,0 +1,226 @@
+"""Clusters and their endpoints: one per (model, region), plus the cluster a model's
+route names (an aggregate in failover order, or one weighted/least-request spread)."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import (
+    circuit_breaker_pb2,
+    cluster_pb2,
+    outlier_detection_pb2,
+)
+from envoy.config.common.matcher.v3 import matcher_pb2
+from envoy.config.core.v3 import (
+    base_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import percent_pb2, range_pb2
+from google.protobuf import wrappers_pb2
+
+from ..config import Policy, RegionConfig
+from .names import (
+    DEFAULT_CA_FILE,
+    HTTP_OPTIONS,
+    METADATA_NAMESPACE,
+    SOCKET_MATCH,
+    cluster_name,
+    endpoint_path,
+    failover_chain,
+    members,
+    region_cluster_name,
+)
+from .proto import (
+    _ads,
+    _any,
+    _duration,
+    _is_ip,
+    _percent,
+    _socket,
+    _struct,
+)
+from .upstream import (
+    upstream_filters,
+)
+
+
+def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
+    """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
+    Under an aggregate its upstream filters never run; a pinned route names it directly."""
+    spec = config.regions[region]
+    policy = config.policy_for(model, region)
+    cluster = cluster_pb2.Cluster(
+        name=region_cluster_name(model, region),
+        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        outlier_detection=_outlier_detection(policy),
+        # Default 1 s would delay the effect of an ejection on host selection.
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
+        circuit_breakers=_retry_budget(),
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, [region], policy, http2=spec.http2))},
+    )
+    if _is_ip(spec.address):
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+    else:
+        # EDS carries IPs only; a hostname (e.g. a PSC DNS name) is resolved by Envoy.
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
+    if spec.tls:
+        cluster.transport_socket.CopyFrom(_tls_socket(config, region))
+    return cluster
+
+
+def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
+    spec = config.regions[region]
+    host = config.host_of(region)
+    tls = tls_pb2.UpstreamTlsContext(
+        # sni per region, not auto_sni: auto_sni would take the client's Host.
+        sni=host,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            alpn_protocols=["h2"] if spec.http2 else [],
+            validation_context=tls_common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=spec.ca_file or DEFAULT_CA_FILE),
+                match_typed_subject_alt_names=[tls_common_pb2.SubjectAltNameMatcher(
+                    san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
+                    matcher=string_pb2.StringMatcher(exact=host))],
+            )))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_any(tls))
+
+
+def _outlier_detection(policy: Policy) -> outlier_detection_pb2.OutlierDetection:
+    od = policy.outlier_detection
+    return outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+        # Gateway errors (connect failure, reset, timeout) count like 5xx; keep one counter.
+        consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=od.consecutive_5xx),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+        interval=_duration(od.interval),
+        base_ejection_time=_duration(od.base_ejection_time),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
+    )
+
+
+def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
+    # Retries are admitted by the breaker of the cluster the route names; the default
+    # max_retries=3 would refuse most concurrent failovers.
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        priority=base_pb2.DEFAULT,
+        retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+            budget_percent=_percent(100.0), min_retry_concurrency=wrappers_pb2.UInt32Value(value=1024)))])
+
+
+def _http_options(config: RegionConfig, model: str, regions: list[str], policy: Policy,
+                  http2: bool = False) -> http_protocol_options_pb2.HttpProtocolOptions:
+    """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier error."""
+    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
+        http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions())
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=explicit,
+        http_filters=upstream_filters(sorted({config.profile_for(model, r) for r in regions})))
+    if policy.outlier_detection.eject_on_429:
+        # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
+        # requests skip the region instead of paying a wasted first attempt each. A matcher
+        # replaces the default "5xx is an error" rule, so 5xx is listed too.
+        def status(**match) -> matcher_pb2.MatchPredicate:
+            return matcher_pb2.MatchPredicate(http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[route_components_pb2.HeaderMatcher(name=":status", **match)]))
+
+        options.outlier_detection.error_matcher.CopyFrom(matcher_pb2.MatchPredicate(
+            or_match=matcher_pb2.MatchPredicate.MatchSet(rules=[
+                status(string_match=string_pb2.StringMatcher(exact="429")),
+                status(range_match=range_pb2.Int64Range(start=500, end=600))])))
+    return options
+
+
+def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=region_cluster_name(model, region),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
+            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region)])])
+
+
+def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0) -> endpoint_components_pb2.LbEndpoint:
+    spec = config.regions[region]
+    metadata = {METADATA_NAMESPACE: _struct({
+        "region": region, "host": config.host_of(region), "endpoint_path": endpoint_path(config, model, region),
+        "credential": config.profile_for(model, region)})}
+    if spec.tls:  # a spread cluster picks each region's TLS settings by this key
+        metadata[SOCKET_MATCH] = _struct({"region": region})
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
+        metadata=base_pb2.Metadata(filter_metadata=metadata))
+    if weight:
+        endpoint.load_balancing_weight.value = weight
+    return endpoint
+
+
+def spread_load_assignment(config: RegionConfig, model: str, local_region: str) -> endpoint_pb2.ClusterLoadAssignment:
+    """Every member region's endpoint in one priority, weighted by the model's weights."""
+    spec = config.models[model]
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name(model),
+        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
+            _lb_endpoint(config, model, region, spec.weights.get(region, 1) if spec.weights else 1)
+            for region in members(config, model, local_region)])])
+
+
+def spread_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+    """The cluster a weighted or least-request model's route names: all its regions in one
+    priority. Retries move to a region not yet tried (previous_hosts: one host per region)."""
+    spec = config.models[model]
+    regions = members(config, model, local_region)
+    policy = config.policy_for(model, local_region)
+    cluster = cluster_pb2.Cluster(
+        name=cluster_name(model),
+        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST if spec.strategy == "least_request"
+        else cluster_pb2.Cluster.ROUND_ROBIN,
+        outlier_detection=_outlier_detection(policy),
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
+            update_merge_window=_duration(0),
+            # With few hosts (one per region) the default 50% panic threshold would send traffic
+            # to ejected regions as soon as half are out; never do that.
+            healthy_panic_threshold=percent_pb2.Percent(value=0)),
+        circuit_breakers=_retry_budget(),
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, regions, policy, http2=all(config.regions[r].http2 for r in regions)))},
+        transport_socket_matches=[cluster_pb2.Cluster.TransportSocketMatch(
+            name=region, match=_struct({"region": region}), transport_socket=_tls_socket(config, region))
+            for region in regions if config.regions[region].tls],
+    )
+    if all(_is_ip(config.regions[r].address) for r in regions):
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
+    else:
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(spread_load_assignment(config, model, local_region))
+    return cluster
+
+
+def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+    """The cluster a failover model's route names: its regions in failover order, local first."""
+    chain = failover_chain(config, model, local_region)
+    return cluster_pb2.Cluster(
+        name=cluster_name(model),
+        connect_timeout=_duration(5.0),
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(
+            name="envoy.clusters.aggregate",
+            typed_config=_any(aggregate_pb2.ClusterConfig(
+                clusters=[region_cluster_name(model, r) for r in chain]))),
+        circuit_breakers=_retry_budget(),
+        # The wire protocol really comes from each region's cluster; these options carry the filters.
+        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+            config, model, chain, config.policy_for(model, local_region)))},
+    )
+
+

@@ -1,0 +1,77 @@
+"""What the resources are called and which regions serve what: type URLs, resource and
+header names, node groups, failover chains, upstream paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RegionConfig
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+# The order Envoy is sent a change in: what is referenced before what references it.
+PUSH_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+LISTENER_NAME = "ingress"
+ROUTE_CONFIG_NAME = "vertex"
+METADATA_NAMESPACE = "vertex"
+# Headers used inside Envoy between the per-attempt filters; never accepted from clients.
+# Each is copied from the chosen endpoint's metadata key of the same position.
+TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential")
+METADATA_KEYS = ("endpoint_path", "host", "region", "credential")
+CREDENTIAL_HEADER = "x-vertex-credential"
+DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+BUFFER_FILTER = "envoy.filters.http.buffer"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+SOCKET_MATCH = "envoy.transport_socket_match"  # endpoint metadata key transport_socket_matches read
+PIN_HEADER = "x-vertex-pin-region"
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """What an Envoy's resources depend on; Envoys with equal groups get identical snapshots."""
+
+    region: str
+    listen_address: str
+    listen_port: int
+
+
+def cluster_name(model: str) -> str:
+    return f"model/{model}"
+
+
+def region_cluster_name(model: str, region: str) -> str:
+    return f"model/{model}@{region}"
+
+
+def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
+    served = set(config.models[model].served_regions)
+    order = [local_region, *config.regions[local_region].failover]
+    return [region for region in order if region in served]
+
+
+def members(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions that serve `model` to an Envoy in local_region, by the model's strategy: the
+    failover chain in order, or the regions a weighted or least-request spread uses."""
+    spec = config.models[model]
+    if spec.strategy == "failover":
+        return failover_chain(config, model, local_region)
+    if spec.strategy == "weighted":
+        return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
+    return list(spec.served_regions)
+
+
+def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
+    """Vertex path without the ':verb' suffix."""
+    spec = config.models[model]
+    base = f"/v1/projects/{config.project}/locations/{region}"
+    if spec.publisher_model:
+        publisher, name = spec.publisher_model.split("/", 1)
+        return f"{base}/publishers/{publisher}/models/{name}"
+    return f"{base}/endpoints/{spec.endpoints[region]}"
+
+

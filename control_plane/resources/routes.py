@@ -1,0 +1,181 @@
+"""The route configuration: client paths -> the model's cluster, with retry policy,
+timeouts, body limits, region pinning and the JSON 404."""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.core.v3 import (
+    base_pb2,
+)
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import wrappers_pb2
+
+from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
+from .names import (
+    BUFFER_FILTER,
+    METADATA_NAMESPACE,
+    PIN_HEADER,
+    ROUTE_CONFIG_NAME,
+    cluster_name,
+    members,
+    region_cluster_name,
+)
+from .proto import (
+    _alternation,
+    _any,
+    _duration,
+    _header,
+    _re_escape,
+    _regex,
+)
+
+
+def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) -> route_components_pb2.RetryPolicy:
+    # A retry goes to a region not yet tried; more retries than regions would revisit one.
+    num_retries = min(policy.num_retries, attempts_available - 1) if attempts_available > 1 else policy.num_retries
+    retry = route_components_pb2.RetryPolicy(
+        retry_on=",".join(policy.retry_on),
+        retriable_status_codes=policy.retriable_status_codes,
+        num_retries=wrappers_pb2.UInt32Value(value=num_retries),
+        per_try_timeout=_duration(policy.per_try_timeout),
+        retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=_any(previous_hosts_pb2.PreviousHostsPredicate()))],
+        host_selection_retry_max_attempts=3,
+    )
+    if by_priority:  # failover: each region is a priority of the aggregate
+        # Essential: without it a retry stays in the failing region.
+        retry.retry_priority.CopyFrom(route_components_pb2.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=_any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))))
+    return retry
+
+
+def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
+                 match: route_components_pb2.RouteMatch, streaming: bool = False,
+                 pinned: str | None = None) -> route_components_pb2.Route:
+    chain = [pinned] if pinned else members(config, model, local_region)
+    if not chain:
+        return route_components_pb2.Route(
+            name=name, match=match,
+            direct_response=_json_response(503, f"model {model!r} is not served from region "
+                                                f"{local_region} or its failover regions"),
+            response_headers_to_add=[_header("content-type", "application/json")])
+    policy = config.policy_for(model, local_region)
+    if pinned:  # that region only: no failover
+        policy = policy.model_copy(update={"num_retries": 0})
+    action = route_components_pb2.RouteAction(
+        cluster=region_cluster_name(model, pinned) if pinned else cluster_name(model),
+        retry_policy=_retry_policy(policy, len(chain), config.models[model].strategy == "failover"))
+    retry = action.retry_policy
+    if streaming:
+        # A stream may rightly last longer than any whole-response timeout; what must be caught is
+        # an attempt that sends nothing (a hang before the first byte, or a stall mid-stream).
+        action.timeout.CopyFrom(_duration(0))
+        retry.ClearField("per_try_timeout")
+        retry.per_try_idle_timeout.CopyFrom(_duration(policy.per_try_timeout))
+    else:
+        action.timeout.CopyFrom(_duration(policy.timeout))
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        route=action,
+        request_headers_to_remove=[PIN_HEADER] if pinned else [],
+        # A body must be buffered to be retried: the buffer filter holds up to this many bytes
+        # (413 beyond), and the router keeps that much for the retry.
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=policy.max_request_bytes),
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(
+            buffer=buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(
+                value=policy.max_request_bytes))))},
+    )
+
+
+def _json_response(status: int, message: str, **extra) -> route_components_pb2.DirectResponseAction:
+    body = json.dumps({"error": {"code": status, "message": message, **extra}}, sort_keys=True)
+    return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
+
+
+def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.RouteConfiguration:
+    routes: list[route_components_pb2.Route] = []
+    for model, spec in config.models.items():
+        verbs = PUBLISHER_VERBS if spec.publisher_model else VERBS
+        model_path = f"/v1/models/{_re_escape(model)}"
+        if spec.publisher_model:
+            publisher, name = spec.publisher_model.split("/", 1)
+            native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
+                      f"/models/{_re_escape(name)}")
+        else:
+            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
+        routes += _pin_routes(config, model, local_region, model_path, native, verbs)
+        for streaming in (False, True):
+            group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
+            suffix = ":stream" if streaming else ""
+            verb_re = f":({_alternation(group)})$"
+            routes.append(_model_route(config, model, local_region, f"model:{model}{suffix}",
+                                       _regex_match(f"^{model_path}{verb_re}"), streaming))
+            routes.append(_model_route(config, model, local_region, f"native:{model}{suffix}",
+                                       _regex_match(f"^{native}{verb_re}"), streaming))
+    routes.append(_model_route(config, config.default_model, local_region, "predict",
+                               route_components_pb2.RouteMatch(path="/predict")))
+    routes.append(route_components_pb2.Route(
+        name="not-found",
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=_json_response(
+            404, "no such path on this gateway",
+            paths=["POST /v1/models/{model}:{verb}", "POST /predict",
+                   "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}",
+                   "POST /v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model}:{verb}"],
+            models=sorted(config.models), verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
+        response_headers_to_add=[_header("content-type", "application/json")],
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))},
+    ))
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(
+            name="vertex",
+            domains=["*"],
+            routes=routes,
+            include_attempt_count_in_response=True,
+            response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
+        )],
+    )
+
+
+def _pin_routes(config: RegionConfig, model: str, local_region: str, model_path: str, native: str,
+                verbs: tuple[str, ...]) -> list[route_components_pb2.Route]:
+    """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
+    regions this Envoy would use for the model may be pinned; any other value gets a 400."""
+    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
+    if model == config.default_model:
+        paths = f"(?:{paths}|/predict)"
+    allowed = members(config, model, local_region)
+
+    def match(**header) -> route_components_pb2.RouteMatch:
+        return route_components_pb2.RouteMatch(safe_regex=_regex(f"^{paths}$"), headers=[
+            route_components_pb2.HeaderMatcher(name=PIN_HEADER, **header)])
+
+    # One route per region covers unary and streaming verbs alike: no whole-request timeout,
+    # an idle timeout per try instead (what a hang looks like either way).
+    routes = [_model_route(config, model, local_region, f"pin:{model}@{region}",
+                           match(string_match=string_pb2.StringMatcher(exact=region)), streaming=True,
+                           pinned=region) for region in allowed]
+    routes.append(route_components_pb2.Route(
+        name=f"pin:{model}:refused", match=match(present_match=True),
+        direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
+                                            f"{model!r} from this gateway", allowed_regions=allowed),
+        response_headers_to_add=[_header("content-type", "application/json")],
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
+    return routes
+
+
+def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
+    return route_components_pb2.RouteMatch(safe_regex=_regex(pattern))
+
+
