@@ -139,14 +139,12 @@ class ControlPlane:
         if digest == self._file_hash and self.last_reload["ok"]:
             return True  # same bytes (editors touch files; watchers fire twice)
         self._file_hash = digest
+        errors: list[str] = []
         try:
             config = load_config(self.config_path)
-            if config.version == self.cache.config.version:
-                errors: list[str] = []
-            else:
+            if config.version != self.cache.config.version:  # (a comment-only edit changes nothing)
                 self.cache.set_config(config)
                 self.tokens.update(_profiles(config), config.auth.refresh_margin)
-                errors = []
         except ConfigError as exc:
             errors = [str(p) for p in exc.problems]
         except InconsistentSnapshot as exc:
