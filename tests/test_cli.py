@@ -116,3 +116,39 @@ def test_bootstrap_with_xds_mtls_is_accepted_by_envoy(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     half = cli("bootstrap", "--region", "us-east4", "--xds-address", "cp:1", "--xds-tls-ca", "x")
     assert half.returncode == 2 and "go together" in half.stderr
+
+
+def test_serve_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
+    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+
+    from .harness import LoopThread, free_port
+
+    loop = LoopThread()
+    tokens = FakeTokenServer()
+    loop.call(tokens.start())
+    key = write_service_account_key(tmp_path / "key.json", tokens.token_uri)
+    config = tmp_path / "regions.yaml"
+    config.write_text(f"project: p\nregions: {{us-central1: {{address: 10.0.0.1}}}}\n"
+                      f"models: {{m: {{default: true, endpoints: {{us-central1: '1'}}}}}}\n"
+                      f"auth: {{credentials: 'service_account:{key}'}}\n")
+    admin = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control_plane", "serve", "--config", str(config),
+                             "--xds-port", str(free_port()), "--admin-port", str(admin)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{admin}"
+    try:
+        wait_for(lambda: requests.get(url + "/healthz", timeout=2).status_code == 200, 30, what="serve healthy")
+        assert tokens.grants == 1
+        os.kill(proc.pid, signal.SIGHUP)  # re-read config and key files, refresh tokens now
+        wait_for(lambda: tokens.grants == 2, 15, what="a token refresh on SIGHUP")
+        regions = requests.get(url + "/debug/regions", timeout=2).json()
+        assert regions["last_reload"]["ok"] and regions["config"]["project"] == "p"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert tokens.issued[-1] not in proc.stdout.read()  # the log never shows a token
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        loop.call(tokens.stop())
+        loop.close()
