@@ -87,7 +87,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     xds_tls = XdsTls(*tls_files, server_name=args.xds_tls_server_name) if all(tls_files) else None
     try:
         config = bootstrap(args.region, args.xds_address, node_id=args.node_id, listen=args.listen,
-                           admin_address=args.admin_address, delta=args.delta, xds_tls=xds_tls)
+                           admin_address=args.admin_address, delta=args.delta, xds_tls=xds_tls,
+                           stats_listen=args.stats_listen)
     except ValueError as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
         return 2
@@ -141,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--listen", metavar="HOST:PORT", help="client listener for this Envoy (default from config)")
     boot.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
     boot.add_argument("--delta", action="store_true", help="use Delta xDS (DELTA_GRPC)")
+    boot.add_argument("--stats-listen", metavar="HOST:PORT",
+                      help="serve only GET /stats/prometheus here, for scraping (admin stays on loopback)")
     boot.add_argument("--xds-tls-ca", metavar="FILE", help="mTLS to the control plane: CA of its certificate")
     boot.add_argument("--xds-tls-cert", metavar="FILE", help="this Envoy's client certificate")
     boot.add_argument("--xds-tls-key", metavar="FILE", help="this Envoy's client key")

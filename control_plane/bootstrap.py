@@ -57,13 +57,49 @@ class XdsTls:
 
 
 def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen: str | None = None,
-              admin_address: str = "127.0.0.1:9901", delta: bool = False, xds_tls: XdsTls | None = None) -> dict:
+              admin_address: str = "127.0.0.1:9901", delta: bool = False, xds_tls: XdsTls | None = None,
+              stats_listen: str | None = None) -> dict:
     xds_host, xds_port = split_host_port(xds_address, "--xds-address")
     admin_host, admin_port = split_host_port(admin_address, "--admin-address")
     metadata = {"region": region}
     if listen:
         split_host_port(listen, "--listen")
         metadata["listen"] = listen
+    config = _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_port, delta, xds_tls)
+    if stats_listen:
+        if admin_port == 0:
+            raise ValueError("--stats-listen needs a fixed --admin-address port to forward to")
+        stats_host, stats_port = split_host_port(stats_listen, "--stats-listen")
+        config["static_resources"]["listeners"] = [_stats_listener(stats_host, stats_port)]
+        config["static_resources"]["clusters"].append(_admin_cluster(admin_host, admin_port))
+    return config
+
+
+def _stats_listener(host: str, port: int) -> dict:
+    """Only GET /stats/prometheus, forwarded to the admin interface (which stays on loopback):
+    Prometheus can scrape Envoy without reaching /config_dump, /quitquitquit and the rest."""
+    return {"name": "stats", "address": _socket_address(host, port), "filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                     ".HttpConnectionManager",
+            "stat_prefix": "stats",
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "route_config": {"virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": [
+                {"match": {"path": "/stats/prometheus", "headers": [
+                    {"name": ":method", "string_match": {"exact": "GET"}}]}, "route": {"cluster": "envoy_admin"}},
+                {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
+        }}]}]}
+
+
+def _admin_cluster(host: str, port: int) -> dict:
+    return {"name": "envoy_admin", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "envoy_admin", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": _socket_address(host, port)}}]}]}}
+
+
+def _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_port, delta, xds_tls) -> dict:
     return {
         "node": {
             "id": node_id or f"envoy-{region}",

@@ -152,3 +152,33 @@ def test_serve_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
             proc.wait()
         loop.call(tokens.stop())
         loop.close()
+
+
+@pytest.mark.e2e
+def test_stats_listener_serves_prometheus_and_nothing_else(tmp_path):
+    from .harness import free_port
+    from .stack import Stack
+
+    stack = Stack(regions=("us-east4",), envoys=())  # Envoy starts its listeners once xDS init is done
+    admin, stats = free_port(), free_port()
+    result = cli("bootstrap", "--region", "us-east4", "--xds-address", stack.plane.xds_address,
+                 "--admin-address", f"127.0.0.1:{admin}", "--stats-listen", f"127.0.0.1:{stats}",
+                 "--listen", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(result.stdout)
+    proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--disable-hot-restart", "--log-level", "error"],
+                            start_new_session=True)
+    try:
+        text = wait_for(lambda: requests.get(f"http://127.0.0.1:{stats}/stats/prometheus", timeout=2).text, 30,
+                        what="prometheus stats through the stats listener")
+        assert "envoy_server_live" in text
+        assert requests.get(f"http://127.0.0.1:{stats}/config_dump", timeout=2).status_code == 404
+        assert requests.post(f"http://127.0.0.1:{stats}/stats/prometheus", timeout=2).status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        stack.close()
+    fixed = cli("bootstrap", "--region", "r", "--xds-address", "a:1", "--admin-address", "127.0.0.1:0",
+                "--stats-listen", "0.0.0.0:9102")
+    assert fixed.returncode == 2 and "fixed --admin-address" in fixed.stderr
