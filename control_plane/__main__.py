@@ -1,4 +1,4 @@
-"""python -m control_plane {serve,validate,bootstrap,demo}"""
+"""python -m control_plane {serve,validate,bootstrap,discover,demo}"""
 
 from __future__ import annotations
 
@@ -72,6 +72,12 @@ def _validate(args: argparse.Namespace) -> int:
           f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
           f"default model {config.default_model}, version {config.version}",
           file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON document alone
+    if args.online:  # the Vertex API: every endpoint id exists and has a deployed model (the `vertex` extra)
+        from .discover import validate_online_command
+
+        if validate_online_command(args.config, config, api_endpoint=args.api_endpoint,
+                                   out=sys.stderr if args.json else sys.stdout):
+            return 1
     if args.show or args.against or args.json:
         from .dryrun import show
 
@@ -94,6 +100,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(render(config))
     return 0
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from .discover import discover_command
+
+    return discover_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -133,6 +145,12 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--against", metavar="OLDFILE",
                           help="with --show (implied): only what changes from OLDFILE, per region")
     validate.add_argument("--json", action="store_true", help="with --show (implied): as JSON on stdout")
+    validate.add_argument("--online", action="store_true",
+                          help="also ask the Vertex AI API that every endpoint id exists in its region and has a "
+                               "deployed model (needs the vertex extra and the config's credentials)")
+    validate.add_argument("--api-endpoint", metavar="URL",
+                          help="with --online: Vertex API root, {region} substituted "
+                               "(default https://{region}-aiplatform.googleapis.com)")
     validate.set_defaults(func=_validate)
 
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for one Envoy")
@@ -150,6 +168,12 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--xds-tls-server-name", metavar="NAME",
                       help="name in the control plane's certificate (default: the --xds-address host)")
     boot.set_defaults(func=_bootstrap)
+
+    discover = sub.add_parser("discover", help="list Vertex endpoints in regions; print or merge a models: section")
+    from .discover import add_discover_arguments
+
+    add_discover_arguments(discover)
+    discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")
     demo.add_argument("--config", help="regions.yaml for the demo (default: the shipped demo config)")
