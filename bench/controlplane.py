@@ -1,0 +1,772 @@
+"""Control plane: edit-to-ACK with real Envoys, fan-out to simulated ADS clients, build cost.
+
+Three parts, each reported on its own (all in one run):
+
+  (i)   edit -> every Envoy ACKs: a Stack with 2 real Envoys (us-central1, us-east4). Each
+        edit rewrites regions.yaml (a policy change: route timeout and outlier detection, so
+        clusters, their endpoints and routes all change); the clock runs from the write to the
+        last ACK of the new config by either Envoy, read from the control plane's own records
+        (ACK times per stream and type, the data behind /debug/clients). SotW and Delta.
+  (ii)  fan-out: a control plane process (`python -m control_plane serve`) and, in a separate
+        process, N simulated Envoys on grpc.aio (one channel = one connection per client by
+        default; each stream its own node id and node metadata region). They walk ADS as Envoy
+        does: CDS, ACK, EDS for the EDS clusters (+ SDS for the token secret), ACK, LDS, ACK,
+        RDS, ACK; they ACK every push and re-request EDS when an EDS cluster changed. Reported
+        per N: time to sync all, time until all ACKed an edit, the control plane's CPU over
+        that, and its RSS per connected client.
+  (iii) build + serialize: build_resources for one node group + Snapshot.build with a fresh
+        Interner, for synthetic configs of M models x R regions (median of several runs);
+        also what a reload really does (validate the YAML, then build every region's group).
+
+    python -m bench.controlplane [--parts i,ii,iii] [--edits 20] [--clients 10,100,1000]
+                                 [--sizes 10x5,10x20,...] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as dt
+import gc
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_seconds, machine, rss_bytes, wait_until, write_json  # noqa: E402
+from tests.loadgen import percentile  # noqa: E402
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+SIZES = ((10, 5), (10, 20), (10, 40), (100, 5), (100, 20), (100, 40), (1000, 5), (1000, 20), (1000, 40))
+CLIENTS = (10, 100, 1000)
+# Two policies an edit toggles between: a route change and a cluster change at once.
+EDIT_POLICIES = ({"timeout": "30s", "outlier_detection": {"consecutive_5xx": 5}},
+                 {"timeout": "31s", "outlier_detection": {"consecutive_5xx": 6}})
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+def _ms(seconds: float | None, spec: str = ".1f") -> str:
+    return "–" if seconds is None else format(seconds * 1000, spec)
+
+
+# =========================================================================== (i) real Envoys
+
+
+def part_edit_to_ack(args: argparse.Namespace, delta: bool) -> dict:
+    from tests.harness import write_config
+    from tests.stack import Stack
+
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1", "us-east4"), delta=delta)
+    plane = stack.plane.plane
+    loop = stack.plane.loop
+    reloads: list[tuple[float, float, bool]] = []  # (start, end, ok): the watcher's calls, wall clock
+    original_reload = plane.reload
+
+    def timed_reload(reason: str = "file changed") -> bool:
+        start = time.time()
+        ok = original_reload(reason)
+        reloads.append((start, time.time(), ok))
+        return ok
+
+    plane.reload = timed_reload  # the file watcher calls self.reload(): it now goes through here
+    edits = []
+    try:
+        stack.wait_synced(30)
+
+        def records() -> list[dict]:
+            return [{"node": s.node_id, "types": {
+                t: {"sent": st.sent_version, "acked": st.acked_version, "sent_at": st.sent_at,
+                    "acked_at": st.acked_at, "subscribed": st.subscribed}
+                for t, st in s.types.items()}} for s in plane.clients.streams()]
+
+        def snapshot() -> list[dict]:
+            return loop.run(records)
+
+        for i in range(args.edits):
+            before = {r["node"]: r["types"] for r in snapshot()}
+            config = copy.deepcopy(stack.config)
+            config["policy"] = EDIT_POLICIES[i % 2]
+            n_reloads = len(reloads)
+            t0 = time.time()
+            write_config(stack.config_path, config)
+            deadline = time.monotonic() + args.edit_timeout
+
+            def changed_and_synced(recs: list[dict]) -> bool:
+                if len(recs) < 2:
+                    return False
+                for r in recs:
+                    old = before.get(r["node"], {})
+                    for t in (CLUSTER_TYPE, ROUTE_TYPE):
+                        st = r["types"].get(t)
+                        if st is None or st["acked"] == old.get(t, {}).get("acked") or st["acked"] != st["sent"]:
+                            return False
+                    if any(st["subscribed"] and st["acked"] != st["sent"] for st in r["types"].values()):
+                        return False
+                return True
+
+            recs = snapshot()
+            while not changed_and_synced(recs) and time.monotonic() < deadline:
+                time.sleep(0.002)
+                recs = snapshot()
+            complete = changed_and_synced(recs)
+            time.sleep(args.quiet)  # late ACKs of the same edit (an EDS re-request) land in the records
+            recs = snapshot()
+            acks = [st["acked_at"] for r in recs for st in r["types"].values()
+                    if st["acked_at"] is not None and st["acked_at"] >= t0]
+            sends = [st["sent_at"] for r in recs for st in r["types"].values()
+                     if st["sent_at"] is not None and st["sent_at"] >= t0]
+            per_envoy = {r["node"]: max((st["acked_at"] for st in r["types"].values()
+                                         if st["acked_at"] is not None and st["acked_at"] >= t0), default=None)
+                         for r in recs}
+            reload = reloads[n_reloads] if len(reloads) > n_reloads else None
+            edits.append({
+                "edit": i, "complete": complete,
+                "write_to_last_ack_s": max(acks) - t0 if complete and acks else None,
+                "write_to_reload_start_s": reload[0] - t0 if reload else None,
+                "reload_s": reload[1] - reload[0] if reload else None,
+                "reload_end_to_first_push_s": min(sends) - reload[1] if reload and sends else None,
+                "first_push_to_last_ack_s": max(acks) - min(sends) if acks and sends else None,
+                "per_envoy_s": {k: (v - t0 if v else None) for k, v in per_envoy.items()},
+                "types_acked": sorted({_short(t) for r in recs for t, st in r["types"].items()
+                                       if st["acked_at"] is not None and st["acked_at"] >= t0}),
+            })
+            stack.config = config
+            time.sleep(args.edit_gap)
+        envoy_versions = {}
+        for region, envoy in stack.envoys.items():
+            stats = envoy.stats("^cluster_manager.cds.update_|^listener_manager.lds.update_|"
+                                "^http.ingress.rds.vertex.update_")
+            envoy_versions[region] = {k: v for k, v in stats.items()
+                                      if k.endswith(("update_success", "update_rejected"))}
+    finally:
+        plane.reload = original_reload
+        stack.close()
+    done = [e["write_to_last_ack_s"] for e in edits if e["write_to_last_ack_s"] is not None]
+    return {
+        "mode": "delta" if delta else "sotw", "edits": edits, "envoy_update_stats": envoy_versions,
+        "complete": sum(e["complete"] for e in edits), "count": len(edits),
+        "p50_s": percentile(done, 50) if done else None, "p99_s": percentile(done, 99) if done else None,
+        "max_s": max(done) if done else None,
+        "median_parts_s": {k: statistics.median([e[k] for e in edits if e[k] is not None] or [float("nan")])
+                           for k in ("write_to_reload_start_s", "reload_s", "reload_end_to_first_push_s",
+                                     "first_push_to_last_ack_s")},
+    }
+
+
+# =========================================================================== (ii) simulated clients
+
+
+def fanout_config(models: int, regions: int, key_path: str) -> dict:
+    """A synthetic config for the fan-out test; 127.0.0.x addresses (nothing ever connects)."""
+    names = [f"region-{i:02d}" for i in range(regions)]
+    return {
+        "project": "bench-project",
+        "auth": {"credentials": f"service_account:{key_path}"},
+        "listener": {"port": 8080},
+        "regions": {n: {"address": f"127.0.0.{10 + i}", "port": 443, "tls": False,
+                        "failover": [names[(i + k) % regions] for k in range(1, min(2, regions - 1) + 1)]}
+                    for i, n in enumerate(names)},
+        "models": {f"model-{m:03d}": {**({"default": True} if m == 0 else {}),
+                                      "endpoints": {n: str(1_000_000 * (m + 1) + i) for i, n in enumerate(names)}}
+                   for m in range(models)},
+    }
+
+
+class SimEnvoy:
+    """One simulated Envoy on an ADS SotW stream: the request order and ACKs of a real one."""
+
+    def __init__(self, channel, node_id: str, region: str, parsed: dict, sds: bool):
+        from envoy.config.core.v3 import base_pb2
+        from envoy.service.discovery.v3 import discovery_pb2
+        from google.protobuf import struct_pb2
+
+        self._req_type = discovery_pb2.DiscoveryRequest
+        self.node = base_pb2.Node(id=node_id, cluster="vertex-gateway", metadata=struct_pb2.Struct(
+            fields={"region": struct_pb2.Value(string_value=region)}))
+        self.node.locality.region = region
+        self.parsed = parsed  # shared cache: CDS version -> (EDS cluster names, per-cluster digests)
+        self.sds = sds
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.first = True
+        self.version: dict[str, str] = {}  # type -> last ACKed version
+        self.nonce: dict[str, str] = {}  # type -> last nonce answered
+        self.eds_names: list[str] = []
+        self.cluster_digests: dict[str, bytes] = {}
+        self.pending: set[str] = set()  # types asked for and not yet answered
+        self.responses = 0
+        self.acks = 0
+        self.last_ack_at = 0.0
+        self.synced = asyncio.Event()
+        self.error = ""
+        call = channel.stream_stream(ADS_METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                     response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+        self.call = call(self._requests())
+
+    async def _requests(self):
+        while True:
+            request = await self.queue.get()
+            if request is None:
+                return
+            yield request
+
+    def send(self, type_url: str, names=(), version: str = "", nonce: str = "") -> None:
+        request = self._req_type(type_url=type_url, resource_names=list(names), version_info=version,
+                                 response_nonce=nonce)
+        if self.first:
+            request.node.CopyFrom(self.node)
+            self.first = False
+        self.queue.put_nowait(request)
+
+    def _clusters(self, response) -> tuple[list[str], dict[str, bytes]]:
+        found = self.parsed.get(response.version_info)
+        if found is None:
+            from envoy.config.cluster.v3 import cluster_pb2
+            names, digests = [], {}
+            for res in response.resources:
+                cluster = cluster_pb2.Cluster()
+                res.Unpack(cluster)
+                digests[cluster.name] = res.value
+                if cluster.type == cluster_pb2.Cluster.EDS:
+                    names.append(cluster.eds_cluster_config.service_name or cluster.name)
+            found = self.parsed[response.version_info] = (sorted(names), digests)
+        return found
+
+    async def run(self) -> None:
+        try:
+            self.send(CLUSTER_TYPE)
+            self.pending.add(CLUSTER_TYPE)
+            async for response in self.call:
+                self.on_response(response)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001  (grpc.aio raises AioRpcError on a cancelled/closed stream)
+            self.error = repr(exc)[:300]
+
+    def on_response(self, response) -> None:
+        t = response.type_url
+        self.responses += 1
+        self.pending.discard(t)
+        names: list[str] = []
+        follow: list[tuple] = []
+        if t == CLUSTER_TYPE:
+            eds_names, digests = self._clusters(response)
+            changed = [n for n, d in digests.items() if n in self.cluster_digests and self.cluster_digests[n] != d]
+            first = not self.cluster_digests
+            self.cluster_digests = digests
+            if first or eds_names != self.eds_names or any(n in eds_names for n in changed):
+                # a new or updated EDS cluster warms only on a fresh EDS response: (re)subscribe
+                self.eds_names = eds_names
+                follow.append((ENDPOINT_TYPE, eds_names))
+            if first and self.sds:
+                follow.append((SECRET_TYPE, ["token/default"]))
+        elif t == ENDPOINT_TYPE:
+            names = self.eds_names
+            if LISTENER_TYPE not in self.version and LISTENER_TYPE not in self.pending:
+                follow.append((LISTENER_TYPE, []))
+        elif t == SECRET_TYPE:
+            names = ["token/default"]
+        elif t == LISTENER_TYPE:
+            if ROUTE_TYPE not in self.version and ROUTE_TYPE not in self.pending:
+                follow.append((ROUTE_TYPE, ["vertex"]))
+        elif t == ROUTE_TYPE:
+            names = ["vertex"]
+        self.send(t, names, response.version_info, response.nonce)  # ACK
+        self.version[t], self.nonce[t] = response.version_info, response.nonce
+        self.acks += 1
+        self.last_ack_at = time.monotonic()
+        for type_url, follow_names in follow:
+            self.send(type_url, follow_names, self.version.get(type_url, ""), self.nonce.get(type_url, ""))
+            self.pending.add(type_url)
+        if ROUTE_TYPE in self.version and not self.pending:
+            self.synced.set()
+
+    def settled_on(self, base: dict[str, str]) -> bool:
+        """ACKed clusters and routes different from `base`, nothing outstanding."""
+        return (not self.pending and self.version.get(CLUSTER_TYPE) != base.get(CLUSTER_TYPE)
+                and self.version.get(ROUTE_TYPE) != base.get(ROUTE_TYPE))
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        self.call.cancel()
+
+
+async def _fanout_clients(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn) -> None:
+    import grpc
+
+    loop = asyncio.get_running_loop()
+    channels = []
+    clients: list[SimEnvoy] = []
+    parsed: dict = {}
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    t0 = time.monotonic()
+    for i in range(n):
+        if i % per_channel == 0:
+            channels.append(grpc.aio.insecure_channel(address, options=options))
+        clients.append(SimEnvoy(channels[-1], f"sim-{i:04d}", regions[i % len(regions)], parsed, sds))
+    tasks = [asyncio.create_task(c.run()) for c in clients]
+
+    def recv():  # commands from the orchestrator, read off the loop
+        return conn.recv() if conn.poll(600) else {"cmd": "stop"}
+
+    async def all_synced(timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    ok = await all_synced(120)
+    synced_at = max((c.last_ack_at for c in clients), default=t0)
+    conn.send({"event": "synced", "ok": ok, "synced": sum(c.synced.is_set() for c in clients),
+               "sync_all_s": synced_at - t0, "errors": [c.error for c in clients if c.error][:5],
+               "responses": sum(c.responses for c in clients)})
+    while True:
+        command = await loop.run_in_executor(None, recv)
+        if command["cmd"] == "stop":
+            break
+        if command["cmd"] == "arm":  # an edit is about to be written; report when every client settled on it
+            base = {id(c): dict(c.version) for c in clients}
+            responses0 = sum(c.responses for c in clients)
+            conn.send({"event": "armed"})
+            edit_at = (await loop.run_in_executor(None, recv))["t0"]
+            deadline = time.monotonic() + command["timeout"]
+            while time.monotonic() < deadline and not all(c.settled_on(base[id(c)]) for c in clients):
+                await asyncio.sleep(0.002)
+            done_at = time.monotonic()
+            settled = [c for c in clients if c.settled_on(base[id(c)])]
+            await asyncio.sleep(command["quiet"])  # anything still arriving for this edit
+            times = sorted(c.last_ack_at - edit_at for c in settled)
+            conn.send({"event": "settled", "settled": len(settled), "of": n, "done_at": done_at,
+                       "all_s": max(times) if len(settled) == n else None,
+                       "p50_s": percentile(times, 50) if times else None,
+                       "p99_s": percentile(times, 99) if times else None,
+                       "responses": sum(c.responses for c in clients) - responses0,
+                       "errors": [c.error for c in clients if c.error][:5]})
+    for c in clients:
+        await c.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+
+
+def _fanout_process(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn) -> None:
+    gc.disable()  # as Envoy has no GC pauses; a few thousand objects per client, bounded run
+    try:
+        asyncio.run(_fanout_clients(address, n, regions, per_channel, sds, conn))
+    finally:
+        conn.close()
+
+
+def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
+    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+    from tests.harness import LoopThread, free_port, write_config
+
+    loop = LoopThread()
+    tokens = FakeTokenServer(expires_in=3600)
+    loop.call(tokens.start())
+    key = write_service_account_key(workdir / f"key-{n}.json", tokens.token_uri)
+    config = fanout_config(args.fanout_models, args.fanout_regions, str(key))
+    config_path = write_config(workdir / f"regions-{n}.yaml", config)
+    xds_port, admin_port = free_port(), free_port()
+    log = open(workdir / f"control-plane-{n}.log", "ab")
+    profile = ["-m", "cProfile", "-o", f"{args.profile_cp}-{n}.prof"] if args.profile_cp else []
+    plane = subprocess.Popen([sys.executable, *profile, "-m", "control_plane", "--log-level", "INFO", "serve", "--config",
+                              str(config_path), "--xds-port", str(xds_port), "--admin-port", str(admin_port)],
+                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = None
+    out: dict = {"clients": n}
+    try:
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
+                return json.load(resp)["status"] == "ok"
+
+        wait_until(healthy, 60, "the control plane's first token")
+        time.sleep(0.5)
+        rss0 = rss_bytes(plane.pid)
+        cpu0 = sum(cpu_seconds([plane.pid]))
+        proc = ctx.Process(target=_fanout_process, args=(f"127.0.0.1:{xds_port}", n, list(config["regions"]),
+                                                          args.streams_per_channel, not args.no_sds, child))
+        proc.start()
+        if not parent.poll(180):
+            raise TimeoutError(f"{n} simulated clients did not sync in 180 s")
+        synced = parent.recv()
+        cpu1 = sum(cpu_seconds([plane.pid]))
+        time.sleep(1.0)
+        rss1 = rss_bytes(plane.pid)
+        out.update({"sync": synced, "rss_before_mb": rss0 / 2**20, "rss_synced_mb": rss1 / 2**20,
+                    "rss_per_client_kb": (rss1 - rss0) / n / 1024, "sync_cpu_s": cpu1 - cpu0})
+        edits = []
+        for i in range(args.fanout_edits):
+            parent.send({"cmd": "arm", "timeout": 60, "quiet": args.quiet})
+            assert parent.recv()["event"] == "armed"
+            cpu_a = cpu_seconds([plane.pid])
+            edited = copy.deepcopy(config)
+            edited["policy"] = EDIT_POLICIES[i % 2]
+            t0 = time.monotonic()
+            write_config(config_path, edited)
+            parent.send({"t0": t0})
+            if not parent.poll(90):
+                raise TimeoutError("no report from the simulated clients")
+            report = parent.recv()
+            cpu_b = cpu_seconds([plane.pid])
+            busy = report["done_at"] - t0
+            report.update({"cp_cpu_s": (cpu_b[0] + cpu_b[1]) - (cpu_a[0] + cpu_a[1]),
+                           "cp_user_s": cpu_b[0] - cpu_a[0], "cp_sys_s": cpu_b[1] - cpu_a[1], "window_s": busy})
+            report["cp_cpu_share"] = report["cp_cpu_s"] / busy if busy > 0 else None
+            edits.append(report)
+            time.sleep(0.3)
+        out["edits"] = edits
+        out["rss_after_edits_mb"] = rss_bytes(plane.pid) / 2**20
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=5) as resp:
+            out["healthz_clients"] = json.load(resp)["clients"]
+        parent.send({"cmd": "stop"})
+        proc.join(60)
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        plane.terminate()
+        try:
+            plane.wait(15)
+        except subprocess.TimeoutExpired:
+            plane.kill()
+            plane.wait(5)
+        loop.call(tokens.stop())
+        loop.close()
+        out["token_grants"] = tokens.grants
+    all_s = [e["all_s"] for e in out.get("edits", []) if e.get("all_s") is not None]
+    out["edit_all_s_median"] = statistics.median(all_s) if all_s else None
+    out["edit_all_s_max"] = max(all_s) if all_s else None
+    out["cp_cpu_s_median"] = statistics.median([e["cp_cpu_s"] for e in out.get("edits", [])] or [float("nan")])
+    return out
+
+
+# =========================================================================== (iii) build cost
+
+
+def synthetic_config(models: int, regions: int, failover: int) -> dict:
+    names = [f"region-{i:02d}" for i in range(regions)]
+    return {
+        "project": "bench-project",
+        "listener": {"port": 8080},
+        "regions": {n: {"address": f"10.{i // 250}.{i % 250}.10", "port": 443, "tls": True,
+                        "failover": [names[(i + k) % regions] for k in range(1, min(failover, regions - 1) + 1)]}
+                    for i, n in enumerate(names)},
+        "models": {f"model-{m:04d}": {**({"default": True} if m == 0 else {}),
+                                      "endpoints": {n: str(1_000_000 * (m + 1) + i) for i, n in enumerate(names)}}
+                   for m in range(models)},
+    }
+
+
+def part_build(args: argparse.Namespace) -> list[dict]:
+    from control_plane.cache import SnapshotCache
+    from control_plane.config import RegionConfig, parse_config
+    from control_plane.resources import NodeGroup, build_resources
+    from control_plane.snapshot import Interner, Snapshot
+
+    rows = []
+    for models, regions in args.sizes:
+        data = synthetic_config(models, regions, args.failover)
+        config = RegionConfig.model_validate(data)
+        group = NodeGroup("region-00", config.listener.address, config.listener.port)
+        build_resources(config, group)  # warm imports and caches
+        build_t, snap_t, sizes = [], [], {}
+        budget = time.monotonic() + args.build_budget
+        for run in range(args.runs):
+            gc.collect()
+            t = time.perf_counter()
+            built = build_resources(config, group)
+            t1 = time.perf_counter()
+            snapshot = Snapshot.build(built, Interner())
+            t2 = time.perf_counter()
+            build_t.append(t1 - t)
+            snap_t.append(t2 - t1)
+            if run >= 2 and time.monotonic() > budget:
+                break
+        sizes = {_short(k): len(v) for k, v in snapshot.resources.items() if v}
+        wire = sum(len(r.any_bytes) for r in snapshot.all())
+        row = {"models": models, "regions": regions, "failover": args.failover, "runs": len(build_t),
+               "build_ms": statistics.median(build_t) * 1000, "serialize_ms": statistics.median(snap_t) * 1000,
+               "total_ms": statistics.median([a + b for a, b in zip(build_t, snap_t)]) * 1000,
+               "resources": sizes, "wire_kb": wire / 1024}
+        # A reload: YAML parse + validation, then every region's default group (SnapshotCache._prebuild).
+        text = yaml.safe_dump(data, sort_keys=False)
+        row["yaml_kb"] = len(text) / 1024
+        est_group = row["total_ms"] / 1000
+        if est_group * regions <= args.reload_budget:
+            gc.collect()
+            t = time.perf_counter()
+            parsed = parse_config(text)
+            t1 = time.perf_counter()
+            SnapshotCache(parsed)
+            t2 = time.perf_counter()
+            row.update({"validate_ms": (t1 - t) * 1000, "all_groups_ms": (t2 - t1) * 1000, "reload_estimated": False})
+        else:
+            gc.collect()
+            t = time.perf_counter()
+            parse_config(text)
+            row.update({"validate_ms": (time.perf_counter() - t) * 1000,
+                        "all_groups_ms": row["total_ms"] * regions, "reload_estimated": True})
+        row["reload_ms"] = row["validate_ms"] + row["all_groups_ms"]
+        rows.append(row)
+        print(f"  (iii) {models:5d} models x {regions:2d} regions: build {row['build_ms']:7.1f} ms + serialize "
+              f"{row['serialize_ms']:6.1f} ms = {row['total_ms']:7.1f} ms per group; reload "
+              f"{row['reload_ms'] / 1000:6.2f} s{' (est.)' if row['reload_estimated'] else ''}", file=sys.stderr)
+    return rows
+
+
+# =========================================================================== output
+
+
+def verdicts(doc: dict) -> list[dict]:
+    rows = []
+    for r in doc.get("edit_to_ack", []):
+        if r["p99_s"] is not None:
+            rows.append({"target": f"config edit -> both Envoys ACK, p99 ({r['mode']}, {r['count']} edits)",
+                         "goal": "< 250 ms", "text": f"{r['p99_s'] * 1000:.0f} ms (p50 {r['p50_s'] * 1000:.0f})",
+                         "met": r["p99_s"] < 0.25 and r["complete"] == r["count"]})
+    fan = {f["clients"]: f for f in doc.get("fanout", [])}
+    if 1000 in fan or fan:
+        big = fan.get(1000) or fan[max(fan)]
+        v = big["edit_all_s_max"]
+        rows.append({"target": f"edit -> all {big['clients']:,} simulated clients ACKed (worst of "
+                               f"{len(big.get('edits', []))})", "goal": "< 1 s",
+                     "text": f"{v:.2f} s" if v is not None else "incomplete", "met": v is not None and v < 1.0})
+        # The largest count: fixed costs (allocator arenas, first-use caches) weigh least there.
+        per = big["rss_per_client_kb"]
+        others = ", ".join(f"{f['rss_per_client_kb']:.0f} KB at {n:,}" for n, f in sorted(fan.items()) if f is not big)
+        rows.append({"target": f"control-plane RSS per connected client ({big['clients']:,} clients)",
+                     "goal": "< 64 KB", "text": f"{per:.0f} KB" + (f" ({others})" if others else ""),
+                     "met": per < 64})
+    for b in doc.get("build", []):
+        if (b["models"], b["regions"]) == (100, 40):
+            rows.append({"target": "build + serialize, 100 models x 40 regions, one node group", "goal": "< 100 ms",
+                         "text": f"{b['total_ms']:.0f} ms", "met": b["total_ms"] < 100})
+    return rows
+
+
+def markdown(doc: dict) -> str:
+    lines: list[str] = []
+    if doc.get("edit_to_ack"):
+        lines += ["(i) Config edit -> every Envoy ACKed (2 real Envoys):", "",
+                  "| xDS | edits | complete | p50 ms | p99 ms | max ms | write -> reload starts | reload | "
+                  "reload -> first push | first push -> last ACK |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in doc["edit_to_ack"]:
+            m = r["median_parts_s"]
+            lines.append(f"| {r['mode']} | {r['count']} | {r['complete']} | {_ms(r['p50_s'])} | {_ms(r['p99_s'])} | "
+                         f"{_ms(r['max_s'])} | {_ms(m['write_to_reload_start_s'])} | {_ms(m['reload_s'])} | "
+                         f"{_ms(m['reload_end_to_first_push_s'])} | {_ms(m['first_push_to_last_ack_s'])} |")
+        lines += ["", "(the last four columns: medians over the edits, ms)", ""]
+    if doc.get("fanout"):
+        lines += ["(ii) Simulated ADS clients (separate process; one connection each):", "",
+                  "| clients | initial sync of all | edit -> all ACKed (median / worst) | client p50 / p99 | "
+                  "control-plane CPU per edit | CP CPU busy | responses per edit | RSS before -> synced | "
+                  "RSS per client |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for f in doc["fanout"]:
+            e = f.get("edits", [])
+            p50 = statistics.median([x["p50_s"] for x in e if x.get("p50_s") is not None] or [float("nan")])
+            p99 = statistics.median([x["p99_s"] for x in e if x.get("p99_s") is not None] or [float("nan")])
+            share = statistics.median([x["cp_cpu_share"] for x in e if x.get("cp_cpu_share")] or [float("nan")])
+            responses = statistics.median([x["responses"] for x in e] or [0])
+            lines.append(
+                f"| {f['clients']:,} | {f['sync']['sync_all_s']:.2f} s | {_ms(f['edit_all_s_median'], '.0f')} / "
+                f"{_ms(f['edit_all_s_max'], '.0f')} ms | {_ms(p50, '.0f')} / {_ms(p99, '.0f')} ms | "
+                f"{_ms(f['cp_cpu_s_median'], '.0f')} ms | {100 * share:.0f}% | {responses:,.0f} | "
+                f"{f['rss_before_mb']:.1f} -> {f['rss_synced_mb']:.1f} MB | {f['rss_per_client_kb']:.1f} KB |")
+        lines.append("")
+    if doc.get("build"):
+        lines += ["(iii) Build + serialize for one node group (median), and a whole reload:", "",
+                  "| models x regions | clusters / endpoints / routes | serialized | build ms | serialize ms | "
+                  "total ms | reload: validate YAML | reload: all region groups | reload total |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for b in doc["build"]:
+            res = b["resources"]
+            est = " (est.)" if b["reload_estimated"] else ""
+            lines.append(f"| {b['models']:,} x {b['regions']} | {res.get('Cluster', 0):,} / "
+                         f"{res.get('ClusterLoadAssignment', 0):,} / 1 | {b['wire_kb']:,.0f} KB | "
+                         f"{b['build_ms']:.1f} | {b['serialize_ms']:.1f} | {b['total_ms']:.1f} | "
+                         f"{b['validate_ms']:,.0f} ms | {b['all_groups_ms']:,.0f} ms{est} | "
+                         f"{b['reload_ms'] / 1000:.2f} s{est} |")
+        lines.append("")
+    lines += ["| target | goal | measured | |", "|---|---|---:|---|"]
+    for v in doc["verdicts"]:
+        lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> str:
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib not installed: plot skipped (pip install matplotlib)"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("edit_to_ack", "fanout", "build") if doc.get(p)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "edit_to_ack":
+            for r, color in zip(doc["edit_to_ack"], ("tab:blue", "tab:orange")):
+                xs = [e["edit"] for e in r["edits"] if e["write_to_last_ack_s"] is not None]
+                ys = [e["write_to_last_ack_s"] * 1000 for e in r["edits"] if e["write_to_last_ack_s"] is not None]
+                ax.plot(xs, ys, "o-", ms=3, color=color, label=f"{r['mode']}: p50 {_ms(r['p50_s'], '.0f')}, "
+                                                              f"p99 {_ms(r['p99_s'], '.0f')} ms")
+                rs = [(e["edit"], e["write_to_reload_start_s"] * 1000) for e in r["edits"]
+                      if e["write_to_reload_start_s"] is not None]
+                ax.plot([x for x, _ in rs], [y for _, y in rs], ":", color=color, lw=1,
+                        label=f"{r['mode']}: write -> reload starts")
+            ax.axhline(250, color="black", ls="--", lw=1, label="target p99 250 ms")
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("edit #")
+            ax.set_ylabel("ms from the file write")
+            ax.set_title("(i) edit -> both real Envoys ACKed", fontsize=10)
+        elif panel == "fanout":
+            fan = doc["fanout"]
+            xs = [f["clients"] for f in fan]
+            ax.plot(xs, [(f["edit_all_s_max"] or float("nan")) * 1000 for f in fan], "o-", label="edit -> all ACKed (worst)")
+            ax.plot(xs, [(f["edit_all_s_median"] or float("nan")) * 1000 for f in fan], "o--", label="(median)")
+            ax.plot(xs, [f["sync"]["sync_all_s"] * 1000 for f in fan], "s:", label="initial sync of all")
+            ax.axhline(1000, color="black", ls="--", lw=1, label="target 1 s at 1,000")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("simulated ADS clients")
+            ax.set_ylabel("ms")
+            ax2 = ax.twinx()
+            ax2.bar(xs, [f["rss_per_client_kb"] for f in fan], width=[x * 0.3 for x in xs], alpha=0.2,
+                    color="tab:green")
+            ax2.set_ylabel("RSS per client, KB (green bars)", color="tab:green")
+            ax2.axhline(64, color="tab:green", ls=":", lw=1)
+            ax.set_zorder(ax2.get_zorder() + 1)  # lines and legend above the bars
+            ax.patch.set_visible(False)
+            ax.set_title("(ii) fan-out to simulated Envoys", fontsize=10)
+        else:
+            by_models: dict[int, list] = {}
+            for b in doc["build"]:
+                by_models.setdefault(b["models"], []).append(b)
+            for models, bs in sorted(by_models.items()):
+                ax.plot([b["regions"] for b in bs], [b["total_ms"] for b in bs], "o-", label=f"{models:,} models: one group")
+                ax.plot([b["regions"] for b in bs], [b["reload_ms"] for b in bs], "x:", label=f"{models:,} models: reload")
+            ax.axhline(100, color="black", ls="--", lw=1, label="target 100 ms (100 x 40)")
+            ax.set_yscale("log")
+            ax.set_xlabel("regions")
+            ax.set_ylabel("ms")
+            ax.set_title("(iii) build + serialize", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Control plane; {doc['machine']['cores']} shared cores, Python {doc['machine']['python']}",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in item.lower().split("x")) for item in text.split(",") if item.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.controlplane", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="i,ii,iii", help="which parts: i (real Envoys), ii (fan-out), iii (build)")
+    parser.add_argument("--edits", type=int, default=20, help="(i) edits per xDS mode")
+    parser.add_argument("--modes", default="sotw,delta", help="(i) xDS modes of the real Envoys")
+    parser.add_argument("--edit-timeout", type=float, default=10.0)
+    parser.add_argument("--edit-gap", type=float, default=0.2, help="pause between edits (s)")
+    parser.add_argument("--quiet", type=float, default=0.3,
+                        help="after an edit is ACKed, wait this long for late ACKs of the same edit")
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="(ii) simulated client counts")
+    parser.add_argument("--fanout-edits", type=int, default=3, help="(ii) edits per client count")
+    parser.add_argument("--fanout-models", type=int, default=10)
+    parser.add_argument("--fanout-regions", type=int, default=5)
+    parser.add_argument("--streams-per-channel", type=int, default=1,
+                        help="(ii) ADS streams per gRPC channel (1: one TCP connection per client, as Envoys)")
+    parser.add_argument("--profile-cp", metavar="PREFIX",
+                        help="(ii) run the control plane under cProfile, writing PREFIX-<clients>.prof (slows it)")
+    parser.add_argument("--no-sds", action="store_true", help="(ii) clients do not subscribe to the token secret")
+    parser.add_argument("--sizes", default=",".join(f"{m}x{r}" for m, r in SIZES), help="(iii) MODELSxREGIONS,...")
+    parser.add_argument("--failover", type=int, default=2, help="(iii) failover regions per region")
+    parser.add_argument("--runs", type=int, default=5, help="(iii) runs per size (median)")
+    parser.add_argument("--build-budget", type=float, default=4.0, help="(iii) seconds per size before fewer runs")
+    parser.add_argument("--reload-budget", type=float, default=6.0,
+                        help="(iii) measure a whole reload only if estimated under this many seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "controlplane.png")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    args.sizes = _parse_sizes(args.sizes)
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+
+    started = dt.datetime.now(dt.timezone.utc)
+    info = machine()
+    info["grpcio"] = __import__("grpc").__version__
+    info["protobuf"] = __import__("google.protobuf").protobuf.__version__
+    t_start = time.monotonic()
+    print(f"control-plane benchmark: parts {sorted(parts)}; {info['cores']} cores, {info['cpu']}, "
+          f"Python {info['python']}, Envoy {info['envoy']}", file=sys.stderr)
+    doc: dict = {"benchmark": "controlplane", "started": started.isoformat(timespec="seconds"), "machine": info,
+                 "command": "python -m bench.controlplane " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "settings": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()},
+                 "edit_policies": EDIT_POLICIES}
+    if "iii" in parts:
+        doc["build"] = part_build(args)
+    if "i" in parts:
+        doc["edit_to_ack"] = []
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            r = part_edit_to_ack(args, delta=mode == "delta")
+            doc["edit_to_ack"].append(r)
+            print(f"  (i) {mode}: {r['complete']}/{r['count']} edits complete, p50 {_ms(r['p50_s'])} ms, "
+                  f"p99 {_ms(r['p99_s'])} ms", file=sys.stderr)
+    if "ii" in parts:
+        doc["fanout"] = []
+        workdir = Path(tempfile.mkdtemp(prefix="bench-controlplane-"))
+        for n in clients:
+            f = part_fanout(args, n, workdir)
+            doc["fanout"].append(f)
+            print(f"  (ii) {n:5d} clients: sync {f['sync']['sync_all_s']:.2f} s, edit -> all ACKed "
+                  f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
+                  f"RSS/client {f['rss_per_client_kb']:.1f} KB, CP CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
+                  file=sys.stderr)
+    info["loadavg_end"] = list(os.getloadavg())
+    doc["wall_s"] = round(time.monotonic() - t_start, 1)
+    doc["verdicts"] = verdicts(doc)
+    table = markdown(doc)
+    print(table)
+    if not args.no_plot:
+        print(plot(doc, args.plot), file=sys.stderr)
+    doc["markdown"] = table
+    path = write_json(args.out, "controlplane", started, doc)
+    print(f"results written to {path} ({doc['wall_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
