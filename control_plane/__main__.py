@@ -32,8 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task] = set()  # referenced until done
+
         def on_hup() -> None:  # re-read the config and the credential files, refresh tokens now
-            plane.reload("SIGHUP")
+            task = asyncio.ensure_future(plane.reload_in_background("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
             plane.tokens.refresh_now(reload_credentials=True)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)

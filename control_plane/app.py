@@ -6,6 +6,7 @@ A thin asyncio shell around the pure parts (config, resources, snapshot, cache).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -135,20 +136,41 @@ class ControlPlane:
 
     def reload(self, reason: str = "file changed") -> bool:
         """Validate, build and swap in the file's config; a broken one leaves the running config."""
+        steps = self._reload_steps(reason)
+        build = next(steps)
+        return steps.send(build()) if build else next(steps)
+
+    async def reload_in_background(self, reason: str = "file changed") -> bool:
+        """reload(), with the heavy build on a worker thread so xDS streams keep being served."""
+        steps = self._reload_steps(reason)
+        build = next(steps)
+        return steps.send(await asyncio.to_thread(build)) if build else next(steps)
+
+    def _reload_steps(self, reason: str):
+        """Yields the build to run (or None), receives its result, yields whether the reload applied."""
         digest = _file_hash(self.config_path)
         if digest == self._file_hash and self.last_reload["ok"]:
-            return True  # same bytes (editors touch files; watchers fire twice)
+            yield None
+            yield True  # same bytes (editors touch files; watchers fire twice)
+            return
         self._file_hash = digest
         errors: list[str] = []
         try:
             config = load_config(self.config_path)
-            if config.version != self.cache.config.version:  # (a comment-only edit changes nothing)
-                self.cache.set_config(config)
-                self.tokens.update(_profiles(config), config.auth.refresh_margin)
         except ConfigError as exc:
-            errors = [str(p) for p in exc.problems]
-        except InconsistentSnapshot as exc:
-            errors = [f"{self.config_path}: cannot build a consistent snapshot: {exc}"]
+            config, errors = None, [str(p) for p in exc.problems]
+        if config is not None and config.version != self.cache.config.version:  # comment-only edits: no-op
+            try:
+                snapshots = yield functools.partial(self.cache.prepare, config)
+                self.cache.apply(config, snapshots)
+                self.tokens.update(_profiles(config), config.auth.refresh_margin)
+            except InconsistentSnapshot as exc:
+                errors = [f"{self.config_path}: cannot build a consistent snapshot: {exc}"]
+        else:
+            yield None
+        yield self._record_reload(reason, errors)
+
+    def _record_reload(self, reason: str, errors: list[str]) -> bool:
         ok = not errors
         self.last_reload = {"time": _now(), "ok": ok, "reason": reason,
                             "version": self.cache.config.version, "errors": errors}
@@ -170,7 +192,7 @@ class ControlPlane:
                                      recursive=False, ignore_permission_denied=True,
                                      watch_filter=lambda _change, path: Path(path).name in names):
             if self.config_path.exists():
-                self.reload()
+                await self.reload_in_background()
 
 
 def _profiles(config: RegionConfig) -> dict[str, AuthProfile]:

@@ -6,20 +6,21 @@ and waits for the next generation; the cache knows nothing about streams.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
 from .resources import SECRET_TYPE, NodeGroup, build_resources, token_secret, token_secret_name
-from .snapshot import Interner, Resource, Snapshot
+from .snapshot import Interner, Resource, Snapshot, type_version
 
 log = logging.getLogger(__name__)
 
 Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message]]]
+T = TypeVar("T")
 
 
 class UnknownRegion(LookupError):
@@ -48,9 +49,11 @@ class SnapshotCache:
         self._builder = builder
         self._interner = Interner()
         self._config = config
-        self._changed = asyncio.Event()
+        self._watchers: set[Callable[[], None]] = set()
         self._secrets: dict[str, Resource] = {}
         self.generation = 0
+        self._memo: dict = {}
+        self._memo_generation = -1
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
 
     @property
@@ -69,7 +72,25 @@ class SnapshotCache:
 
     def missing_tokens(self) -> list[str]:
         """Profiles the config needs whose first token has not arrived: nothing is served until then."""
-        return [p for p in self._config.profiles_in_use() if token_secret_name(p) not in self._secrets]
+        return self._per_generation(("missing_tokens",), lambda: [
+            p for p in self._config.profiles_in_use() if token_secret_name(p) not in self._secrets])
+
+    def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
+        """What a node of `group` subscribed to `names` should hold, and its version. Shared by
+        every stream of the group until the next generation (1,000 Envoys, 5 groups: 5 hashes)."""
+        def compute() -> tuple[dict[str, Resource], str]:
+            selection = self.select(group, type_url, names)
+            return {r.name: r for r in selection}, type_version(selection)
+        return self._per_generation((group, type_url, names), compute)
+
+    def _per_generation(self, key: tuple, compute: Callable[[], T]) -> T:
+        if self._memo_generation != self.generation:
+            self._memo, self._memo_generation = {}, self.generation
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value
 
     def select(self, group: NodeGroup, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
         if type_url == SECRET_TYPE:
@@ -86,21 +107,26 @@ class SnapshotCache:
 
     def set_config(self, config: RegionConfig) -> None:
         """Build every known group's snapshot for the new config, then swap; on error keep the old."""
-        groups = set(self._snapshots)
-        snapshots = self._prebuild(config, groups)
-        self._config, self._snapshots = config, snapshots
+        self.apply(config, self.prepare(config))
+
+    def prepare(self, config: RegionConfig) -> dict[NodeGroup, Snapshot]:
+        """The heavy part of a reload (building and serializing); safe to run off the event loop."""
+        return self._prebuild(config, set(self._snapshots))
+
+    def apply(self, config: RegionConfig, snapshots: dict[NodeGroup, Snapshot]) -> None:
+        self._config, self._snapshots = config, {**snapshots}
         self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
         self._bump()
 
     def _bump(self) -> None:
         self.generation += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        for notify in list(self._watchers):
+            notify()
 
-    async def wait_for_change(self, generation: int) -> None:
-        """Return once the cache is past `generation`."""
-        while self.generation <= generation:
-            await self._changed.wait()
+    def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call notify() (on the event loop) after every change; returns the way to stop."""
+        self._watchers.add(notify)
+        return lambda: self._watchers.discard(notify)
 
     def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None) -> dict[NodeGroup, Snapshot]:
         # Each region's default group is built too, so a config that cannot be built for some

@@ -12,9 +12,10 @@ import hashlib
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -22,12 +23,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     ValidationError,
     field_validator,
 )
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+T = TypeVar("T")
 
 VERBS = ("predict", "rawPredict", "streamRawPredict", "explain", "serverStreamingPredict")
 PUBLISHER_VERBS = ("generateContent", "streamGenerateContent", "countTokens", "rawPredict", "streamRawPredict")
@@ -221,21 +225,34 @@ class RegionConfig(_Strict):
     def default_model(self) -> str:
         return next(name for name, model in self.models.items() if model.default)
 
+    # The config is immutable, so what is derived from it is computed once (a reload with
+    # 100 models x 40 regions asks for the same policy thousands of times).
+    _memo: dict = PrivateAttr(default_factory=dict)
+
+    def memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """compute() once per config and key; for derived values and shared built resources."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value
+
     def profile_for(self, model: str, region: str) -> str:
         """The credentials profile an attempt to `region` for `model` uses."""
         return self.models[model].auth or self.regions[region].auth or DEFAULT_PROFILE
 
     def profiles_in_use(self) -> list[str]:
-        used = {self.profile_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}
-        return sorted(used)
+        return self.memo(("profiles",), lambda: sorted(
+            {self.profile_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}))
 
     def policy_for(self, model: str, region: str) -> Policy:
         """Defaults, then the region's overrides, then the model's (the most specific wins)."""
-        return self.policy.merged(self.regions[region].policy, self.models[model].policy)
+        return self.memo(("policy", model, region), lambda: self.policy.merged(
+            self.regions[region].policy, self.models[model].policy))
 
     @property
     def version(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return self.memo(("version",), lambda: hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])
 
 
 @dataclass(frozen=True)

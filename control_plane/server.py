@@ -47,6 +47,7 @@ CONTROL_PLANE_ID = "vertex-gateway"
 WAITING_FOR_TOKEN = "waiting for the first access token"
 
 Selection = dict[str, Resource]
+CACHE_CHANGED = object()  # an inbox item: the cache moved to a new generation
 
 
 class AdsServer:
@@ -83,7 +84,6 @@ class AdsServer:
                 await inbox.put(None)
 
         reader = asyncio.create_task(read())
-        pending: set[asyncio.Future] = set()
         first = await inbox.get()
         if first is None:
             reader.cancel()
@@ -92,33 +92,32 @@ class AdsServer:
         self.metrics.connected.labels(stream.mode).inc()
         log.info("xDS stream opened: node=%s mode=%s peer=%s", stream.node_id, stream.mode, stream.peer)
         session = session_type(self, stream)
+
+        # One inbox for both kinds of event: Envoy's requests, and a cache change (at most one
+        # queued: a change only says "reconcile", so several collapse into one).
+        change_queued = False
+
+        def on_change() -> None:
+            nonlocal change_queued
+            if not change_queued:
+                change_queued = True
+                inbox.put_nowait(CACHE_CHANGED)
+
+        stop_watching = self.cache.watch(on_change)
         try:
-            request = first
-            while True:
-                if request is not None:
-                    for response in session.on_request(request):
-                        yield response
+            item = first
+            while item is not None:
+                if item is CACHE_CHANGED:
+                    change_queued = False
+                    responses = session.on_change()
                 else:
-                    for response in session.on_change():
-                        yield response
-                next_request = asyncio.ensure_future(inbox.get())
-                change = asyncio.ensure_future(self.cache.wait_for_change(session.generation))
-                pending = {next_request, change}
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for future in pending:
-                    future.cancel()
-                if next_request in done:
-                    request = next_request.result()
-                    if request is None:
-                        break
-                    if change in done:  # both at once: take the change first, then the request
-                        for response in session.on_change():
-                            yield response
-                else:
-                    request = None
+                    responses = session.on_request(item)
+                for response in responses:
+                    yield response
+                response = responses = None  # don't keep the last response alive while waiting
+                item = await inbox.get()
         finally:
-            for future in pending:
-                future.cancel()
+            stop_watching()
             reader.cancel()
             self.clients.close(stream)
             self.metrics.connected.labels(stream.mode).dec()
@@ -134,7 +133,6 @@ class Session:
         self.server = server
         self.cache = server.cache
         self.stream = stream
-        self.generation = -1
         self.group = None
         self.sent: dict[str, Selection] = {}  # type -> what the Envoy was last sent (all of it)
         self.held: dict[str, Selection] = {}  # type -> what the Envoy runs: the last ACKed selection
@@ -147,7 +145,6 @@ class Session:
     def reconcile(self, resend: str | None = None) -> Iterator[bytes]:
         """Send each subscribed type what differs from `desired`; `resend`: a type the client
         asked for again and must be answered even if nothing changed."""
-        self.generation = self.cache.generation
         self._resolve_group()
         if self.group is None:
             return
@@ -170,39 +167,44 @@ class Session:
         """What the Envoy should hold of this type now; None: hold what it has."""
         target = self._target(type_url, state.names)
         if type_url == CLUSTER_TYPE:
-            if self._routes_settled():
-                return target  # routes no longer name the old clusters: removals are safe now
-            return {**self.held.get(CLUSTER_TYPE, {}), **target}
+            held = self.held.get(CLUSTER_TYPE, {})
+            if held.keys() <= target.keys() or self._routes_settled():
+                return target  # nothing to keep, or routes no longer name the old clusters
+            return {**held, **target}
         if type_url == ENDPOINT_TYPE:
             # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
-            held = self.held.get(ENDPOINT_TYPE, {})
-            return {**{n: r for n, r in held.items() if state.names is None or n in state.names}, **target}
+            held = {n: r for n, r in self.held.get(ENDPOINT_TYPE, {}).items()
+                    if n not in target and (state.names is None or n in state.names)}
+            return {**held, **target} if held else target
         if type_url in (LISTENER_TYPE, ROUTE_TYPE) and not self._clusters_ready():
             return None
         return target
 
     def _target(self, type_url: str, names) -> Selection:
-        return {r.name: r for r in self.cache.select(self.group, type_url, names)}
+        return self.cache.target(self.group, type_url, names)[0]
+
+    def version_of(self, type_url: str, state: TypeState, desired: Selection) -> str:
+        target, version = self.cache.target(self.group, type_url, state.names)
+        return version if desired is target else type_version([desired[n] for n in sorted(desired)])
 
     def _clusters_ready(self) -> bool:
         """Every cluster (and its endpoints) the new routes may name has been ACKed."""
         clusters = self._target(CLUSTER_TYPE, None)
         cds = self.stream.types.get(CLUSTER_TYPE)
-        if cds is None or not set(clusters) <= set(cds.sent_resources) or not _acked(cds):
+        if cds is None or not clusters.keys() <= cds.sent_resources.keys() or not _acked(cds):
             return False
         eds = self.stream.types.get(ENDPOINT_TYPE)
-        wanted = {n for n in self._target(ENDPOINT_TYPE, None)}
+        wanted = self._target(ENDPOINT_TYPE, None).keys()
         if not wanted:
             return True
-        return eds is not None and wanted <= set(eds.sent_resources) and _acked(eds)
+        return eds is not None and wanted <= eds.sent_resources.keys() and _acked(eds)
 
     def _routes_settled(self) -> bool:
         for type_url in (LISTENER_TYPE, ROUTE_TYPE):
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
-            target = self._target(type_url, state.names)
-            if type_version(list(target.values())) != state.acked_version or not _acked(state):
+            if self.cache.target(self.group, type_url, state.names)[1] != state.acked_version or not _acked(state):
                 return False
         return True
 
@@ -274,10 +276,10 @@ class SotwSession(Session):
         yield from self.reconcile(resend=request.type_url if answer == "again" else None)
 
     def send(self, type_url: str, state: TypeState, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        selection = [desired[n] for n in sorted(desired)]
-        version = type_version(selection)
+        version = self.version_of(type_url, state, desired)
         if version == state.sent_version and state.sent_nonce and not force:
             return
+        selection = [desired[n] for n in sorted(desired)]
         nonce = self.mark_sent(type_url, state, desired, version)
         header = discovery_pb2.DiscoveryResponse(
             version_info=version, type_url=type_url, nonce=nonce,
@@ -320,7 +322,7 @@ class DeltaSession(Session):
         yield from self.reconcile()
 
     def send(self, type_url: str, state: TypeState, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        version = type_version([desired[n] for n in sorted(desired)])
+        version = self.version_of(type_url, state, desired)
         if state.nacked_version == version:
             return  # Envoy rejected exactly this: wait for a different version
         known = self.known.setdefault(type_url, {})

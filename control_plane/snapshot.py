@@ -62,8 +62,14 @@ class Interner:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, str], Resource] = {}
+        # A message object shared by several node groups' builds is serialized once; the
+        # Resource holds the message, so its id cannot be reused while the entry lives.
+        self._by_id: dict[int, Resource] = {}
 
     def intern(self, type_url: str, message: Message) -> Resource:
+        found = self._by_id.get(id(message))
+        if found is not None and found.message is message:
+            return found
         data = message.SerializeToString(deterministic=True)
         version = hashlib.sha256(data).hexdigest()[:16]
         name = resource_name(message)
@@ -73,11 +79,14 @@ class Interner:
             packed = any_pb2.Any(type_url=type_url, value=data)
             found = Resource(name, type_url, version, message, packed.SerializeToString(deterministic=True))
             self._by_key[key] = found
+        if found.message is message:
+            self._by_id[id(message)] = found
         return found
 
     def retain(self, live: Iterable[Resource]) -> None:
         keep = {(r.type_url, r.name, r.version) for r in live}
         self._by_key = {k: v for k, v in self._by_key.items() if k in keep}
+        self._by_id = {id(r.message): r for r in self._by_key.values()}
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -74,9 +74,12 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             if clusters[-1].type == cluster_pb2.Cluster.EDS:
                 endpoints.append(spread_load_assignment(config, model, group.region))
         for region in regions:  # failover members; for a spread, the targets of pinned requests
-            clusters.append(region_cluster(config, model, region))
+            # The same for every Envoy whatever its region: built once per config.
+            clusters.append(config.memo(("region_cluster", model, region),
+                                        lambda: region_cluster(config, model, region)))
             if _is_ip(config.regions[region].address):
-                endpoints.append(load_assignment(config, model, region))
+                endpoints.append(config.memo(("load_assignment", model, region),
+                                             lambda: load_assignment(config, model, region)))
     return {
         SECRET_TYPE: [],
         CLUSTER_TYPE: clusters,

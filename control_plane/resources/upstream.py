@@ -4,6 +4,8 @@ metadata into temporary headers, inject that region's token, rewrite :path and
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     base_pb2,
@@ -105,6 +107,11 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
 
 
 def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
+    return list(_upstream_filters(tuple(profiles)))
+
+
+@functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
+def _upstream_filters(profiles: tuple[str, ...]) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
@@ -128,6 +135,6 @@ def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]
-    return filters
+    return tuple(filters)
 
 
