@@ -98,3 +98,26 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
 
 def pct(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def verdict_rows(verdicts: list[dict]) -> list[str]:
+    """The targets table every benchmark ends its Markdown with."""
+    rows = ["| target | goal | measured | |", "|---|---|---:|---|"]
+    for v in verdicts:
+        rows.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    return rows
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+NO_MATPLOTLIB = "matplotlib not installed: plot skipped (pip install matplotlib)"

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, machine, rss_bytes, wait_until, write_json  # noqa: E402
+from bench.common import NO_MATPLOTLIB, cpu_seconds, machine, pyplot, rss_bytes, verdict_rows, wait_until, write_json  # noqa: E402,E501
 from tests.loadgen import percentile  # noqa: E402
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -616,19 +616,14 @@ def markdown(doc: dict) -> str:
                          f"{b['validate_ms']:,.0f} ms | {b['all_groups_ms']:,.0f} ms{est} | "
                          f"{b['reload_ms'] / 1000:.2f} s{est} |")
         lines.append("")
-    lines += ["| target | goal | measured | |", "|---|---|---:|---|"]
-    for v in doc["verdicts"]:
-        lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    lines += verdict_rows(doc["verdicts"])
     return "\n".join(lines)
 
 
 def plot(doc: dict, path: Path) -> str:
-    try:
-        import matplotlib
-    except ImportError:
-        return "matplotlib not installed: plot skipped (pip install matplotlib)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
 
     panels = [p for p in ("edit_to_ack", "fanout", "build") if doc.get(p)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)

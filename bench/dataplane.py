@@ -50,7 +50,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import children, cpu_seconds, ensure_debian_package, fmt, machine, wait_until, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    NO_MATPLOTLIB,
+    children,
+    cpu_seconds,
+    ensure_debian_package,
+    fmt,
+    machine,
+    pyplot,
+    verdict_rows,
+    wait_until,
+    write_json,
+)
 from bench.failover import make_body  # noqa: E402
 from control_plane.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
 from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, build_resources  # noqa: E402
@@ -618,19 +629,14 @@ def markdown(doc: dict) -> str:
                   + ", ".join(f"{b['binary']} {b['share_pct']:.1f}%" for b in perf["by_binary"])
                   + "; top kernel functions: "
                   + ", ".join(f"{k['symbol']} {k['share_pct']:.1f}%" for k in perf["top_kernel"][:5])]
-    lines += ["", "| target | goal | measured | |", "|---|---|---:|---|"]
-    for v in doc["verdicts"]:
-        lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    lines += ["", *verdict_rows(doc["verdicts"])]
     return "\n".join(lines)
 
 
 def plot(doc: dict, path: Path) -> str:
-    try:
-        import matplotlib
-    except ImportError:
-        return "matplotlib not installed: plot skipped (pip install matplotlib)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
 
     cells = doc["cells"]
     conns = sorted({c for (t, c) in cells if not t.startswith("ablate:")})

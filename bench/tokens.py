@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, wait_until, write_json  # noqa: E402
+from bench.common import NO_MATPLOTLIB, machine, pyplot, verdict_rows, wait_until, write_json  # noqa: E402
 from bench.failover import make_body  # noqa: E402
 from tests.loadgen import Sample, percentile, run_load  # noqa: E402
 from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
@@ -289,19 +289,14 @@ def markdown(doc: dict) -> str:
         lines.append(f"| gateway ({c['case']}) | {c['rps']:,.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} |")
     if r:
         lines.append(f"| smart router, token per request | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
-    lines += ["", "| target | goal | measured | |", "|---|---|---:|---|"]
-    for v in doc["verdicts"]:
-        lines.append(f"| {v['target']} | {v['goal']} | {v['text']} | {'met' if v['met'] else '**missed**'} |")
+    lines += ["", *verdict_rows(doc["verdicts"])]
     return "\n".join(lines)
 
 
 def plot(doc: dict, path: Path) -> str:
-    try:
-        import matplotlib
-    except ImportError:
-        return "matplotlib not installed: plot skipped (pip install matplotlib)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
 
     short = [c for c in doc["_cases"] if c["lifetime_s"] < 3600]
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.4), gridspec_kw={"width_ratios": [3, 1.3]})
