@@ -14,7 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import SECRET_TYPE, NodeGroup, build_resources, token_secret, token_secret_name
+from .resources import SECRET_TYPE, NodeGroup, build_resources, members, token_secret, token_secret_name
 from .snapshot import Interner, Resource, Snapshot, type_version
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,15 @@ class SnapshotCache:
         self._secrets = secrets
         self._bump()
 
-    def missing_tokens(self) -> list[str]:
-        """Profiles the config needs whose first token has not arrived: nothing is served until then."""
-        return self._per_generation(("missing_tokens",), lambda: [
-            p for p in self._config.profiles_in_use() if token_secret_name(p) not in self._secrets])
+    def missing_tokens(self, group: NodeGroup | None = None) -> list[str]:
+        """Profiles the config (or one node group's Envoys) needs whose first token has not
+        arrived: such an Envoy is served nothing until then."""
+        def compute() -> list[str]:
+            config = self._config
+            needed = config.profiles_in_use() if group is None else sorted(
+                {config.profile_for(m, r) for m in config.models for r in members(config, m, group.region)})
+            return [p for p in needed if token_secret_name(p) not in self._secrets]
+        return self._per_generation(("missing_tokens", group), compute)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by

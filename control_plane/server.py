@@ -148,7 +148,7 @@ class Session:
         self._resolve_group()
         if self.group is None:
             return
-        missing = self.cache.missing_tokens()
+        missing = self.cache.missing_tokens(self.group)
         if missing:
             # Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
             self.stream.error = f"{WAITING_FOR_TOKEN} of auth profile(s) {', '.join(missing)}"

@@ -87,7 +87,7 @@ class Stack:
         def synced():
             clients = requests.get(self.plane.admin_url + "/debug/clients", timeout=5).json()["clients"]
             return len(clients) >= len(self.envoys) and all(
-                t["status"] == "SYNCED" for c in clients for t in c["types"].values())
+                c["error"] is None and t["status"] == "SYNCED" for c in clients for t in c["types"].values())
         wait_for(synced, timeout, what="every Envoy SYNCED")
 
     def restart_control_plane(self, stopped: Callable[[], None] = lambda: None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import requests
 import trustme
 import yaml
 

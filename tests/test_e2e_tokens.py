@@ -184,3 +184,33 @@ def test_regions_with_different_credentials_get_their_own_token(tmp_path):
     finally:
         stack.emulator_thread.call(other.stop())
         stack.close()
+
+
+def test_a_profile_still_waiting_for_its_token_holds_only_the_envoys_that_need_it(tmp_path):
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1", "us-east4"),
+                  extra={"regions": {"us-central1": {"failover": []}, "us-east4": {"failover": []}}})
+    refusing = FakeTokenServer()
+    try:
+        stack.emulator_thread.call(refusing.start())
+        refusing.fail(503)
+        key = write_service_account_key(tmp_path / "east.json", refusing.token_uri)
+        # us-east4 moves to credentials whose token cannot be had yet; us-central1 is unaffected
+        stack.update_config({"auth": {"profiles": {"east": {"credentials": f"service_account:{key}"}}},
+                             "regions": {"us-east4": {"auth": "east"}},
+                             "policy": {"timeout": "45s"}})
+        wait_for(lambda: all(t["status"] == "SYNCED" for c in requests.get(
+            stack.plane.admin_url + "/debug/clients", timeout=5).json()["clients"]
+            if c["node_id"] == "envoy-us-central1" for t in c["types"].values()), what="us-central1 synced")
+        east = next(c for c in requests.get(stack.plane.admin_url + "/debug/clients", timeout=5).json()["clients"]
+                    if c["node_id"] == "envoy-us-east4")
+        assert "waiting for the first access token" in east["error"]
+        assert stack.post("/predict", region="us-east4", json={"instances": [1]}).status_code == 200  # old config
+        refusing.fail(None)
+        stack.plane.loop.run(stack.plane.plane.tokens.refresh_now)  # rather than wait out the backoff
+        stack.wait_synced()
+        answer = stack.post("/predict", region="us-east4", json={"instances": [1]})
+        assert answer.status_code == 200, (answer.status_code, answer.text, answer.headers)
+        assert authorization(stack.emulators["us-east4"]) == f"Bearer {refusing.issued[-1]}"
+    finally:
+        stack.emulator_thread.call(refusing.stop())
+        stack.close()
