@@ -6,11 +6,11 @@ A thin asyncio shell around the pure parts (config, resources, snapshot, cache).
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,39 +136,52 @@ class ControlPlane:
 
     def reload(self, reason: str = "file changed") -> bool:
         """Validate, build and swap in the file's config; a broken one leaves the running config."""
-        steps = self._reload_steps(reason)
-        build = next(steps)
-        return steps.send(build()) if build else next(steps)
+        read = self._read_config()
+        if read is None:
+            return True  # same bytes (editors touch files; watchers fire twice)
+        config, errors = read
+        if config is not None:
+            errors = self._install(config, lambda: self.cache.prepare(config))
+        return self._record_reload(reason, errors)
 
     async def reload_in_background(self, reason: str = "file changed") -> bool:
         """reload(), with the heavy build on a worker thread so xDS streams keep being served."""
-        steps = self._reload_steps(reason)
-        build = next(steps)
-        return steps.send(await asyncio.to_thread(build)) if build else next(steps)
+        read = self._read_config()
+        if read is None:
+            return True
+        config, errors = read
+        if config is not None:
+            try:
+                snapshots = await asyncio.to_thread(self.cache.prepare, config)
+            except InconsistentSnapshot as exc:
+                errors = [self._inconsistent(exc)]
+            else:
+                errors = self._install(config, lambda: snapshots)
+        return self._record_reload(reason, errors)
 
-    def _reload_steps(self, reason: str):
-        """Yields the build to run (or None), receives its result, yields whether the reload applied."""
+    def _read_config(self) -> tuple[RegionConfig | None, list[str]] | None:
+        """None: the file is unchanged. Else the config to install (None when there is nothing
+        to install: a broken file, or an edit that changes nothing) and the problems found."""
         digest = _file_hash(self.config_path)
         if digest == self._file_hash and self.last_reload["ok"]:
-            yield None
-            yield True  # same bytes (editors touch files; watchers fire twice)
-            return
+            return None
         self._file_hash = digest
-        errors: list[str] = []
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            config, errors = None, [str(p) for p in exc.problems]
-        if config is not None and config.version != self.cache.config.version:  # comment-only edits: no-op
-            try:
-                snapshots = yield functools.partial(self.cache.prepare, config)
-                self.cache.apply(config, snapshots)
-                self.tokens.update(_profiles(config), config.auth.refresh_margin)
-            except InconsistentSnapshot as exc:
-                errors = [f"{self.config_path}: cannot build a consistent snapshot: {exc}"]
-        else:
-            yield None
-        yield self._record_reload(reason, errors)
+            return None, [str(p) for p in exc.problems]
+        return (config if config.version != self.cache.config.version else None), []
+
+    def _install(self, config: RegionConfig, build: Callable[[], dict]) -> list[str]:
+        try:
+            self.cache.apply(config, build())
+        except InconsistentSnapshot as exc:
+            return [self._inconsistent(exc)]
+        self.tokens.update(_profiles(config), config.auth.refresh_margin)
+        return []
+
+    def _inconsistent(self, exc: InconsistentSnapshot) -> str:
+        return f"{self.config_path}: cannot build a consistent snapshot: {exc}"
 
     def _record_reload(self, reason: str, errors: list[str]) -> bool:
         ok = not errors

@@ -276,3 +276,27 @@ async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
     assert plane.reload()
     assert plane.last_reload["ok"]
     assert cds.version_info  # the stream is still open and served
+
+
+@pytest.mark.parametrize("in_background", [False, True])
+async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, token_server, in_background):
+    from control_plane.resources import build_resources
+
+    broken = {"on": False}
+
+    def builder(config, group):  # test hook: drop the route config the listener names
+        built = build_resources(config, group)
+        return {**built, ROUTE_TYPE: []} if broken["on"] else built
+
+    key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
+    path = write_config(tmp_path / "regions.yaml", {**BASE, "auth": {"credentials": f"service_account:{key}"}})
+    plane = ControlPlane(path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False, builder=builder)
+    version = plane.cache.config.version
+    broken["on"] = True
+    write_config(path, {**BASE, "auth": {"credentials": f"service_account:{key}"}, "policy": {"timeout": "30s"}})
+    ok = await plane.reload_in_background() if in_background else plane.reload()
+    assert not ok and plane.cache.config.version == version
+    assert "cannot build a consistent snapshot" in plane.last_reload["errors"][0]
+    assert plane.metrics.reloads.labels("failed")._value.get() == 1
+    broken["on"] = False  # the same file, buildable again: the next reload applies it
+    assert plane.reload() and plane.cache.config.version != version
