@@ -138,15 +138,6 @@ class TokenRefresher:
                 source.credentials = None
             source.wake.set()
 
-    async def wait_first_tokens(self, timeout: float | None = None) -> bool:
-        """True once every profile has had a token (used to tell operators about a slow start)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while any(not s.token for s in self._sources.values()):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
     # ------------------------------------------------------------------ internals
 
     def _seconds_left(self, name: str) -> Callable[[], float]:
@@ -185,10 +176,7 @@ class TokenRefresher:
                     await self._refresh(name, source)
                     backoff = BACKOFF_INITIAL
                     slow_warning.cancel()
-                    delay = (source.state.expiry - self._margin - time.time()) if source.state.expiry else 300.0
-                    # Short-lived tokens (tests, odd issuers): refresh at 80% of the lifetime instead.
-                    lifetime = (source.state.expiry - time.time()) if source.state.expiry else 0
-                    delay = max(1.0, delay if delay > 0 else lifetime * 0.8)
+                    delay = _refresh_delay(source.state.expiry, self._margin)
                 except Exception as exc:  # any failure of google-auth: keep the old token, retry later
                     self._record_failure(name, source, exc)
                     delay = backoff * random.uniform(0.5, 1.5)  # jitter: replicas must not retry in step
@@ -242,6 +230,15 @@ class TokenRefresher:
                       "refuse requests: %s", name, state.last_error)
         elif not source.token and state.failures_in_a_row == 1:
             log.error("cannot get the first access token of auth profile %r: %s", name, state.last_error)
+
+
+def _refresh_delay(expiry: float | None, margin: float) -> float:
+    """Seconds until the next refresh: `margin` before expiry; for tokens that live shorter
+    than the margin (tests, odd issuers), at 80% of their life."""
+    if expiry is None:
+        return 300.0
+    left = expiry - time.time()
+    return max(1.0, left - margin if left > margin else left * 0.8)
 
 
 def _first_line(exc: Exception) -> str:
