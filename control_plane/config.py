@@ -28,8 +28,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from . import yamlsafe
+from .yamlsafe import Limits, YamlRefused
 
 T = TypeVar("T")
 
@@ -42,6 +43,10 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A project id, optionally domain-scoped (example.com:my-project), or a project number.
+_PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$|^[0-9]{1,20}$")
+# Envoy's (and protobuf's) largest Duration: 10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def parse_duration(value: Any) -> float:
@@ -59,36 +64,87 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
     if seconds < 0:
         raise ValueError(f"bad duration {value!r}: must not be negative")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"bad duration {value!r}: beyond Envoy's limit of {MAX_DURATION_SECONDS:,} s")
     return seconds
+
+
+def _is_hostname(text: str) -> bool:
+    labels = text.rstrip(".").split(".")
+    return 0 < len(text) <= 253 and all(_HOSTNAME_LABEL.match(label) for label in labels) \
+        and not labels[-1].isdigit()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def check_address(value: Any) -> str:
     """An IP literal or a DNS hostname (a PSC forwarding rule or a private DNS name)."""
     if not isinstance(value, str):  # `address:` (null) or `true` must not become the hostname "None"/"True"
-        raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
+        raise ValueError(f"bad address {_shown(value)}: expected an IP address or a hostname")
     text = value.strip()
-    try:
-        ipaddress.ip_address(text)
-        return text
-    except ValueError:
-        pass
-    labels = text.rstrip(".").split(".")
-    if not text or len(text) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels) \
-            or labels[-1].isdigit():
+    if not (_is_ip(text) or _is_hostname(text)):
         raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
     return text
 
 
+def check_ip(value: Any) -> str:
+    """An address Envoy binds: an IP literal (Envoy does not resolve listener addresses)."""
+    if not isinstance(value, str) or not _is_ip(value.strip()):
+        raise ValueError(f"bad listener address {_shown(value)}: expected an IP address such as 0.0.0.0 or 10.0.0.5")
+    return value.strip()
+
+
+def check_hostname(value: Any) -> str:
+    """A DNS name: sent as the Host header and the TLS SNI, so no IP, space or control character."""
+    if not isinstance(value, str) or not _is_hostname(value):
+        raise ValueError(f"bad host {_shown(value)}: expected a DNS name such as us-central1-aiplatform.googleapis.com")
+    return value
+
+
+def check_project(value: Any) -> str:
+    """A GCP project id or number: it goes into every upstream path, so nothing else may."""
+    if type(value) is int and value > 0:  # an unquoted project number
+        return str(value)
+    if isinstance(value, str) and _PROJECT.match(value):
+        return value
+    if value == "":
+        raise ValueError("must not be empty: give the Vertex project id or number")
+    raise ValueError(f"bad project {_shown(value)}: expected a project id (lowercase letters, digits and "
+                     "hyphens, starting with a letter, at most 30 characters) or a project number")
+
+
+def check_ca_file(value: Any) -> str:
+    """A file of PEM CA certificates that exists here: Envoy would reject the cluster otherwise."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"bad ca_file {_shown(value)}: expected the path of a PEM file of CA certificates")
+    try:
+        with open(value, "rb") as handle:
+            head = handle.read(4 * 1024 * 1024)
+    except OSError as exc:
+        raise ValueError(f"cannot read ca_file {value!r}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError(f"ca_file {value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Address = Annotated[str, BeforeValidator(check_address)]
+UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `port: true` is not 1 and `num_retries: "2"` is not 2; say what was meant instead.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class OutlierDetection(_Strict):
-    consecutive_5xx: int = Field(3, ge=1)
+    consecutive_5xx: int = Field(3, ge=1, le=2**32 - 1)
     interval: Duration = Field(5.0, gt=0)  # Envoy rejects a zero interval / ejection time
     base_ejection_time: Duration = Field(30.0, gt=0)
     max_ejection_percent: int = Field(100, ge=0, le=100)
@@ -120,7 +176,7 @@ class PolicyOverride(_Strict):
     retriable_status_codes: list[StatusCode] | None = None
     outlier_detection: OutlierDetection | None = None
     # Retried bodies must be buffered; larger ones get a 413 instead of a retry-less forward.
-    max_request_bytes: int | None = Field(None, ge=1024)
+    max_request_bytes: int | None = Field(None, ge=1024, le=2**32 - 1)  # Envoy's buffer limit is a uint32
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -132,7 +188,7 @@ class Policy(_Strict):
     retry_on: list[str] = ["5xx", "reset", "connect-failure", "retriable-status-codes"]
     retriable_status_codes: list[StatusCode] = [429]
     outlier_detection: OutlierDetection = OutlierDetection()
-    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=2**32 - 1)
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -151,7 +207,7 @@ class Policy(_Strict):
 
 
 class Listener(_Strict):
-    address: Address = "0.0.0.0"
+    address: Annotated[str, BeforeValidator(check_ip)] = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
 
 
@@ -159,8 +215,9 @@ class Region(_Strict):
     address: Address
     port: int = Field(443, ge=1, le=65535)
     tls: bool = True
-    host: str | None = None  # default {region}-aiplatform.googleapis.com, filled in by RegionConfig
-    ca_file: str | None = None
+    # default {region}-aiplatform.googleapis.com, filled in by RegionConfig
+    host: Annotated[str, BeforeValidator(check_hostname)] | None = None
+    ca_file: Annotated[str, BeforeValidator(check_ca_file)] | None = None
     http2: bool = False  # HTTP/2 to the endpoint (ALPN h2 with TLS), instead of HTTP/1.1
     failover: list[str] = []
     policy: PolicyOverride | None = None
@@ -211,7 +268,7 @@ class Auth(AuthProfile):
 
 class RegionConfig(_Strict):
     # "id or number": an unquoted project number arrives as an int
-    project: Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v)] = Field(min_length=1)
+    project: Annotated[str, BeforeValidator(check_project)]
     listener: Listener = Listener()
     regions: dict[str, Region]
     models: dict[str, Model]
@@ -273,43 +330,44 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def load_config(path: str | Path) -> RegionConfig:
+def load_config(path: str | Path, limits: Limits = Limits()) -> RegionConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(path), "", f"cannot read: not UTF-8 text ({exc.reason})")]) from exc
-    return parse_config(text, str(path))
+    return parse_config_bytes(data, str(path), limits)
 
 
-def parse_config(text: str, file: str = "regions.yaml") -> RegionConfig:
-    yaml = YAML(typ="rt")  # round-trip loader: keeps line numbers for messages, rejects duplicate keys
+def parse_config_bytes(data: bytes, file: str = "regions.yaml", limits: Limits = Limits()) -> RegionConfig:
     try:
-        raw = yaml.load(text)
-    except (MarkedYAMLError, YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([Problem(file, "", f"invalid YAML: {problem}", line)]) from exc
+        text = yamlsafe.decode(data, limits)
+    except YamlRefused as exc:
+        raise ConfigError([Problem(file, "", exc.message)]) from exc
+    return parse_config(text, file, limits)
+
+
+def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits()) -> RegionConfig:
+    try:
+        raw = yamlsafe.load(text, limits)
+    except YamlRefused as exc:
+        raise ConfigError([Problem(file, "", exc.message, exc.line)]) from exc
     if raw is None or (isinstance(raw, (dict, list, str)) and not raw):
         raise ConfigError([Problem(file, "", "the file is empty: expected project, regions and models")])
     if not isinstance(raw, dict):
         raise ConfigError([Problem(file, "", f"expected a mapping at the top, got {'a list' if isinstance(raw, list) else type(raw).__name__}")])
 
-    problems: list[Problem] = []
+    found: list[tuple[tuple, str]] = []
     config: RegionConfig | None = None
     try:
-        config = RegionConfig.model_validate(_plain(raw))
+        config = RegionConfig.model_validate(raw)
     except ValidationError as exc:
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            problems.append(Problem(file, _key_path(loc), _message(error), _line_of(raw, loc)))
-    for loc, message in _cross_reference_problems(raw):
-        problems.append(Problem(file, _key_path(loc), message, _line_of(raw, loc)))
-    if problems:
-        raise ConfigError(_dedupe(problems))
+        found += [(tuple(error["loc"]), _message(error)) for error in exc.errors()]
+    found += _cross_reference_problems(raw)
+    if found:
+        line_of = yamlsafe.line_finder(text)  # the slow, line-numbered parse: only to report
+        problems = [Problem(file, _key_path(loc), message, line_of(loc)) for loc, message in found]
+        raise ConfigError(sorted(_dedupe(problems), key=lambda p: (p.line or 0, p.path)))
     assert config is not None
     return config
 
@@ -413,15 +471,6 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     return out
 
 
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers -> plain dicts/lists for pydantic."""
-    if isinstance(node, dict):
-        return {str(k) if not isinstance(k, (int, float)) else k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
 def _key_path(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -433,32 +482,46 @@ def _key_path(loc: tuple) -> str:
 
 
 def _message(error: dict) -> str:
-    kind, msg = error["type"], error["msg"]
+    """A validation error in the project's words (the library's are about Python types)."""
+    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {_shown(got)})"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
     if kind == "value_error":
-        return msg.removeprefix("Value error, ")
-    got = error.get("input")
-    return f"{msg} (got {got!r})" if not isinstance(got, (dict, list)) else msg
+        return error["msg"].removeprefix("Value error, ")
+    words = _WORDS.get(kind)
+    if words is None:
+        return f"{error['msg']}{shown}"
+    return words.format(**{k: _shown(v) for k, v in ctx.items()}) + shown
 
 
-def _line_of(raw: Any, loc: tuple) -> int | None:
-    """Best-effort 1-based line of the deepest key in loc that exists in the YAML."""
-    node, line = raw, None
-    for part in loc:
-        try:
-            if isinstance(node, dict) and part in node:
-                line = node.lc.key(part)[0] + 1
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
-            else:
-                break
-            node = node[part]
-        except (AttributeError, KeyError, TypeError):
-            break
-    return line
+_WORDS = {
+    "int_type": "expected a whole number", "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number", "float_parsing": "expected a number",
+    "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+    "string_type": "expected text",
+    "dict_type": "expected a mapping (key: value lines)", "model_type": "expected a mapping (key: value lines)",
+    "model_attributes_type": "expected a mapping (key: value lines)",
+    "list_type": "expected a list",
+    "greater_than_equal": "must be at least {ge}", "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}", "less_than": "must be less than {lt}",
+    "string_too_short": "must not be empty", "too_short": "must not be empty",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as the operator wrote it in YAML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -246,7 +246,7 @@ def test_failover_flow_list_line(tmp_path):
 def test_failover_not_a_list_of_names(tmp_path):
     data = base()
     data["regions"]["us-central1"]["failover"] = [["us-east4"]]
-    expect(tmp_path, data, "regions.us-central1.failover[0]", "valid string")
+    expect(tmp_path, data, "regions.us-central1.failover[0]", "expected text")
 
 
 # ---------------------------------------------------------------- addresses
@@ -274,7 +274,8 @@ def test_unquoted_ipv6_address(tmp_path):
 def test_bad_address(tmp_path, address):
     data = base()
     data["regions"]["us-east4"]["address"] = address
-    expect(tmp_path, data, "regions.us-east4.address", "bad address", repr(address),
+    shown = "null" if address is None else "true" if address is True else repr(address)  # as written in YAML
+    expect(tmp_path, data, "regions.us-east4.address", "bad address", shown,
            line="address:", nth=2, only=True)
 
 
@@ -287,7 +288,7 @@ def test_missing_address(tmp_path):
 def test_listener_address_is_checked(tmp_path):
     data = base()
     data["listener"]["address"] = "not an address"
-    expect(tmp_path, data, "listener.address", "bad address", line="address: not an address", only=True)
+    expect(tmp_path, data, "listener.address", "bad listener address", line="address: not an address", only=True)
 
 
 # ---------------------------------------------------------------- durations
@@ -351,7 +352,7 @@ def test_non_finite_duration(tmp_path, value):
 def test_zero_duration_where_envoy_needs_positive(tmp_path, keys):
     data = base()
     _set(*keys, value="0s")(data)
-    expect(tmp_path, data, ".".join(keys), "greater than 0", line=f"{keys[-1]}:", only=True)
+    expect(tmp_path, data, ".".join(keys), "must be more than 0", line=f"{keys[-1]}:", only=True)
 
 
 # ---------------------------------------------------------------- the default model
@@ -380,7 +381,7 @@ def test_default_must_be_a_real_boolean(tmp_path):
     """`default: yes` is a string in YAML 1.2: say that, not just "no default"."""
     text = BASE_YAML.replace("default: true", "default: yes")
     _, _, problems = rejected(tmp_path, text)
-    find(problems, "models.housing.default", "valid boolean", "'yes'")
+    find(problems, "models.housing.default", "expected true or false", "'yes'")
     find(problems, "models", "no default model")
 
 
@@ -410,7 +411,7 @@ def test_empty_file(tmp_path, text):
     ("project: p\nregions: {}\n  bad: value: here\n", 3, "invalid YAML"),
     ("project: p\nregions:\n  us: {address: 1\nmodels: {}\n", 4, "invalid YAML"),
     ("project: a: b\n", 1, "mapping values are not allowed"),
-    ("project: p\n\tregions: {}\n", 2, "'\\t'"),
+    ("project: p\n\tregions: {}\n", 2, "tab"),
     ("project: p\n---\nproject: q\n", 2, "invalid YAML"),
 ])
 def test_invalid_yaml(tmp_path, text, line, fragment):
@@ -558,8 +559,8 @@ def test_bad_region_name(tmp_path):
 
 
 @pytest.mark.parametrize("port, fragment", [
-    (0, "greater than or equal to 1"), (-1, "greater than or equal to 1"),
-    (65536, "less than or equal to 65535"), ("https", "valid integer"),
+    (0, "must be at least 1"), (-1, "must be at least 1"),
+    (65536, "must be at most 65535"), ("https", "expected a whole number"),
 ])
 def test_port_out_of_range(tmp_path, port, fragment):
     data = base()
@@ -578,12 +579,12 @@ def test_port_in_range(tmp_path, port):
 def test_listener_port_out_of_range(tmp_path, port):
     data = base()
     data["listener"]["port"] = port
-    expect(tmp_path, data, "listener.port", "than or equal to", line="port:", only=True)
+    expect(tmp_path, data, "listener.port", "must be at", line="port:", only=True)
 
 
 @pytest.mark.parametrize("keys", [("policy",), ("regions", "us-east4", "policy"), ("models", "housing", "policy")],
                          ids=["defaults", "region", "model"])
-@pytest.mark.parametrize("value, fragment", [(-1, "greater than or equal to 0"), (11, "less than or equal to 10")])
+@pytest.mark.parametrize("value, fragment", [(-1, "must be at least 0"), (11, "must be at most 10")])
 def test_num_retries_out_of_range(tmp_path, keys, value, fragment):
     data = base()
     _set(*keys, "num_retries", value=value)(data)
@@ -626,10 +627,10 @@ def test_retriable_status_code_out_of_range(tmp_path, keys, code):
 
 
 @pytest.mark.parametrize("keys, value, fragment", [
-    (("policy", "max_request_bytes"), 10, "greater than or equal to 1024"),
-    (("policy", "outlier_detection", "max_ejection_percent"), 101, "less than or equal to 100"),
-    (("policy", "outlier_detection", "consecutive_5xx"), 0, "greater than or equal to 1"),
-    (("regions", "us-east4", "tls"), "maybe", "valid boolean"),
+    (("policy", "max_request_bytes"), 10, "must be at least 1024"),
+    (("policy", "outlier_detection", "max_ejection_percent"), 101, "must be at most 100"),
+    (("policy", "outlier_detection", "consecutive_5xx"), 0, "must be at least 1"),
+    (("regions", "us-east4", "tls"), "maybe", "expected true or false"),
 ])
 def test_other_bounds(tmp_path, keys, value, fragment):
     data = base()
@@ -651,7 +652,7 @@ def test_missing_project(tmp_path):
 def test_empty_project(tmp_path):
     data = base()
     data["project"] = ""
-    expect(tmp_path, data, "project", "at least 1 character", line="project:", only=True)
+    expect(tmp_path, data, "project", "must not be empty", line="project:", only=True)
 
 
 def test_project_number(tmp_path):
@@ -679,7 +680,7 @@ def test_empty_regions_or_models(tmp_path, key, message):
 def test_null_regions_or_models(tmp_path, key):
     text = BASE_YAML.split(f"{key}:")[0] + f"{key}:\n" + (
         "" if key == "models" else "models:\n" + BASE_YAML.split("models:\n")[1])
-    expect(tmp_path, text, key, "valid dictionary", line=f"{key}:")
+    expect(tmp_path, text, key, "expected a mapping", line=f"{key}:")
 
 
 # ---------------------------------------------------------------- all problems at once
@@ -716,7 +717,7 @@ policy:
         ("regions.us-central1.address", "bad address 'not an address'", 5),
         ("regions.us-central1.failover[1]", "cannot fail over to itself", 6),
         ("regions.us-central1.failover[2]", "unknown region 'asia-east1'", 6),
-        ("regions.us-east4.port", "less than or equal to 65535", 9),
+        ("regions.us-east4.port", "must be at most 65535", 9),
         ("models.housing.endpoints.us-central1", "bad endpoint id '12ab'", 13),
         ("models.housing.endpoints.europe-west4", "unknown region 'europe-west4'", 14),
         ("models.churn.endpoints.us-east4", "also used by model 'housing'", 16),
@@ -725,7 +726,7 @@ policy:
         ("models.bad name.publisher_model", "bad publisher model 'gemini'", 18),
         ("models.bad name.regions", "publisher model needs `regions:`", 17),
         ("policy.timeout", "bad duration 'soon'", 20),
-        ("policy.num_retries", "less than or equal to 10", 21),
+        ("policy.num_retries", "must be at most 10", 21),
         ("policy.retry_on", "unknown retry_on 'sometimes'", 22),
     ]
     for path, fragment, line in expected:
@@ -792,10 +793,12 @@ def test_region_defaults(tmp_path):
 
 def test_explicit_region_settings(tmp_path):
     data = base()
-    data["regions"]["us-east4"].update(port=8443, tls=False, host="vertex.east.internal", ca_file="/ca.pem")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    data["regions"]["us-east4"].update(port=8443, tls=False, host="vertex.east.internal", ca_file=str(ca_file))
     config = load(tmp_path, data)
     region = config.regions["us-east4"]
-    assert (region.port, region.tls, region.ca_file) == (8443, False, "/ca.pem")
+    assert (region.port, region.tls, region.ca_file) == (8443, False, str(ca_file))
     assert config.host_of("us-east4") == "vertex.east.internal"
 
 
