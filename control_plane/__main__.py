@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from .bootstrap import XdsTls, bootstrap, render
-from .config import ConfigError, load_config
+from .config import ConfigError
+from .yamlsafe import MAX_BYTES, Limits
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
                              admin_address=f"{args.admin_host}:{args.admin_port}",
                              xds_tls=ServerTls(args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca)
                              if args.xds_tls_cert else None,
-                             insecure_xds=args.insecure_xds, admin_token=_admin_token(args))
+                             insecure_xds=args.insecure_xds, admin_token=_admin_token(args),
+                             max_config_bytes=args.max_config_bytes)
         await plane.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -35,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         reloads: set[asyncio.Task] = set()  # referenced until done
 
         def on_hup() -> None:  # re-read the config and the credential files, refresh tokens now
-            task = asyncio.ensure_future(plane.reload_in_background("SIGHUP"))
+            task = asyncio.ensure_future(plane.reload("SIGHUP"))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
             plane.tokens.refresh_now(reload_credentials=True)
@@ -64,8 +66,13 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
+    from . import loading
+    from .cache import SnapshotCache
+
+    limits = Limits().scaled(args.max_config_bytes) if args.max_config_bytes else Limits()
+    try:  # exactly what `serve` does with the file at start and on every reload
+        config = loading.load(Path(args.config), limits).config
+        loading.checked(args.config, "cannot build Envoy resources", lambda: SnapshotCache(config))
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):")
         for problem in exc.problems:
@@ -118,6 +125,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m control_plane",
                                   description="xDS control plane for a multi-region Vertex AI gateway on Envoy")
@@ -139,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
                             "or set VERTEX_GATEWAY_ADMIN_TOKEN")
     serve.add_argument("--insecure-xds", action="store_true",
                        help="allow plaintext xDS on a non-loopback address (logs a warning)")
+    serve.add_argument("--max-config-bytes", type=_positive_int, metavar="N",
+                       help=f"refuse a config file larger than this (default {MAX_BYTES:,})")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a regions.yaml; exit 1 listing every problem")
@@ -155,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--api-endpoint", metavar="URL",
                           help="with --online: Vertex API root, {region} substituted "
                                "(default https://{region}-aiplatform.googleapis.com)")
+    validate.add_argument("--max-config-bytes", type=_positive_int, metavar="N",
+                          help=f"refuse a config file larger than this (default {MAX_BYTES:,})")
     validate.set_defaults(func=_validate)
 
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for one Envoy")

@@ -9,8 +9,8 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,18 +18,23 @@ import grpc
 from aiohttp import web
 from watchfiles import awatch
 
+from . import loading
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
-from .config import AuthProfile, ConfigError, RegionConfig, load_config
+from .config import AuthProfile, ConfigError, RegionConfig
 from .csds import CsdsServer
 from .metrics import Metrics
 from .resources import build_resources
 from .server import AdsServer
-from .snapshot import InconsistentSnapshot
 from .status import ClientRegistry
 from .tokens import TokenRefresher
+from .yamlsafe import Limits
 
 log = logging.getLogger(__name__)
+
+WATCH_POLL_MS = 2000  # with no file event for this long, check the file anyway
+FILE_CHANGED = "file changed"
+_MISSING = "missing"  # the "hash" of a file that is not there: reported once, applied when back
 
 
 class PlaintextRefused(RuntimeError):
@@ -59,7 +64,8 @@ def is_loopback(host: str) -> bool:
 class ControlPlane:
     def __init__(self, config_path: str | Path, xds_address: str = "127.0.0.1:18000",
                  admin_address: str = "127.0.0.1:18001", watch: bool = True, xds_tls: ServerTls | None = None,
-                 insecure_xds: bool = False, admin_token: str | None = None, builder: Builder = build_resources):
+                 insecure_xds: bool = False, admin_token: str | None = None, builder: Builder = build_resources,
+                 max_config_bytes: int | None = None):
         xds_host = xds_address.rpartition(":")[0]
         if xds_tls is None and not is_loopback(xds_host):
             if not insecure_xds:
@@ -78,15 +84,21 @@ class ControlPlane:
         self.xds_address = xds_address
         self.admin_address = admin_address
         self.watch = watch
-        config = load_config(self.config_path)  # ConfigError: refuse to start on a broken file
-        self._file_hash = _file_hash(self.config_path)
+        self.limits = Limits().scaled(max_config_bytes) if max_config_bytes else Limits()
+        # ConfigError: refuse to start on a file that `validate` would refuse (same steps)
+        loaded = loading.load(self.config_path, self.limits)
+        config = loaded.config
+        self._seen_sha256: str | None = loaded.sha256
+        self._reload_lock = asyncio.Lock()
         self.metrics = Metrics()
         self.clients = ClientRegistry()
-        self.cache = SnapshotCache(config, builder)
+        self.cache = loading.checked(str(self.config_path), "cannot build Envoy resources",
+                                     lambda: SnapshotCache(config, builder))
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
         self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,
                                      self.metrics)
-        self.last_reload: dict = {"time": _now(), "ok": True, "version": config.version, "errors": []}
+        self.last_reload: dict = {"time": _now(), "ok": True, "reason": "start", "version": config.version,
+                                  "file_sha256": loaded.sha256, "errors": []}
         self.metrics.config_ok.set(1)
         self.xds_port = 0
         self.admin_port = 0
@@ -134,89 +146,83 @@ class ControlPlane:
         if self._admin:
             await self._admin.cleanup()
 
-    def reload(self, reason: str = "file changed") -> bool:
-        """Validate, build and swap in the file's config; a broken one leaves the running config."""
-        read = self._read_config()
-        if read is None:
-            return True  # same bytes (editors touch files; watchers fire twice)
-        config, errors = read
-        if config is not None:
-            errors = self._install(config, lambda: self.cache.prepare(config))
-        return self._record_reload(reason, errors)
-
-    async def reload_in_background(self, reason: str = "file changed") -> bool:
-        """reload(), with the heavy build on a worker thread so xDS streams keep being served."""
-        read = self._read_config()
-        if read is None:
-            return True
-        config, errors = read
-        if config is not None:
+    async def reload(self, reason: str = "requested") -> bool:
+        """Read, check, build and install the file's config; anything wrong leaves the running
+        config in force and is recorded. Serialized: a SIGHUP and a file event never interleave,
+        and each reads the file as it is when its turn comes."""
+        async with self._reload_lock:
             try:
-                snapshots = await asyncio.to_thread(self.cache.prepare, config)
-            except InconsistentSnapshot as exc:
-                errors = [self._inconsistent(exc)]
-            else:
-                errors = self._install(config, lambda: snapshots)
-        return self._record_reload(reason, errors)
+                return await self._reload(reason)
+            except Exception as exc:  # noqa: BLE001 - a reload must never stop later reloads
+                log.exception("reload failed unexpectedly")
+                return self._record_reload(reason, None, [f"{self.config_path}: internal error while reloading: "
+                                                          f"{type(exc).__name__}: {exc}"])
 
-    def _read_config(self) -> tuple[RegionConfig | None, list[str]] | None:
-        """None: the file is unchanged. Else the config to install (None when there is nothing
-        to install: a broken file, or an edit that changes nothing) and the problems found."""
-        digest = _file_hash(self.config_path)
-        if digest == self._file_hash and self.last_reload["ok"]:
-            return None
-        self._file_hash = digest
+    async def _reload(self, reason: str) -> bool:
         try:
-            config = load_config(self.config_path)
+            data = await asyncio.to_thread(loading.read_bytes, self.config_path)
         except ConfigError as exc:
-            return None, [str(p) for p in exc.problems]
-        return (config if config.version != self.cache.config.version else None), []
-
-    def _install(self, config: RegionConfig, build: Callable[[], dict]) -> list[str]:
+            return self._record_reload(reason, _MISSING, [str(p) for p in exc.problems])
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._seen_sha256 and (self.last_reload["ok"] or reason == FILE_CHANGED):
+            # The same bytes again (editors touch files, watchers fire twice): already applied, or
+            # already reported. A SIGHUP retries a rejected file (a missing ca_file may be there now).
+            return self.last_reload["ok"]
         try:
-            self.cache.apply(config, build())
-        except InconsistentSnapshot as exc:
-            return [self._inconsistent(exc)]
-        self.tokens.update(_profiles(config), config.auth.refresh_margin)
-        return []
+            # Parse and build off the event loop: xDS streams and /healthz keep being served.
+            loaded = await asyncio.to_thread(loading.parse, data, self.config_path, self.limits)
+            config = loaded.config
+            if config.version != self.cache.config.version:  # else: comments or formatting only
+                snapshots = await asyncio.to_thread(loading.checked, str(self.config_path),
+                                                    "cannot build Envoy resources", lambda: self.cache.prepare(config))
+                self.cache.apply(config, snapshots)
+                self.tokens.update(_profiles(config), config.auth.refresh_margin)
+        except ConfigError as exc:
+            return self._record_reload(reason, digest, [str(p) for p in exc.problems])
+        return self._record_reload(reason, digest, [])
 
-    def _inconsistent(self, exc: InconsistentSnapshot) -> str:
-        return f"{self.config_path}: cannot build a consistent snapshot: {exc}"
-
-    def _record_reload(self, reason: str, errors: list[str]) -> bool:
+    def _record_reload(self, reason: str, digest: str | None, errors: list[str]) -> bool:
         ok = not errors
-        self.last_reload = {"time": _now(), "ok": ok, "reason": reason,
-                            "version": self.cache.config.version, "errors": errors}
+        self._seen_sha256 = digest
+        self.last_reload = {"time": _now(), "ok": ok, "reason": reason, "version": self.cache.config.version,
+                            "file_sha256": digest if digest != _MISSING else None, "errors": errors}
         self.metrics.reloads.labels("ok" if ok else "failed").inc()
         self.metrics.config_ok.set(1 if ok else 0)
         if ok:
             log.info("config reloaded (%s): version %s", reason, self.cache.config.version)
         else:
-            log.error("config rejected, still serving version %s: %s", self.cache.config.version,
+            log.error("config rejected (%s), still serving version %s: %s", reason, self.cache.config.version,
                       " | ".join(errors))
         return ok
 
     async def _watch_file(self) -> None:
-        # Watch the directory: editors and Kubernetes ConfigMaps replace the file, not write it.
-        directory = self.config_path.resolve().parent
-        # "..data" is the symlink a Kubernetes ConfigMap volume swaps on update.
+        """Reload on every change of the file, for as long as the process runs.
+
+        The directory is watched as given, not the file's resolved target: editors replace
+        the file, and a Kubernetes ConfigMap volume swaps its `..data` symlink to a new
+        directory and deletes the old one, so anything resolved once goes stale. Each event
+        re-reads through the path. A timeout without events re-checks the file as well (some
+        filesystems send no events), and a failing watch is restarted."""
+        directory = Path(os.path.abspath(self.config_path)).parent
         names = {self.config_path.name, "..data"}
-        async for _changes in awatch(directory, stop_event=self._stop_watch, debounce=50, step=10,
-                                     recursive=False, ignore_permission_denied=True,
-                                     watch_filter=lambda _change, path: Path(path).name in names):
-            if self.config_path.exists():
-                await self.reload_in_background()
+        while not self._stop_watch.is_set():
+            try:
+                async for _changes in awatch(directory, stop_event=self._stop_watch, debounce=50, step=10,
+                                             rust_timeout=WATCH_POLL_MS, yield_on_timeout=True, recursive=False,
+                                             ignore_permission_denied=True,
+                                             watch_filter=lambda _change, path: Path(path).name in names):
+                    await self.reload(FILE_CHANGED)
+            except Exception as exc:  # noqa: BLE001 - e.g. the directory itself went away
+                log.warning("watching %s failed (%s); retrying", directory, exc)
+                await self.reload(FILE_CHANGED)
+                try:
+                    await asyncio.wait_for(self._stop_watch.wait(), WATCH_POLL_MS / 1000)
+                except asyncio.TimeoutError:
+                    pass
 
 
 def _profiles(config: RegionConfig) -> dict[str, AuthProfile]:
     return {name: config.auth.profile(name) for name in config.profiles_in_use()}
-
-
-def _file_hash(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""
 
 
 def _now() -> str:

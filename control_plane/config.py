@@ -408,7 +408,7 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     for section, entries in (("regions", regions), ("models", models)):
         for name, entry in entries.items() if isinstance(entries, dict) else []:
             wanted = entry.get("auth") if isinstance(entry, dict) else None
-            if wanted is not None and wanted != DEFAULT_PROFILE and wanted not in profiles:
+            if isinstance(wanted, str) and wanted != DEFAULT_PROFILE and wanted not in profiles:
                 out.append(((section, name, "auth"), f"unknown auth profile {wanted!r} "
                                                      f"(defined under auth.profiles: {', '.join(profiles) or 'none'})"))
 

@@ -112,13 +112,20 @@ class TokenRefresher:
         """Follow a config reload: start refreshers for new or changed profiles, stop removed ones."""
         self._margin = refresh_margin
         for name in list(self._sources):
-            if name not in profiles or self._sources[name].profile != profiles[name]:
+            if name not in profiles:
                 self._stop(name)
         for name, profile in profiles.items():
-            if name not in self._sources:
-                source = profile.credentials + (f" + impersonate {profile.impersonate}" if profile.impersonate else "")
-                self._sources[name] = _Source(profile, TokenState(name, source))
+            old = self._sources.get(name)
+            if old is not None and old.profile == profile:
+                continue
+            text = profile.credentials + (f" + impersonate {profile.impersonate}" if profile.impersonate else "")
+            source = _Source(profile, TokenState(name, text))
+            if old is None:
                 self._metrics.token_expiry.labels(name).set_function(self._seconds_left(name))
+            else:  # an edited profile: its still-valid token stays in use until the new credentials' first
+                self._stop(name, forget=False)
+                source.token, source.state.expiry = old.token, old.state.expiry
+            self._sources[name] = source
         if self._running:
             self._start_missing()
 

@@ -85,7 +85,7 @@ class ControlPlaneThread:
         return f"http://127.0.0.1:{self.plane.admin_port}"
 
     def reload(self) -> bool:
-        return self.loop.run(lambda: self.plane.reload("test"))
+        return self.loop.call(self.plane.reload("test"))
 
     def close(self) -> None:
         self.loop.call(self.plane.stop())

@@ -118,7 +118,7 @@ async def test_a_nack_shows_as_nacked_with_envoys_error(plane, csds, envoys):
     client = envoys()
     await sync(client)
     write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
-    assert plane.reload()
+    assert await plane.reload()
     bad = await client.recv()
     assert bad.type_url == CLUSTER_TYPE
     client.send(CLUSTER_TYPE, nonce=bad.nonce, error="cluster model/housing@us-east4: bad outlier detection")
