@@ -954,3 +954,130 @@ def test_cli_validate_missing_file(tmp_path):
     assert str(path) in output
     assert "cannot read" in output and "No such file" in output
     assert "Traceback" not in output
+
+
+# ---------------------------------------------------------------- Envoy's bounds, strict types, hostile input
+
+
+@pytest.mark.parametrize("keys, value, path, fragment", [
+    (("policy", "per_try_timeout"), "99999999999999h", "policy.per_try_timeout", "beyond Envoy's limit"),
+    (("policy", "timeout"), 315_576_000_001, "policy.timeout", "beyond Envoy's limit"),
+    (("policy", "outlier_detection", "consecutive_5xx"), 1_000_000_000_000,
+     "policy.outlier_detection.consecutive_5xx", "must be at most 4294967295"),
+    (("policy", "max_request_bytes"), 5_000_000_000, "policy.max_request_bytes", "must be at most 4294967295"),
+    (("listener", "port"), True, "listener.port", "expected a whole number (got true)"),
+    (("regions", "us-east4", "port"), "443", "regions.us-east4.port", "expected a whole number (got '443')"),
+    (("policy", "num_retries"), "2", "policy.num_retries", "expected a whole number"),
+    (("policy", "num_retries"), 1.5, "policy.num_retries", "expected a whole number"),
+    (("regions", "us-east4", "tls"), 1, "regions.us-east4.tls", "expected true or false (got 1)"),
+    (("regions", "us-east4", "tls"), "yes", "regions.us-east4.tls", "expected true or false (got 'yes')"),
+    (("regions", "us-east4", "host"), "vertex.example.com\r\nx-evil: 1", "regions.us-east4.host", "bad host"),
+    (("regions", "us-east4", "host"), "has space.example.com", "regions.us-east4.host", "bad host"),
+    (("regions", "us-east4", "host"), "10.0.0.1", "regions.us-east4.host", "expected a DNS name"),
+    (("project",), "../../x?y#", "project", "bad project"),
+    (("project",), "My_Project", "project", "bad project"),
+    (("project",), True, "project", "bad project true"),
+    (("listener", "address"), "gateway.internal", "listener.address", "expected an IP address"),
+    (("regions", "us-east4", "ca_file"), "/no/such/ca.pem", "regions.us-east4.ca_file", "cannot read ca_file"),
+    (("models", "housing", "weights"), {"us-central1": True}, "models.housing.weights.us-central1",
+     "expected a whole number"),
+])
+def test_envoy_bounds_and_strict_types(tmp_path, keys, value, path, fragment):
+    data = base()
+    _set(*keys, value=value)(data)
+    expect(tmp_path, data, path, fragment)
+
+
+def test_ca_file_must_hold_pem_certificates(tmp_path):
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a garbage")
+    data = base()
+    data["regions"]["us-east4"]["ca_file"] = str(not_pem)
+    expect(tmp_path, data, "regions.us-east4.ca_file", "holds no PEM certificate", line="ca_file:")
+
+
+@pytest.mark.parametrize("project", ["my-project", "123456789012", "example.com:my-project", "a" * 30])
+def test_good_projects(tmp_path, project):
+    data = base()
+    data["project"] = project
+    assert load(tmp_path, data).project == project
+
+
+def test_largest_duration_is_accepted(tmp_path):
+    data = base()
+    data["policy"] = {"timeout": "87660000h"}  # 10,000 years less a little: Envoy's range
+    assert load(tmp_path, data).policy.timeout == 87_660_000 * 3600
+
+
+def test_region_auth_as_a_list_is_a_problem_not_a_crash(tmp_path):
+    data = base()
+    data["regions"]["us-east4"]["auth"] = ["a", "b"]
+    data["models"]["housing"]["auth"] = {"x": 1}
+    _, _, problems = rejected(tmp_path, data)
+    find(problems, "regions.us-east4.auth", "expected text")
+    find(problems, "models.housing.auth", "expected text")
+
+
+def test_problems_are_sorted_by_line(tmp_path):
+    text = BASE_YAML.replace("listener: {port: 8080}", "listener: {port: 0}").replace(
+        "    failover: [us-central1]", "    failover: [nowhere]\n    port: 70000")
+    _, _, problems = rejected(tmp_path, text)
+    lines = [p.line or 0 for p in problems]
+    assert lines == sorted(lines) and len(problems) == 3
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
+     "aliases expand the document beyond"),
+    ("project: " + "[" * 200 + "]" * 200 + "\n", "nesting deeper than 64 levels"),
+    ("project: p\nproject: q\n", 'duplicate key "project"'),
+])
+def test_hostile_yaml_is_refused(tmp_path, text, fragment):
+    expect(tmp_path, text, "", fragment, only=True)
+
+
+def test_file_size_cap_and_raising_it(tmp_path):
+    from control_plane.yamlsafe import Limits
+
+    padded = BASE_YAML + "#" + "x" * 5_000_000 + "\n"
+    path = write(tmp_path, padded)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "over the limit of 4,194,304" in str(info.value) and "--max-config-bytes" in str(info.value)
+    assert load_config(path, Limits().scaled(8 * 1024 * 1024)).project == "my-project"
+
+
+def test_yaml_1_2_booleans(tmp_path):
+    """`no`, `on`, `off` are strings in YAML 1.2 (the fast and the line-numbered parser agree)."""
+    data = base()
+    data["regions"]["no"] = {"address": "10.0.0.7"}
+    assert "no" in load(tmp_path, data).regions
+    expect(tmp_path, BASE_YAML.replace("default: true", "default: on"), "models.housing.default",
+           "expected true or false (got 'on')", line="default: on")
+
+
+def test_cli_validate_builds_what_serve_builds(tmp_path):
+    """exit 0 means serve loads it: the bounds above fail validate exactly as they fail serve."""
+    data = base()
+    data["policy"] = {"max_request_bytes": 5_000_000_000}
+    result = cli("validate", str(write(tmp_path, data)))
+    assert result.returncode == 1 and "policy.max_request_bytes" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_cli_validate_auth_list_no_traceback(tmp_path):
+    data = base()
+    data["regions"]["us-east4"]["auth"] = ["a", "b"]
+    result = cli("validate", str(write(tmp_path, data)))
+    assert result.returncode == 1 and "regions.us-east4.auth" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_cli_serve_refuses_a_bad_file_with_exit_1(tmp_path):
+    data = base()
+    data["policy"] = {"max_request_bytes": 5_000_000_000}
+    result = cli("serve", "--config", str(write(tmp_path, data)), "--xds-port", "0", "--admin-port", "0")
+    assert result.returncode == 1
+    assert "refusing to start" in result.stderr and "policy.max_request_bytes" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
