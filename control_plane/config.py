@@ -45,8 +45,8 @@ _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A project id, optionally domain-scoped (example.com:my-project), or a project number.
 _PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$|^[0-9]{1,20}$")
-# Envoy's (and protobuf's) largest Duration: 10,000 years.
-MAX_DURATION_SECONDS = 315_576_000_000
+# Envoy's largest Duration: int64 milliseconds (about 292 years); protobuf's own limit is higher.
+MAX_DURATION_SECONDS = 9_223_372_036
 
 
 def parse_duration(value: Any) -> float:

@@ -224,3 +224,24 @@ def test_envoy_accepts_the_generated_config(config, region, tmp_path):
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
+    """The rules' largest values are inside Envoy's: `validate` exit 0 means Envoy accepts it."""
+    at_bounds = parse_config(CONFIG.replace("models:", """policy:
+  timeout: 2562047h
+  per_try_timeout: 2562047h
+  num_retries: 10
+  max_request_bytes: 4294967295
+  retriable_status_codes: [100, 599]
+  outlier_detection: {consecutive_5xx: 4294967295, interval: 2562047h, base_ejection_time: 2562047h,
+                      max_ejection_percent: 100}
+models:""", 1))
+    static = static_config(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)))
+    static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
+        "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static))
+    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
