@@ -288,10 +288,11 @@ class RegionConfig(_Strict):
 
     def memo(self, key: tuple, compute: Callable[[], T]) -> T:
         """compute() once per config and key; for derived values and shared built resources."""
+        memo = self.__pydantic_private__["_memo"]  # not self._memo: pydantic's __getattr__ is slow
         try:
-            return self._memo[key]
+            return memo[key]
         except KeyError:
-            value = self._memo[key] = compute()
+            value = memo[key] = compute()
             return value
 
     def profile_for(self, model: str, region: str) -> str:
@@ -303,9 +304,12 @@ class RegionConfig(_Strict):
             {self.profile_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}))
 
     def policy_for(self, model: str, region: str) -> Policy:
-        """Defaults, then the region's overrides, then the model's (the most specific wins)."""
-        return self.memo(("policy", model, region), lambda: self.policy.merged(
-            self.regions[region].policy, self.models[model].policy))
+        """Defaults, then the region's overrides, then the model's (the most specific wins).
+        Pairs with the same overrides share one Policy object (most pairs have none), so what
+        is built from a policy can be memoized by its identity."""
+        region_override, model_override = self.regions[region].policy, self.models[model].policy
+        return self.memo(("policy", id(region_override), id(model_override)),
+                         lambda: self.policy.merged(region_override, model_override))
 
     @property
     def version(self) -> str:

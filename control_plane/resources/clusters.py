@@ -21,7 +21,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 
 from ..config import Policy, RegionConfig
 from .names import (
@@ -58,11 +58,11 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
         name=region_cluster_name(model, region),
         connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        outlier_detection=_outlier_detection(policy),
+        outlier_detection=config.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
         # Default 1 s would delay the effect of an ejection on host selection.
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
-        circuit_breakers=_retry_budget(),
-        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
+        typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
             config, model, [region], policy, http2=spec.http2))},
     )
     if _is_ip(spec.address):
@@ -78,6 +78,10 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
 
 
 def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
+    return config.memo(("tls_socket", region), lambda: _build_tls_socket(config, region))
+
+
+def _build_tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
     spec = config.regions[region]
     host = config.host_of(region)
     tls = tls_pb2.UpstreamTlsContext(
@@ -117,16 +121,25 @@ def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
 
 
 def _http_options(config: RegionConfig, model: str, regions: list[str], policy: Policy,
-                  http2: bool = False) -> http_protocol_options_pb2.HttpProtocolOptions:
-    """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier error."""
+                  http2: bool = False) -> any_pb2.Any:
+    """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
+    error; packed, and built once per config for each distinct set of inputs."""
+    profiles = tuple(sorted({config.profile_for(model, r) for r in regions}))
+    eject_on_429 = policy.outlier_detection.eject_on_429
+    return config.memo(("http_options", profiles, eject_on_429, http2),
+                       lambda: _any(_build_http_options(profiles, eject_on_429, http2)))
+
+
+def _build_http_options(profiles: tuple[str, ...], eject_on_429: bool,
+                        http2: bool) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
         http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options=protocol_pb2.Http1ProtocolOptions())
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
-        http_filters=upstream_filters(sorted({config.profile_for(model, r) for r in regions})))
-    if policy.outlier_detection.eject_on_429:
+        http_filters=upstream_filters(list(profiles)))
+    if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher
         # replaces the default "5xx is an error" rule, so 5xx is listed too.
@@ -190,8 +203,8 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
             # With few hosts (one per region) the default 50% panic threshold would send traffic
             # to ejected regions as soon as half are out; never do that.
             healthy_panic_threshold=percent_pb2.Percent(value=0)),
-        circuit_breakers=_retry_budget(),
-        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
+        typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
             config, model, regions, policy, http2=all(config.regions[r].http2 for r in regions)))},
         transport_socket_matches=[cluster_pb2.Cluster.TransportSocketMatch(
             name=region, match=_struct({"region": region}), transport_socket=_tls_socket(config, region))
@@ -217,9 +230,9 @@ def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cl
             name="envoy.clusters.aggregate",
             typed_config=_any(aggregate_pb2.ClusterConfig(
                 clusters=[region_cluster_name(model, r) for r in chain]))),
-        circuit_breakers=_retry_budget(),
+        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
         # The wire protocol really comes from each region's cluster; these options carry the filters.
-        typed_extension_protocol_options={HTTP_OPTIONS: _any(_http_options(
+        typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
             config, model, chain, config.policy_for(model, local_region)))},
     )
 

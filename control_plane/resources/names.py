@@ -57,6 +57,10 @@ def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[
 def members(config: RegionConfig, model: str, local_region: str) -> list[str]:
     """Regions that serve `model` to an Envoy in local_region, by the model's strategy: the
     failover chain in order, or the regions a weighted or least-request spread uses."""
+    return config.memo(("members", model, local_region), lambda: _members(config, model, local_region))
+
+
+def _members(config: RegionConfig, model: str, local_region: str) -> list[str]:
     spec = config.models[model]
     if spec.strategy == "failover":
         return failover_chain(config, model, local_region)

@@ -61,6 +61,17 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
 def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
                  pinned: str | None = None) -> route_components_pb2.Route:
+    # Most of a route does not depend on the Envoy's region: built once per config for all
+    # regions that share its inputs (the name fixes the match; the policy object is shared).
+    chain_length = 1 if pinned else len(members(config, model, local_region))
+    key = ("route", model, name, streaming, pinned, id(config.policy_for(model, local_region)), chain_length,
+           local_region if not chain_length else None)
+    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned))
+
+
+def _build_model_route(config: RegionConfig, model: str, local_region: str, name: str,
+                       match: route_components_pb2.RouteMatch, streaming: bool,
+                       pinned: str | None) -> route_components_pb2.Route:
     chain = [pinned] if pinned else members(config, model, local_region)
     if not chain:
         return route_components_pb2.Route(
@@ -68,12 +79,24 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
             direct_response=_json_response(503, f"model {model!r} is not served from region "
                                                 f"{local_region} or its failover regions"),
             response_headers_to_add=[_header("content-type", "application/json")])
-    policy = config.policy_for(model, local_region)
+    base_policy = config.policy_for(model, local_region)
+    strategy = config.models[model].strategy
+    route = route_components_pb2.Route()
+    # Everything but the name, match and cluster is shared by many routes: copy it (in C).
+    route.CopyFrom(config.memo(("route_template", id(base_policy), len(chain), strategy, streaming, bool(pinned)),
+                               lambda: _route_template(base_policy, len(chain), strategy, streaming, bool(pinned))))
+    route.name = name
+    route.match.CopyFrom(match)
+    route.route.cluster = region_cluster_name(model, pinned) if pinned else cluster_name(model)
+    return route
+
+
+def _route_template(policy: Policy, attempts_available: int, strategy: str, streaming: bool,
+                    pinned: bool) -> route_components_pb2.Route:
     if pinned:  # that region only: no failover
         policy = policy.model_copy(update={"num_retries": 0})
     action = route_components_pb2.RouteAction(
-        cluster=region_cluster_name(model, pinned) if pinned else cluster_name(model),
-        retry_policy=_retry_policy(policy, len(chain), config.models[model].strategy == "failover"))
+        retry_policy=_retry_policy(policy, attempts_available, strategy == "failover"))
     retry = action.retry_policy
     if streaming:
         # A stream may rightly last longer than any whole-response timeout; what must be caught is
@@ -84,8 +107,6 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
     else:
         action.timeout.CopyFrom(_duration(policy.timeout))
     return route_components_pb2.Route(
-        name=name,
-        match=match,
         route=action,
         request_headers_to_remove=[PIN_HEADER] if pinned else [],
         # A body must be buffered to be retried: the buffer filter holds up to this many bytes
@@ -104,24 +125,10 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
 
 def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.RouteConfiguration:
     routes: list[route_components_pb2.Route] = []
-    for model, spec in config.models.items():
-        verbs = PUBLISHER_VERBS if spec.publisher_model else VERBS
-        model_path = f"/v1/models/{_re_escape(model)}"
-        if spec.publisher_model:
-            publisher, name = spec.publisher_model.split("/", 1)
-            native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
-                      f"/models/{_re_escape(name)}")
-        else:
-            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
-        routes += _pin_routes(config, model, local_region, model_path, native, verbs)
-        for streaming in (False, True):
-            group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
-            suffix = ":stream" if streaming else ""
-            verb_re = f":({_alternation(group)})$"
-            routes.append(_model_route(config, model, local_region, f"model:{model}{suffix}",
-                                       _regex_match(f"^{model_path}{verb_re}"), streaming))
-            routes.append(_model_route(config, model, local_region, f"native:{model}{suffix}",
-                                       _regex_match(f"^{native}{verb_re}"), streaming))
+    for model in config.models:
+        routes += _pin_routes(config, model, local_region)
+        routes += [_model_route(config, model, local_region, name, match, streaming)
+                   for name, match, streaming in _model_matches(config, model)]
     routes.append(_model_route(config, config.default_model, local_region, "predict",
                                route_components_pb2.RouteMatch(path="/predict")))
     routes.append(route_components_pb2.Route(
@@ -148,30 +155,63 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     )
 
 
-def _pin_routes(config: RegionConfig, model: str, local_region: str, model_path: str, native: str,
-                verbs: tuple[str, ...]) -> list[route_components_pb2.Route]:
+def _patterns(config: RegionConfig, model: str) -> tuple[str, str, tuple[str, ...]]:
+    """The model's client path, its Vertex-native path (regexes) and its verbs; once per config."""
+    def compute() -> tuple[str, str, tuple[str, ...]]:
+        spec = config.models[model]
+        model_path = f"/v1/models/{_re_escape(model)}"
+        if spec.publisher_model:
+            publisher, name = spec.publisher_model.split("/", 1)
+            native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
+                      f"/models/{_re_escape(name)}")
+        else:
+            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
+        return model_path, native, PUBLISHER_VERBS if spec.publisher_model else VERBS
+    return config.memo(("patterns", model), compute)
+
+
+def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
+    """(route name, match, streaming) of the model's unpinned routes; the same for every region."""
+    def compute() -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
+        model_path, native, verbs = _patterns(config, model)
+        out = []
+        for streaming in (False, True):
+            group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
+            suffix = ":stream" if streaming else ""
+            verb_re = f":({_alternation(group)})$"
+            out.append((f"model:{model}{suffix}", _regex_match(f"^{model_path}{verb_re}"), streaming))
+            out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
+        return out
+    return config.memo(("matches", model), compute)
+
+
+def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_components_pb2.RouteMatch:
+    """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
+    def compute() -> route_components_pb2.RouteMatch:
+        model_path, native, verbs = _patterns(config, model)
+        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
+        if model == config.default_model:
+            paths = f"(?:{paths}|/predict)"
+        header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
+            route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
+        return route_components_pb2.RouteMatch(safe_regex=_regex(f"^{paths}$"), headers=[header])
+    return config.memo(("pin_match", model, region), compute)
+
+
+def _pin_routes(config: RegionConfig, model: str, local_region: str) -> list[route_components_pb2.Route]:
     """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
     regions this Envoy would use for the model may be pinned; any other value gets a 400."""
-    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
-    if model == config.default_model:
-        paths = f"(?:{paths}|/predict)"
     allowed = members(config, model, local_region)
-
-    def match(**header) -> route_components_pb2.RouteMatch:
-        return route_components_pb2.RouteMatch(safe_regex=_regex(f"^{paths}$"), headers=[
-            route_components_pb2.HeaderMatcher(name=PIN_HEADER, **header)])
-
     # One route per region covers unary and streaming verbs alike: no whole-request timeout,
     # an idle timeout per try instead (what a hang looks like either way).
-    routes = [_model_route(config, model, local_region, f"pin:{model}@{region}",
-                           match(string_match=string_pb2.StringMatcher(exact=region)), streaming=True,
-                           pinned=region) for region in allowed]
-    routes.append(route_components_pb2.Route(
-        name=f"pin:{model}:refused", match=match(present_match=True),
+    routes = [_model_route(config, model, local_region, f"pin:{model}@{region}", _pin_match(config, model, region),
+                           streaming=True, pinned=region) for region in allowed]
+    routes.append(config.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
+        name=f"pin:{model}:refused", match=_pin_match(config, model, None),
         direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
                                             f"{model!r} from this gateway", allowed_regions=allowed),
         response_headers_to_add=[_header("content-type", "application/json")],
-        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})))
     return routes
 
 
