@@ -396,6 +396,7 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
     xds_port, admin_port = free_port(), free_port()
     log = open(workdir / f"control-plane-{n}.log", "ab")
     profile = ["-m", "cProfile", "-o", f"{args.profile_cp}-{n}.prof"] if args.profile_cp else []
+    started_at = time.monotonic()
     plane = subprocess.Popen([sys.executable, *profile, "-m", "control_plane", "--log-level", "INFO", "serve", "--config",
                               str(config_path), "--xds-port", str(xds_port), "--admin-port", str(admin_port)],
                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -409,7 +410,8 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
                 return json.load(resp)["status"] == "ok"
 
-        wait_until(healthy, 60, "the control plane's first token")
+        wait_until(healthy, 60, "the control plane's first token", interval=0.01)
+        out["start_to_healthy_s"] = time.monotonic() - started_at
         time.sleep(0.5)
         rss0 = rss_bytes(plane.pid)
         cpu0 = sum(cpu_seconds([plane.pid]))
@@ -468,6 +470,44 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
     out["edit_all_s_max"] = max(all_s) if all_s else None
     out["cp_cpu_s_median"] = statistics.median([e["cp_cpu_s"] for e in out.get("edits", [])] or [float("nan")])
     return out
+
+
+# =========================================================================== (iv) big configs
+
+
+BIG_SIZES = ((100, 40), (1000, 5))
+
+
+def part_big(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Targets for large configs: `validate` (a process, as an operator runs it), `serve` from
+    process start to a connected client's full set, and an edit (the file written) to every
+    client ACKed. One simulated Envoy per region (at most --big-clients)."""
+    from tests.harness import write_config
+
+    rows = []
+    for models, regions in args.big_sizes:
+        path = write_config(workdir / f"big-{models}x{regions}.yaml", fanout_config(models, regions, "/nonexistent"))
+        walls = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "control_plane", "validate", str(path)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            walls.append(time.monotonic() - t0)
+            if done.returncode != 0:
+                raise RuntimeError(f"validate failed: {done.stdout}{done.stderr}")
+        sub = argparse.Namespace(**{**vars(args), "fanout_models": models, "fanout_regions": regions,
+                                    "fanout_edits": args.big_edits})
+        fan = part_fanout(sub, min(regions, args.big_clients), workdir)
+        row = {"models": models, "regions": regions, "validate_s": statistics.median(walls),
+               "start_to_healthy_s": fan["start_to_healthy_s"], "first_sync_s": fan["sync"]["sync_all_s"],
+               "start_to_full_set_s": fan["start_to_healthy_s"] + fan["sync"]["sync_all_s"],
+               "edit_all_s_median": fan["edit_all_s_median"], "edit_all_s_max": fan["edit_all_s_max"],
+               "clients": fan["clients"], "rss_synced_mb": fan["rss_synced_mb"]}
+        rows.append(row)
+        print(f"  (iv) {models}x{regions}: validate {row['validate_s']:.2f} s, start -> full set "
+              f"{row['start_to_full_set_s']:.2f} s, edit -> all ACKed {_ms(row['edit_all_s_max'], '.0f')} ms (worst)",
+              file=sys.stderr)
+    return rows
 
 
 # =========================================================================== (iii) build cost
@@ -567,6 +607,16 @@ def verdicts(doc: dict) -> list[dict]:
         rows.append({"target": f"control-plane RSS per connected client ({big['clients']:,} clients)",
                      "goal": "< 64 KB", "text": f"{per:.0f} KB" + (f" ({others})" if others else ""),
                      "met": per < 64})
+    for g in doc.get("big", []):
+        size = f"{g['models']:,} models x {g['regions']} regions"
+        rows.append({"target": f"validate, {size}", "goal": "< 1 s", "text": f"{g['validate_s']:.2f} s",
+                     "met": g["validate_s"] < 1.0})
+        rows.append({"target": f"serve start -> a connected Envoy's full set, {size}", "goal": "< 3 s",
+                     "text": f"{g['start_to_full_set_s']:.2f} s", "met": g["start_to_full_set_s"] < 3.0})
+        worst = g["edit_all_s_max"]
+        rows.append({"target": f"edit (file written) -> all {g['clients']} Envoys ACKed, {size}", "goal": "< 1 s",
+                     "text": f"{worst:.2f} s" if worst is not None else "incomplete",
+                     "met": worst is not None and worst < 1.0})
     for b in doc.get("build", []):
         if (b["models"], b["regions"]) == (100, 40):
             rows.append({"target": "build + serialize, 100 models x 40 regions, one node group", "goal": "< 100 ms",
@@ -604,6 +654,16 @@ def markdown(doc: dict) -> str:
                 f"{_ms(f['edit_all_s_max'], '.0f')} ms | {_ms(p50, '.0f')} / {_ms(p99, '.0f')} ms | "
                 f"{_ms(f['cp_cpu_s_median'], '.0f')} ms | {100 * share:.0f}% | {responses:,.0f} | "
                 f"{f['rss_before_mb']:.1f} -> {f['rss_synced_mb']:.1f} MB | {f['rss_per_client_kb']:.1f} KB |")
+        lines.append("")
+    if doc.get("big"):
+        lines += ["(iv) Large configs (wall clock; one simulated Envoy per region):", "",
+                  "| models x regions | validate | serve start -> healthy | -> full set | edit -> all ACKed "
+                  "(median / worst) | RSS synced |", "|---|---:|---:|---:|---:|---:|"]
+        for g in doc["big"]:
+            lines.append(f"| {g['models']:,} x {g['regions']} | {g['validate_s']:.2f} s | "
+                         f"{g['start_to_healthy_s']:.2f} s | {g['start_to_full_set_s']:.2f} s | "
+                         f"{_ms(g['edit_all_s_median'], '.0f')} / {_ms(g['edit_all_s_max'], '.0f')} ms | "
+                         f"{g['rss_synced_mb']:.0f} MB |")
         lines.append("")
     if doc.get("build"):
         lines += ["(iii) Build + serialize for one node group (median), and a whole reload:", "",
@@ -693,7 +753,7 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.controlplane", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="i,ii,iii", help="which parts: i (real Envoys), ii (fan-out), iii (build)")
+    parser.add_argument("--parts", default="i,ii,iii", help="which parts: i (real Envoys), ii (fan-out), iii (build), iv (large configs)")
     parser.add_argument("--edits", type=int, default=20, help="(i) edits per xDS mode")
     parser.add_argument("--modes", default="sotw,delta", help="(i) xDS modes of the real Envoys")
     parser.add_argument("--edit-timeout", type=float, default=10.0)
@@ -715,12 +775,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-budget", type=float, default=4.0, help="(iii) seconds per size before fewer runs")
     parser.add_argument("--reload-budget", type=float, default=6.0,
                         help="(iii) measure a whole reload only if estimated under this many seconds")
+    parser.add_argument("--big-sizes", default=",".join(f"{m}x{r}" for m, r in BIG_SIZES),
+                        help="(iv) MODELSxREGIONS,... for the large-config targets")
+    parser.add_argument("--big-clients", type=int, default=40, help="(iv) simulated Envoys at most")
+    parser.add_argument("--big-edits", type=int, default=3, help="(iv) edits per size")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "controlplane.png")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     args.sizes = _parse_sizes(args.sizes)
+    args.big_sizes = _parse_sizes(args.big_sizes)
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
 
     started = dt.datetime.now(dt.timezone.utc)
@@ -753,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
                   f"RSS/client {f['rss_per_client_kb']:.1f} KB, CP CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
                   file=sys.stderr)
+    if "iv" in parts:
+        doc["big"] = part_big(args, Path(tempfile.mkdtemp(prefix="bench-controlplane-big-")))
     info["loadavg_end"] = list(os.getloadavg())
     doc["wall_s"] = round(time.monotonic() - t_start, 1)
     doc["verdicts"] = verdicts(doc)
