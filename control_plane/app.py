@@ -74,6 +74,15 @@ class ControlPlane:
                     "(and --xds-tls-client-ca for mTLS), or --insecure-xds on a trusted network")
             log.warning("serving xDS in PLAINTEXT on %s: any host that reaches it can read config and "
                         "access tokens; use --xds-tls-* outside a trusted network", xds_host)
+        elif xds_tls is not None and not xds_tls.client_ca_file and not is_loopback(xds_host):
+            # TLS alone authenticates the control plane, not the Envoys: anyone who connects would
+            # be served config and access tokens, exactly as with plaintext.
+            if not insecure_xds:
+                raise PlaintextRefused(
+                    f"xDS over TLS without --xds-tls-client-ca on non-loopback address {xds_host} authenticates "
+                    "no Envoy: give --xds-tls-client-ca (mTLS), or --insecure-xds on a trusted network")
+            log.warning("serving xDS over TLS WITHOUT client certificates on %s: any host that reaches it can "
+                        "read config and access tokens", xds_host)
         admin_host = admin_address.rpartition(":")[0]
         if not is_loopback(admin_host) and not admin_token:
             raise PlaintextRefused(f"admin endpoints on non-loopback address {admin_host} need a bearer token "

@@ -74,11 +74,17 @@ class SnapshotCache:
         """Profiles the config (or one node group's Envoys) needs whose first token has not
         arrived: such an Envoy is served nothing until then."""
         def compute() -> list[str]:
-            config = self._config
-            needed = config.profiles_in_use() if group is None else sorted(
-                {config.profile_for(m, r) for m in config.models for r in members(config, m, group.region)})
+            needed = self._config.profiles_in_use() if group is None else self.profiles_needed(group)
             return [p for p in needed if token_secret_name(p) not in self._secrets]
         return self._per_generation(("missing_tokens", group), compute)
+
+    def profiles_needed(self, group: NodeGroup) -> list[str]:
+        """The auth profiles whose tokens an Envoy of this group injects: those of the regions
+        its routes can reach. It is served those token secrets and no others."""
+        def compute() -> list[str]:
+            config = self._config
+            return sorted({config.profile_for(m, r) for m in config.models for r in members(config, m, group.region)})
+        return self._per_generation(("profiles_needed", group), compute)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
@@ -99,7 +105,9 @@ class SnapshotCache:
 
     def select(self, group: NodeGroup, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
         if type_url == SECRET_TYPE:
-            secrets = self._secrets
+            # Only its own region's tokens: a node that names another region's secret gets nothing.
+            allowed = {token_secret_name(p) for p in self.profiles_needed(group)}
+            secrets = {n: r for n, r in self._secrets.items() if n in allowed}
             wanted = sorted(secrets) if names is None else sorted(n for n in set(names) if n in secrets)
             return [secrets[n] for n in wanted]
         return self.snapshot(group).select(type_url, names)

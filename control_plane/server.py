@@ -37,7 +37,8 @@ from .cache import SnapshotCache, UnknownRegion, node_group
 from .metrics import Metrics
 from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
 from .snapshot import Resource, type_version
-from .status import ClientRegistry, ClientStream, TypeState
+from .status import ClientRegistry, ClientStream, TypeState, printable
+from .xds_identity import certificate_names, node_region, refusal
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,14 @@ class AdsServer:
         if first is None:
             reader.cancel()
             return
+        refused = refusal(certificate_names(context.auth_context()), first.node.id, node_region(first.node))
+        if refused:  # mTLS: this certificate was not issued for that node or region
+            reader.cancel()
+            log.warning("xDS stream refused from %s: %s", context.peer(), printable(refused))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         stream = self.clients.open(first.node, context.peer(), session_type.MODE)
         self.metrics.connected.labels(stream.mode).inc()
-        log.info("xDS stream opened: node=%s mode=%s peer=%s", stream.node_id, stream.mode, stream.peer)
+        log.info("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
         session = session_type(self, stream)
 
         # One inbox for both kinds of event: Envoy's requests, and a cache change (at most one
@@ -121,7 +127,7 @@ class AdsServer:
             reader.cancel()
             self.clients.close(stream)
             self.metrics.connected.labels(stream.mode).dec()
-            log.info("xDS stream closed: node=%s mode=%s", stream.node_id, stream.mode)
+            log.info("xDS stream closed: node=%s mode=%s", printable(stream.node_id, 256), stream.mode)
 
 
 class Session:
@@ -216,7 +222,7 @@ class Session:
             self.stream.region, self.stream.error = self.group.region, ""
         except (UnknownRegion, ValueError) as exc:
             if str(exc) != self.stream.error:
-                log.error("serving nothing to node %s: %s", self.stream.node_id, exc)
+                log.error("serving nothing to node %s: %s", printable(self.stream.node_id, 256), printable(str(exc)))
             self.group, self.stream.error = None, str(exc)
 
     def record_answer(self, state: TypeState, nonce: str, version: str, error: str | None) -> str:
@@ -234,10 +240,13 @@ class Session:
         kind = _short(state.type_url)
         metrics = self.server.metrics
         if error is not None:
+            # Envoy's text is untrusted: a few KB at most, control characters escaped, before it
+            # reaches a log line, /debug/clients or CSDS.
+            error = printable(error)
             state.nack_error, state.nacked_version = error, state.sent_version
             metrics.nacks.labels(kind).inc()
-            log.warning("node %s NACKed %s version %s (it keeps running %s): %s", self.stream.node_id, kind,
-                        state.sent_version, version or "its previous config", error)
+            log.warning("node %s NACKed %s version %s (it keeps running %s): %s", printable(self.stream.node_id),
+                        kind, state.sent_version, printable(version) or "its previous config", error)
         else:
             if state.acked_version != version and state.sent_at is not None:
                 metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
