@@ -266,6 +266,98 @@ class Auth(AuthProfile):
         return self if name == DEFAULT_PROFILE else self.profiles[name]
 
 
+# ---------------------------------------------------------------------- clients (who may call)
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
+# Identities end up in Envoy header matchers: no commas (the certificate list separator), no spaces.
+_IDENTITY = re.compile(r"^[A-Za-z0-9._@+:/=~%-]+$")
+
+
+def _check_identity(value: str) -> str:
+    if value != "*" and not _IDENTITY.match(value):
+        raise ValueError(f"bad identity {value!r}: a JWT claim value or certificate SAN (letters, digits and "
+                         "._@+:/=~%-), or '*' for any authenticated client")
+    return value
+
+
+class JwtIssuer(_Strict):
+    """An issuer whose tokens (Authorization: Bearer) Envoy verifies with jwt_authn."""
+
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)  # a token's `aud` must be one of these
+    jwks_uri: str | None = None  # fetched by Envoy (cluster jwks/{name}); default for Google's issuer
+    jwks_file: str | None = None  # a JWKS file on the Envoy host, instead of jwks_uri
+    jwks_ca_file: str | None = None  # TLS to jwks_uri; default the system bundle
+    claim: str = Field("sub", min_length=1)  # the claim that names the caller (e.g. email)
+
+    @property
+    def jwks_source(self) -> str | None:
+        if self.jwks_uri or self.jwks_file:
+            return self.jwks_uri
+        return GOOGLE_JWKS_URI if self.issuer in (GOOGLE_ISSUER, "accounts.google.com") else None
+
+
+class ClientTls(_Strict):
+    """Client certificates on the listener (which then speaks HTTPS)."""
+
+    ca_file: str  # client certificates must chain to this CA (a file on the Envoy host)
+    cert_file: str  # the listener's own certificate and key
+    key_file: str
+
+
+class ClientGrant(_Strict):
+    identities: list[Annotated[str, AfterValidator(_check_identity)]] = Field(min_length=1)
+    models: list[str] | None = None  # default: every model
+    regions: list[str] | None = None  # default: every region; never served (or failed over) elsewhere
+
+
+class Clients(_Strict):
+    jwt: dict[str, JwtIssuer] = {}
+    mtls: ClientTls | None = None
+    allow: dict[str, ClientGrant] = Field(min_length=1)
+
+
+def _client_problems(raw: dict) -> list[tuple[tuple, str]]:
+    """clients: cross-references (models and regions named by grants, a JWKS per issuer)."""
+    clients = raw.get("clients")
+    if not isinstance(clients, dict):
+        return []
+    out: list[tuple[tuple, str]] = []
+    if not clients.get("jwt") and not clients.get("mtls"):
+        out.append((("clients",), "give `jwt:` issuers and/or `mtls:`: how clients prove who they are"))
+    for name, issuer in (clients.get("jwt") or {}).items() if isinstance(clients.get("jwt"), dict) else []:
+        if not _NAME.match(str(name)):
+            out.append((("clients", "jwt", name), f"bad issuer name {name!r}: use letters, digits, '-', '_', '.'"))
+        if not isinstance(issuer, dict):
+            continue
+        uri, file = issuer.get("jwks_uri"), issuer.get("jwks_file")
+        if uri and file:
+            out.append((("clients", "jwt", name), "give either `jwks_uri:` or `jwks_file:`, not both"))
+        elif not uri and not file and issuer.get("issuer") not in (GOOGLE_ISSUER, "accounts.google.com"):
+            out.append((("clients", "jwt", name), "needs `jwks_uri:` or `jwks_file:` (the issuer's signing keys)"))
+        if isinstance(uri, str) and not re.match(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$", uri):
+            out.append((("clients", "jwt", name, "jwks_uri"), f"bad jwks_uri {uri!r}: expected http(s)://host[:port]/path"))
+    models, regions = raw.get("models"), raw.get("regions")
+    model_names = list(models) if isinstance(models, dict) else []
+    region_names = list(regions) if isinstance(regions, dict) else []
+    allow = clients.get("allow")
+    for name, grant in allow.items() if isinstance(allow, dict) else []:
+        if not _NAME.match(str(name)):
+            out.append((("clients", "allow", name), f"bad grant name {name!r}: use letters, digits, '-', '_', '.'"))
+        if not isinstance(grant, dict):
+            continue
+        for key, known in (("models", model_names), ("regions", region_names)):
+            items = grant.get(key)
+            for i, item in enumerate(items) if isinstance(items, list) else []:
+                if item not in known:
+                    out.append((("clients", "allow", name, key, i),
+                                f"unknown {key[:-1]} {item!r} (defined: {', '.join(map(str, known)) or 'none'})"))
+            if isinstance(items, list) and not items:
+                out.append((("clients", "allow", name, key), f"empty list: leave `{key}` out to allow every {key[:-1]}"))
+    return out
+
+
 class RegionConfig(_Strict):
     # "id or number": an unquoted project number arrives as an int
     project: Annotated[str, BeforeValidator(check_project)]
@@ -274,6 +366,7 @@ class RegionConfig(_Strict):
     models: dict[str, Model]
     policy: Policy = Policy()
     auth: Auth = Auth()
+    clients: Clients | None = None  # None: no client authentication (serve warns off loopback)
 
     def host_of(self, region: str) -> str:
         return self.regions[region].host or f"{region}-aiplatform.googleapis.com"
@@ -378,7 +471,7 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
 
 def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     """Rules that relate keys to each other; tolerant of a structurally broken file."""
-    out: list[tuple[tuple, str]] = []
+    out: list[tuple[tuple, str]] = _client_problems(raw)
     regions = raw.get("regions")
     models = raw.get("models")
     region_names = list(regions) if isinstance(regions, dict) else []

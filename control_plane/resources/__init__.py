@@ -14,7 +14,8 @@ A `weighted` or `least_request` model's route names one "spread" cluster instead
 every region's endpoint in one priority; the same upstream filters do the rewrite.
 
 Modules: names (type URLs, names, which regions serve what), clusters, upstream (per-attempt
-filters, token secrets), routes, listener, proto (message helpers).
+filters, token secrets), routes, listener, clients (who may call: authentication and
+per-identity routes, applied on top of the others), proto (message helpers).
 Everything here is a pure function of (config, node group): no I/O, no clock.
 """
 
@@ -25,6 +26,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from ..config import RegionConfig
+from .clients import authorize_routes, client_clusters, secure_listener
 from .clusters import aggregate_cluster, load_assignment, region_cluster, spread_cluster, spread_load_assignment
 from .listener import listener
 from .names import (
@@ -80,12 +82,14 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             if _is_ip(config.regions[region].address):
                 endpoints.append(config.memo(("load_assignment", model, region),
                                              lambda: load_assignment(config, model, region)))
+    # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
+    extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
     return {
         SECRET_TYPE: [],
-        CLUSTER_TYPE: clusters,
-        ENDPOINT_TYPE: endpoints,
-        LISTENER_TYPE: [listener(group)],
-        ROUTE_TYPE: [route_configuration(config, group.region)],
+        CLUSTER_TYPE: clusters + extra_clusters,
+        ENDPOINT_TYPE: endpoints + extra_endpoints,
+        LISTENER_TYPE: [secure_listener(config, listener(group))],
+        ROUTE_TYPE: [authorize_routes(config, group.region, route_configuration(config, group.region))],
     }
 
 
