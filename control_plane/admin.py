@@ -11,6 +11,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
+from .exposure import client_authentication
 from .resources import PUSH_ORDER, SECRET_TYPE, members
 
 if TYPE_CHECKING:
@@ -72,7 +73,10 @@ def admin_app(plane: ControlPlane) -> web.Application:
 
     async def regions(_: web.Request) -> web.Response:
         config = plane.cache.config
+        listens = [s.node.metadata.fields["listen"].string_value for s in plane.clients.streams()
+                   if "listen" in s.node.metadata.fields]
         return _json({"config_file": str(plane.config_path), "version": config.version,
+                      "client_authentication": client_authentication(config, listens),
                       "config": config.model_dump(mode="json"), "last_reload": plane.last_reload})
 
     async def metrics(_: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from .admin import admin_app
 from .cache import Builder, SnapshotCache
 from .config import AuthProfile, ConfigError, RegionConfig
 from .csds import CsdsServer
+from .exposure import open_listener_warning
 from .metrics import Metrics
 from .resources import build_resources
 from .server import AdsServer
@@ -108,6 +109,9 @@ class ControlPlane:
                                      self.metrics)
         self.last_reload: dict = {"time": _now(), "ok": True, "reason": "start", "version": config.version,
                                   "file_sha256": loaded.sha256, "errors": []}
+        self._open_warning = open_listener_warning(config)
+        if self._open_warning:
+            log.warning("%s", self._open_warning)
         self.metrics.config_ok.set(1)
         self.xds_port = 0
         self.admin_port = 0
@@ -186,9 +190,16 @@ class ControlPlane:
                                                     "cannot build Envoy resources", lambda: self.cache.prepare(config))
                 self.cache.apply(config, snapshots)
                 self.tokens.update(_profiles(config), config.auth.refresh_margin)
+                self._warn_if_open(config)
         except ConfigError as exc:
             return self._record_reload(reason, digest, [str(p) for p in exc.problems])
         return self._record_reload(reason, digest, [])
+
+    def _warn_if_open(self, config: RegionConfig) -> None:
+        warning = open_listener_warning(config)
+        if warning and warning != self._open_warning:
+            log.warning("%s", warning)
+        self._open_warning = warning
 
     def _record_reload(self, reason: str, digest: str | None, errors: list[str]) -> bool:
         ok = not errors

@@ -230,7 +230,10 @@ def jwt_authentication(config: RegionConfig) -> jwt_pb2.JwtAuthentication:
     providers = {}
     for name, issuer in config.clients.jwt.items():
         provider = jwt_pb2.JwtProvider(
-            issuer=issuer.issuer, audiences=issuer.audiences, forward=False,
+            issuer=issuer.issuer, audiences=issuer.audiences,
+            # Only `Authorization: Bearer` (not the default ?access_token=, which would reach Vertex
+            # in the query string); removed once verified (forward=False).
+            from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix="Bearer ")], forward=False,
             claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=JWT_IDENTITY_HEADER, claim_name=issuer.claim)],
             clear_route_cache=True)  # the routes match the identity header it sets
         if issuer.jwks_file:
