@@ -20,7 +20,9 @@ measured run, divided by the requests served.
 
 `--ablate` (on by default) also runs Envoys whose filter chain lacks one part more each
 (same control plane, a builder that edits the built resources), at 16 connections: where
-Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped).
+Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped). Its first row,
+`+jwt`, adds instead: the same chain with a `clients:` section, every request carrying an
+RS256 JWT that Envoy verifies (the cost of client authentication per request).
 
 Load generator: wrk (installed from Debian when absent and running as root); without it the
 Python load generator of tests/loadgen.py runs in a separate process, and the output says so
@@ -73,6 +75,8 @@ MODEL_PATH = "/v1/models/housing:predict"
 TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
 # Cumulative: each variant drops one more part of the filter chain than the one before.
 VARIANTS = {
+    "+jwt": "the product's chain plus client authentication (`clients:`): jwt_authn verifying an RS256 "
+            "token (inline JWKS) on every request, and the per-identity routes",
     "full": "the product's filter chain",
     "-lua": "without the Lua rewrite (upstream filter)",
     "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
@@ -188,8 +192,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait(10)
 
 
-def _post(url: str, body: bytes, timeout: float = 5) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+def _post(url: str, body: bytes, timeout: float = 5, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read()
@@ -207,9 +212,11 @@ def ablated_builder(variant_by_port: dict[int, str]):
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 
     def build(config, group):
-        built = build_resources(config, group)
         variant = variant_by_port.get(group.listen_port, "full")
-        level = list(VARIANTS).index(variant)
+        if variant == "+jwt":
+            return build_resources(with_jwt_clients(config), group)
+        built = build_resources(config, group)
+        level = list(VARIANTS).index(variant) - 1  # 0: full
         if level == 0:
             return built
         for cluster in built[CLUSTER_TYPE]:
@@ -250,6 +257,31 @@ def ablated_builder(variant_by_port: dict[int, str]):
     return build
 
 
+BENCH_ISSUER = "https://issuer.bench.test"
+BENCH_AUDIENCE = "vertex-gateway-bench"
+_JWT: dict = {}
+
+
+def bench_jwt(workdir: Path) -> tuple[str, str]:
+    """(JWKS file, a 1-hour RS256 token) from a local issuer, made once per run."""
+    if not _JWT:
+        from tests.jwt_issuer import Issuer
+        issuer = Issuer(BENCH_ISSUER)
+        _JWT["jwks"] = issuer.write_jwks(workdir / "bench-jwks.json")
+        _JWT["token"] = issuer.token(BENCH_AUDIENCE, lifetime=3600, sub="bench-client")
+    return _JWT["jwks"], _JWT["token"]
+
+
+def with_jwt_clients(config):
+    """The config with a `clients:` section: one issuer (JWKS file), any authenticated client."""
+    from control_plane.config import RegionConfig
+    jwks = _JWT["jwks"]
+    return config.memo(("bench-jwt",), lambda: RegionConfig.model_validate({
+        **config.model_dump(), "clients": {
+            "jwt": {"bench": {"issuer": BENCH_ISSUER, "audiences": [BENCH_AUDIENCE], "jwks_file": jwks}},
+            "allow": {"all": {"identities": ["*"]}}}}))
+
+
 # --------------------------------------------------------------------------- load generators
 
 
@@ -274,15 +306,23 @@ class Wrk:
 
     def __init__(self, binary: str, body: bytes, workdir: Path):
         self.binary = binary
+        self.body, self.workdir = body, workdir
         self.script = workdir / "post.lua"
         assert b"]==]" not in body
         self.script.write_text(WRK_SCRIPT % body.decode())
         self.version = (subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
                         + subprocess.run([binary, "-v"], capture_output=True, text=True).stderr).split("\n")[0]
 
-    def run(self, url: str, connections: int, duration: float) -> dict:
+    def run(self, url: str, connections: int, duration: float, headers: dict | None = None) -> dict:
+        script = self.script
+        if headers:  # a script that also sends these headers (e.g. the +jwt target's token)
+            script = self.workdir / "post-headers.lua"
+            extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+            script.write_text(WRK_SCRIPT.replace('wrk.headers["Content-Type"] = "application/json"\n',
+                                                 'wrk.headers["Content-Type"] = "application/json"\n' + extra)
+                              % self.body.decode())
         cmd = [self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
-               "-s", str(self.script), url]
+               "-s", str(script), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
         if line is None:
@@ -296,9 +336,9 @@ class Wrk:
                 "rps": r["requests"] / (r["duration_us"] / 1e6)}
 
 
-def _python_load(url: str, connections: int, duration: float, body: bytes, queue) -> None:
+def _python_load(url: str, connections: int, duration: float, body: bytes, queue, headers=None) -> None:
     from tests.loadgen import percentile, run_load
-    result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration))
+    result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration, headers=headers))
     lat = [s.latency * 1000 for s in result.samples]
     queue.put({"requests": len(lat), "duration_s": result.duration,
                "errors": sum(s.status != 200 for s in result.samples), "error_detail": {},
@@ -315,10 +355,10 @@ class PythonLoad:
     def __init__(self, body: bytes):
         self.body = body
 
-    def run(self, url: str, connections: int, duration: float) -> dict:
+    def run(self, url: str, connections: int, duration: float, headers: dict | None = None) -> dict:
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        proc = ctx.Process(target=_python_load, args=(url, connections, duration, self.body, queue))
+        proc = ctx.Process(target=_python_load, args=(url, connections, duration, self.body, queue, headers))
         proc.start()
         try:
             return queue.get(timeout=duration + 60)
@@ -332,8 +372,9 @@ class PythonLoad:
 
 
 class Target:
-    def __init__(self, name: str, url: str, pids_fn, describe: str):
+    def __init__(self, name: str, url: str, pids_fn, describe: str, headers: dict | None = None):
         self.name, self.url, self._pids, self.describe = name, url, pids_fn, describe
+        self.headers = headers or {}  # sent with every request (the +jwt target's token)
 
     @property
     def pids(self) -> list[int]:
@@ -362,9 +403,9 @@ def start_envoy(stack: Stack, name: str, workers: int, port: int) -> EnvoyProces
     return envoy
 
 
-def check_rewrite(target: str, url: str, body: bytes, backend: Backend) -> dict:
+def check_rewrite(target: str, url: str, body: bytes, backend: Backend, send: dict | None = None) -> dict:
     """One request: did the backend see the local region's Vertex path, host and a token?"""
-    status, headers = _post(url + MODEL_PATH, body)
+    status, headers = _post(url + MODEL_PATH, body, headers=send)
     seen = {k: headers.get(f"x-seen-{k}", "") for k in ("uri", "host", "auth")}
     ok = status == 200
     if target != "direct" and not target.startswith("ablate:"):
@@ -412,11 +453,11 @@ def perf_summary(workdir: Path) -> dict:
 def measure(load, target: Target, connections: int, duration: float, warmup: float,
             perf_dir: Path | None = None) -> dict:
     if warmup > 0:
-        load.run(target.url + MODEL_PATH, connections, warmup)
+        load.run(target.url + MODEL_PATH, connections, warmup, headers=target.headers)
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
     profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
-    r = load.run(target.url + MODEL_PATH, connections, duration)
+    r = load.run(target.url + MODEL_PATH, connections, duration, headers=target.headers)
     if profiler is not None:
         profiler.wait(60)
         r["perf"] = perf_summary(perf_dir)
@@ -454,6 +495,8 @@ def run(args: argparse.Namespace) -> dict:
 
     ablate = [] if args.no_ablate else list(VARIANTS)
     variant_ports = {v: free_port() for v in ablate}
+    _, token = bench_jwt(workdir)  # before any Envoy asks for the +jwt variant's config
+    jwt_headers = {"authorization": f"Bearer {token}"}
     routers: list[subprocess.Popen] = []
     stack = None
     targets: dict[str, Target] = {}
@@ -474,9 +517,14 @@ def run(args: argparse.Namespace) -> dict:
         for name, envoy in envoys.items():
             envoy.wait_ready()
             url = f"http://{envoy.listen}"
-            wait_until(lambda: _post(url + MODEL_PATH, body)[0] == 200, 30, f"{name} routes")
+            send = jwt_headers if name == "ablate:+jwt" else {}
+            wait_until(lambda: _post(url + MODEL_PATH, body, headers=send)[0] == 200, 30, f"{name} routes")
             targets[name] = Target(name, url, (lambda e=envoy: [e.proc.pid]),
-                                   f"Envoy {envoy.node_id}, pid {envoy.proc.pid}")
+                                   f"Envoy {envoy.node_id}, pid {envoy.proc.pid}", headers=send)
+        if "ablate:+jwt" in targets:  # the +jwt Envoy really refuses a request without the token
+            refused = _post(targets["ablate:+jwt"].url + MODEL_PATH, body)[0]
+            if refused != 401:
+                raise RuntimeError(f"+jwt: a request without a token got {refused}, not 401")
         router_config = workdir / "router.json"
         router_config.write_text(json.dumps({
             "project": PROJECT, "local": LOCAL, "failover": [REMOTE], "default_model": "housing",
@@ -489,7 +537,7 @@ def run(args: argparse.Namespace) -> dict:
                 targets[name] = Target(name, url, (lambda ps=procs: [p.pid for p in ps]),
                                        f"bench/smart_router.py x{processes}")
         for name, target in targets.items():
-            checks[name] = check_rewrite(name, target.url, body, backend)
+            checks[name] = check_rewrite(name, target.url, body, backend, target.headers)
             if not checks[name]["ok"]:
                 raise RuntimeError(f"{name}: the backend did not see a rewritten request: {checks[name]}")
         print(f"  all targets up; backend {backend_kind} on {backend.url}; load generator {load.name}",
@@ -610,8 +658,8 @@ def markdown(doc: dict) -> str:
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
     if ablation:
-        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; each row drops one more "
-                      "part):", "",
+        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; +jwt adds client "
+                      "authentication, each row after `full` drops one more part):", "",
                   "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
                   "|---|---|---:|---:|---:|---:|"]
         prev = None
