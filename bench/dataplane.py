@@ -21,8 +21,9 @@ measured run, divided by the requests served.
 `--ablate` (on by default) also runs Envoys whose filter chain lacks one part more each
 (same control plane, a builder that edits the built resources), at 16 connections: where
 Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped). Its first row,
-`+jwt`, adds instead: the same chain with a `clients:` section, every request carrying an
-RS256 JWT that Envoy verifies (the cost of client authentication per request).
+`+jwt` rows add instead: the same chain with a `clients:` section, every request carrying an
+RS256 JWT that Envoy verifies, with jwt_authn's verified-token cache (as shipped) and without
+it (the signature checked on every request).
 
 Load generator: wrk (installed from Debian when absent and running as root); without it the
 Python load generator of tests/loadgen.py runs in a separate process, and the output says so
@@ -75,8 +76,10 @@ MODEL_PATH = "/v1/models/housing:predict"
 TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
 # Cumulative: each variant drops one more part of the filter chain than the one before.
 VARIANTS = {
-    "+jwt": "the product's chain plus client authentication (`clients:`): jwt_authn verifying an RS256 "
-            "token (inline JWKS) on every request, and the per-identity routes",
+    "+jwt, no cache": "the product's chain plus client authentication (`clients:`), with jwt_authn's "
+                      "verified-token cache off: an RS256 signature checked on every request",
+    "+jwt": "the product's chain plus client authentication as shipped: jwt_authn (inline JWKS, verified "
+            "tokens cached per worker, expiry checked per request) and the per-identity routes",
     "full": "the product's filter chain",
     "-lua": "without the Lua rewrite (upstream filter)",
     "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
@@ -213,10 +216,13 @@ def ablated_builder(variant_by_port: dict[int, str]):
 
     def build(config, group):
         variant = variant_by_port.get(group.listen_port, "full")
-        if variant == "+jwt":
-            return build_resources(with_jwt_clients(config), group)
+        if variant.startswith("+jwt"):
+            built = build_resources(with_jwt_clients(config), group)
+            if variant == "+jwt, no cache":
+                without_jwt_cache(built)
+            return built
         built = build_resources(config, group)
-        level = list(VARIANTS).index(variant) - 1  # 0: full
+        level = list(VARIANTS).index(variant) - 2  # 0: full
         if level == 0:
             return built
         for cluster in built[CLUSTER_TYPE]:
@@ -270,6 +276,24 @@ def bench_jwt(workdir: Path) -> tuple[str, str]:
         _JWT["jwks"] = issuer.write_jwks(workdir / "bench-jwks.json")
         _JWT["token"] = issuer.token(BENCH_AUDIENCE, lifetime=3600, sub="bench-client")
     return _JWT["jwks"], _JWT["token"]
+
+
+def without_jwt_cache(built: dict) -> None:
+    from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    for listener in built[LISTENER_TYPE]:
+        for chain in listener.filter_chains:
+            for flt in chain.filters:
+                manager = hcm_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(manager)
+                for http_filter in manager.http_filters:
+                    if http_filter.name == "envoy.filters.http.jwt_authn":
+                        jwt = jwt_pb2.JwtAuthentication()
+                        http_filter.typed_config.Unpack(jwt)
+                        for provider in jwt.providers.values():
+                            provider.ClearField("jwt_cache_config")
+                        http_filter.typed_config.Pack(jwt)
+                flt.typed_config.Pack(manager)
 
 
 def with_jwt_clients(config):
@@ -517,14 +541,14 @@ def run(args: argparse.Namespace) -> dict:
         for name, envoy in envoys.items():
             envoy.wait_ready()
             url = f"http://{envoy.listen}"
-            send = jwt_headers if name == "ablate:+jwt" else {}
+            send = jwt_headers if name.startswith("ablate:+jwt") else {}
             wait_until(lambda: _post(url + MODEL_PATH, body, headers=send)[0] == 200, 30, f"{name} routes")
             targets[name] = Target(name, url, (lambda e=envoy: [e.proc.pid]),
                                    f"Envoy {envoy.node_id}, pid {envoy.proc.pid}", headers=send)
-        if "ablate:+jwt" in targets:  # the +jwt Envoy really refuses a request without the token
-            refused = _post(targets["ablate:+jwt"].url + MODEL_PATH, body)[0]
+        for name in [n for n in targets if n.startswith("ablate:+jwt")]:  # they really refuse a tokenless request
+            refused = _post(targets[name].url + MODEL_PATH, body)[0]
             if refused != 401:
-                raise RuntimeError(f"+jwt: a request without a token got {refused}, not 401")
+                raise RuntimeError(f"{name}: a request without a token got {refused}, not 401")
         router_config = workdir / "router.json"
         router_config.write_text(json.dumps({
             "project": PROJECT, "local": LOCAL, "failover": [REMOTE], "default_model": "housing",
@@ -658,7 +682,7 @@ def markdown(doc: dict) -> str:
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
     if ablation:
-        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; +jwt adds client "
+        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; the +jwt rows add client "
                       "authentication, each row after `full` drops one more part):", "",
                   "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
                   "|---|---|---:|---:|---:|---:|"]

@@ -57,6 +57,7 @@ JWT_IDENTITY_HEADER = "x-vertex-client-jwt"
 CERT_IDENTITY_HEADER = "x-vertex-client-cert"
 IDENTITY_HEADERS = (JWT_IDENTITY_HEADER, CERT_IDENTITY_HEADER)
 JWT_FILTER = "envoy.filters.http.jwt_authn"
+JWT_CACHE_SIZE = 1000  # verified tokens remembered per Envoy worker and issuer
 CERT_FILTER = "client-certificate"
 
 # Runs before routing and clears the route cache (Lua's default), so the routes see the header.
@@ -235,7 +236,10 @@ def jwt_authentication(config: RegionConfig) -> jwt_pb2.JwtAuthentication:
             # in the query string); removed once verified (forward=False).
             from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix="Bearer ")], forward=False,
             claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=JWT_IDENTITY_HEADER, claim_name=issuer.claim)],
-            clear_route_cache=True)  # the routes match the identity header it sets
+            clear_route_cache=True,  # the routes match the identity header it sets
+            # Verified tokens are cached per worker (expiry still checked on every request): a client
+            # reuses its token for up to an hour, so the signature is checked once, not per request.
+            jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=JWT_CACHE_SIZE))
         if issuer.jwks_file:
             provider.local_jwks.CopyFrom(base_pb2.DataSource(filename=issuer.jwks_file))
         else:
