@@ -31,6 +31,7 @@ Python load generator of tests/loadgen.py runs in a separate process, and the ou
 
     python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
                               [--targets direct,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
+                              [--variants '+jwt (no cache);+jwt;full;...']
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ MODEL_PATH = "/v1/models/housing:predict"
 TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
 # Cumulative: each variant drops one more part of the filter chain than the one before.
 VARIANTS = {
-    "+jwt, no cache": "the product's chain plus client authentication (`clients:`), with jwt_authn's "
+    "+jwt (no cache)": "the product's chain plus client authentication (`clients:`), with jwt_authn's "
                       "verified-token cache off: an RS256 signature checked on every request",
     "+jwt": "the product's chain plus client authentication as shipped: jwt_authn (inline JWKS, verified "
             "tokens cached per worker, expiry checked per request) and the per-identity routes",
@@ -218,7 +219,7 @@ def ablated_builder(variant_by_port: dict[int, str]):
         variant = variant_by_port.get(group.listen_port, "full")
         if variant.startswith("+jwt"):
             built = build_resources(with_jwt_clients(config), group)
-            if variant == "+jwt, no cache":
+            if variant == "+jwt (no cache)":
                 without_jwt_cache(built)
             return built
         built = build_resources(config, group)
@@ -517,7 +518,7 @@ def run(args: argparse.Namespace) -> dict:
         backend_kind = "envoy"
         backend = Backend(backend_kind, answer, workdir).start()
 
-    ablate = [] if args.no_ablate else list(VARIANTS)
+    ablate = [] if args.no_ablate else [v for v in VARIANTS if v in args.variants]
     variant_ports = {v: free_port() for v in ablate}
     _, token = bench_jwt(workdir)  # before any Envoy asks for the +jwt variant's config
     jwt_headers = {"authorization": f"Bearer {token}"}
@@ -774,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--backend", choices=("nginx", "envoy"), default="nginx")
     parser.add_argument("--no-ablate", action="store_true", help="skip the filter-chain ablation")
+    parser.add_argument("--variants", default=";".join(VARIANTS),
+                        help="ablation rows to run, separated by ';' (default all), e.g. '+jwt (no cache);+jwt;full'")
     parser.add_argument("--no-perf", dest="perf", action="store_false",
                         help="skip the extra perf-profiled cell (Envoy 1 worker, 16 connections)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
@@ -783,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    if [v for v in args.variants if v not in VARIANTS]:
+        parser.error(f"unknown variants; choose from {'; '.join(VARIANTS)}")
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")

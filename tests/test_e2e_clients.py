@@ -107,6 +107,7 @@ def world(tmp_path_factory):
         "mtls": {"ca_file": files["ca.pem"], "cert_file": files["listener.pem"], "key_file": files["listener.key"]},
         "allow": {
             "eu-only": {"identities": ["eu@corp.test", "spiffe://test/ns/batch/sa/eu"], "regions": ["europe-west4"]},
+            "central-and-eu": {"identities": ["ce@corp.test"], "regions": ["us-central1", "europe-west4"]},
             "housing-only": {"identities": ["batch@corp.test"], "models": ["housing"]},
             "ops": {"identities": ["ops@corp.test", "ops.clients.test", "sa@p.iam.gserviceaccount.com"]},
         },
@@ -235,3 +236,19 @@ def test_an_eu_client_is_served_only_in_its_regions_even_during_failover(world):
     ops = call(world, token=world["corp"].token(AUDIENCE, email="ops@corp.test"))
     assert ops.status_code == 200 and ops.headers["x-vertex-region"] != "us-central1"
 
+
+
+def test_a_client_limited_to_two_regions_fails_over_inside_them(world):
+    """Local us-central1 fails: an unrestricted client goes to us-east4 (next in the chain); a
+    client allowed us-central1 and europe-west4 skips us-east4 and is answered from Europe."""
+    stack = world["stack"]
+    stack.emulators["us-central1"].fail("503")
+    token = world["corp"].token(AUDIENCE, email="ce@corp.test")
+    for _ in range(3):
+        response = call(world, token=token)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-vertex-region"] == "europe-west4"
+        assert response.headers["x-envoy-attempt-count"] == "2"
+    assert stack.emulators["us-east4"].received == []
+    ops = call(world, token=world["corp"].token(AUDIENCE, email="ops@corp.test"))
+    assert ops.headers["x-vertex-region"] == "us-east4"
