@@ -281,14 +281,46 @@ def _check_identity(value: str) -> str:
     return value
 
 
+def check_jwks_file(value: Any) -> str:
+    """A JWKS document that exists here and has keys: Envoy rejects the listener otherwise."""
+    import json
+
+    try:
+        with open(value, "rb") as handle:
+            document = json.loads(handle.read(4 * 1024 * 1024))
+    except OSError as exc:
+        raise ValueError(f"cannot read jwks_file {value!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"jwks_file {value!r} is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
+        raise ValueError(f'jwks_file {value!r} is not a JWKS: expected {{"keys": [...]}} with at least one key')
+    return value
+
+
+def check_pem_file(value: Any) -> str:
+    """The listener's certificate or key: a PEM file that exists here."""
+    try:
+        with open(value, "rb") as handle:
+            head = handle.read(1024 * 1024)
+    except OSError as exc:
+        raise ValueError(f"cannot read {value!r}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{value!r} holds no PEM block (-----BEGIN ...)")
+    return value
+
+
+CaFile = Annotated[str, AfterValidator(check_ca_file)]
+PemFile = Annotated[str, AfterValidator(check_pem_file)]
+
+
 class JwtIssuer(_Strict):
     """An issuer whose tokens (Authorization: Bearer) Envoy verifies with jwt_authn."""
 
     issuer: str = Field(min_length=1)
     audiences: list[str] = Field(min_length=1)  # a token's `aud` must be one of these
     jwks_uri: str | None = None  # fetched by Envoy (cluster jwks/{name}); default for Google's issuer
-    jwks_file: str | None = None  # a JWKS file on the Envoy host, instead of jwks_uri
-    jwks_ca_file: str | None = None  # TLS to jwks_uri; default the system bundle
+    jwks_file: Annotated[str, AfterValidator(check_jwks_file)] | None = None  # instead of jwks_uri
+    jwks_ca_file: CaFile | None = None  # TLS to jwks_uri; default the system bundle
     claim: str = Field("sub", min_length=1)  # the claim that names the caller (e.g. email)
 
     @property
@@ -301,9 +333,10 @@ class JwtIssuer(_Strict):
 class ClientTls(_Strict):
     """Client certificates on the listener (which then speaks HTTPS)."""
 
-    ca_file: str  # client certificates must chain to this CA (a file on the Envoy host)
-    cert_file: str  # the listener's own certificate and key
-    key_file: str
+    # Files Envoy reads; like a region's ca_file they must exist where validate/serve run.
+    ca_file: CaFile  # client certificates must chain to this CA
+    cert_file: PemFile  # the listener's own certificate and key
+    key_file: PemFile
 
 
 class ClientGrant(_Strict):

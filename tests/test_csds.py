@@ -236,7 +236,7 @@ async def test_nack_text_is_truncated_and_escaped_everywhere(plane, csds, envoys
     client = envoys()
     await sync(client)
     write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 6}}})
-    assert plane.reload()
+    assert await plane.reload()
     bad = await client.recv()
     forged = "bad cluster\n2026-01-01 00:00:00 INFO control_plane.app: config reloaded\x1b[31m" + "x" * 100_000
     client.send(CLUSTER_TYPE, nonce=bad.nonce, error=forged)

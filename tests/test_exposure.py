@@ -15,7 +15,8 @@ from .harness import write_config
 
 BASE = {"project": "p", "regions": {"us-central1": {"address": "10.0.0.1"}},
         "models": {"m": {"default": True, "endpoints": {"us-central1": "1"}}}}
-CLIENTS = {"jwt": {"corp": {"issuer": "https://idp.test", "audiences": ["gw"], "jwks_file": "/etc/jwks.json"}},
+CLIENTS = {"jwt": {"corp": {"issuer": "https://idp.test", "audiences": ["gw"],
+                           "jwks_uri": "https://idp.test/jwks.json"}},
            "allow": {"everyone": {"identities": ["*"]}}}
 
 
