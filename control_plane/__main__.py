@@ -155,7 +155,8 @@ def parser() -> argparse.ArgumentParser:
                        help="bearer token the admin endpoints require (needed when not on loopback); "
                             "or set VERTEX_GATEWAY_ADMIN_TOKEN")
     serve.add_argument("--insecure-xds", action="store_true",
-                       help="allow plaintext xDS on a non-loopback address (logs a warning)")
+                       help="allow plaintext xDS, or TLS without --xds-tls-client-ca, on a non-loopback "
+                            "address (logs a warning)")
     serve.add_argument("--max-config-bytes", type=_positive_int, metavar="N",
                        help=f"refuse a config file larger than this (default {MAX_BYTES:,})")
     serve.set_defaults(func=_serve)

@@ -377,8 +377,9 @@ def _unauthenticated(config: RegionConfig) -> route_components_pb2.Route:
     assert clients is not None
     headers = [route_components_pb2.HeaderMatcher(name=h, present_match=True, invert_match=True)
                for h in IDENTITY_HEADERS]
-    ways = (["a bearer token (Authorization: Bearer <JWT>)"] if clients.jwt else []) + \
-        (["a client certificate"] if clients.mtls is not None else [])
+    claims = sorted({issuer.claim for issuer in clients.jwt.values()})
+    ways = ([f"a bearer token (Authorization: Bearer <JWT>) carrying the {'/'.join(claims)} claim"]
+            if clients.jwt else []) + (["a client certificate"] if clients.mtls is not None else [])
     route = _refusal(route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/", headers=headers)),
                      "unauthenticated", 401, f"this gateway needs {' or '.join(ways)}")
     if clients.jwt:
