@@ -30,6 +30,7 @@ from .resources import (
     members,
     token_secret_name,
 )
+from .resources.clients import grant_members
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
 
 # The types the snapshot holds (secrets are per auth profile, added at run time), in push order.
@@ -60,6 +61,9 @@ class ModelPlan:
     upstreams: list[Upstream]
     strategy: str = "failover"
     weights: dict[str, int] | None = None
+    # `clients:` grants that may call the model -> the regions they are served in (None: no
+    # `clients:`, anyone who reaches the listener may call)
+    callers: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -102,10 +106,17 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
             envoy.models[model] = ModelPlan(default=spec.default, chain=chain, upstreams=[
                 Upstream(r, config.regions[r].address, config.regions[r].port, config.regions[r].tls,
                          config.host_of(r), endpoint_path(config, model, r) + ":{verb}") for r in chain],
-                strategy=spec.strategy, weights=dict(spec.weights) or None)
+                strategy=spec.strategy, weights=dict(spec.weights) or None, callers=_callers(config, model, region))
         envoy.secrets = sorted(token_secret_name(p) for p in profiles)
         out[region] = envoy
     return out
+
+
+def _callers(config: RegionConfig, model: str, region: str) -> dict[str, list[str]] | None:
+    if config.clients is None:
+        return None
+    return {name: grant_members(config, grant, model, region) for name, grant in config.clients.allow.items()
+            if grant.models is None or model in grant.models}
 
 
 @dataclass
@@ -199,6 +210,7 @@ def to_json(path: str, config: RegionConfig, new_plan: dict[str, EnvoyPlan], aga
             "resources": envoy.resources if envoy else {},
             "secrets": envoy.secrets if envoy else [],
             "models": {m: {"default": p.default, "chain": p.chain, "strategy": p.strategy, "weights": p.weights,
+                           **({"callers": p.callers} if p.callers is not None else {}),
                            "upstreams": {u.region: {k: v for k, v in asdict(u).items() if k != "region"}
                                          for u in p.upstreams}}
                        for m, p in (envoy.models if envoy else {}).items()},
@@ -315,6 +327,9 @@ def _models(envoy: EnvoyPlan, old: EnvoyPlan | None) -> list[str]:
             f"{p.strategy} over " + (", ".join(f"{r}={p.weights.get(r, 0)}" for r in p.weights) if p.weights
                                      else ", ".join(p.chain))
         lines.append(f"    {model}{' (default)' if p.default else ''}: {how}{note}")
+        if p.callers is not None:
+            who = "; ".join(f"{g} -> {_chain(r) if r else 'no region here (403)'}" for g, r in p.callers.items())
+            lines.append(f"      callers: {who or 'nobody (every identity gets 403)'}")
         rows = []
         old_upstreams = {u.region: u for u in was.upstreams} if was else {}
         for u in p.upstreams:

@@ -174,3 +174,13 @@ def test_envoy_accepts_the_config_with_clients(config, region, tmp_path):
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_show_lists_who_may_call_each_model_and_where(config):
+    from control_plane.dryrun import plan
+
+    central = plan(config)["us-central1"].models
+    assert central["housing"].callers == {"eu": ["europe-west4"], "ops": ["us-central1", "us-east4", "europe-west4"]}
+    assert central["gemini"].callers == {"eu": [], "ops": ["us-central1", "us-east4"]}
+    assert central["spread"].callers == {"eu": [], "spread-eu": ["us-east4"]}
+    assert plan(parse_config(CONFIG))["us-central1"].models["housing"].callers is None
