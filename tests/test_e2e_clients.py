@@ -184,6 +184,7 @@ def test_no_valid_credentials_get_401_json_and_reach_nothing(world, case):
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
     assert error["code"] == 401 and error["message"]
+    assert response.headers["www-authenticate"].startswith("Bearer")
     assert upstream_requests(world) == 0
     assert world["stack"].token_server.grants == grants  # never a token grant
 
