@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .harness import LoopThread
+from .harness import LoopThread, wait_for
 from .jwt_issuer import Issuer
-from .stack import Stack
+from .stack import DELETE, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -123,8 +123,9 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def clean(world):
-    world["stack"].reset()
+def clean(request):
+    if "world" in request.fixturenames:
+        request.getfixturevalue("world")["stack"].reset()
     yield
 
 
@@ -253,3 +254,22 @@ def test_a_client_limited_to_two_regions_fails_over_inside_them(world):
     assert stack.emulators["us-east4"].received == []
     ops = call(world, token=world["corp"].token(AUDIENCE, email="ops@corp.test"))
     assert ops.headers["x-vertex-region"] == "us-east4"
+
+
+def test_adding_and_removing_clients_takes_effect_live(tmp_path):
+    """A running gateway without `clients:` serves anyone; the edit that adds it makes the same
+    Envoy refuse tokenless requests (and serve a valid token) with no restart; removing it
+    opens the gateway again."""
+    issuer = Issuer("https://idp.live.test")
+    jwks = issuer.write_jwks(tmp_path / "jwks.json")
+    with Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",)) as stack:
+        assert stack.post("/predict", json={"instances": [1]}).status_code == 200
+        stack.update_config({"clients": {
+            "jwt": {"live": {"issuer": issuer.issuer, "audiences": [AUDIENCE], "jwks_file": jwks}},
+            "allow": {"anyone": {"identities": ["*"]}}}})
+        wait_for(lambda: stack.post("/predict", json={"instances": [1]}).status_code == 401, what="401 after the edit")
+        token = issuer.token(AUDIENCE, sub="live-client")
+        assert stack.post("/predict", json={"instances": [1]},
+                          headers={"authorization": f"Bearer {token}"}).status_code == 200
+        stack.update_config({"clients": DELETE})
+        wait_for(lambda: stack.post("/predict", json={"instances": [1]}).status_code == 200, what="open again")
