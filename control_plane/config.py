@@ -75,7 +75,7 @@ def _is_hostname(text: str) -> bool:
         and not labels[-1].isdigit()
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
         return True
@@ -88,14 +88,14 @@ def check_address(value: Any) -> str:
     if not isinstance(value, str):  # `address:` (null) or `true` must not become the hostname "None"/"True"
         raise ValueError(f"bad address {_shown(value)}: expected an IP address or a hostname")
     text = value.strip()
-    if not (_is_ip(text) or _is_hostname(text)):
+    if not (is_ip(text) or _is_hostname(text)):
         raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
     return text
 
 
 def check_ip(value: Any) -> str:
     """An address Envoy binds: an IP literal (Envoy does not resolve listener addresses)."""
-    if not isinstance(value, str) or not _is_ip(value.strip()):
+    if not isinstance(value, str) or not is_ip(value.strip()):
         raise ValueError(f"bad listener address {_shown(value)}: expected an IP address such as 0.0.0.0 or 10.0.0.5")
     return value.strip()
 
