@@ -155,9 +155,10 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     )
 
 
-def _patterns(config: RegionConfig, model: str) -> tuple[str, str, tuple[str, ...]]:
-    """The model's client path, its Vertex-native path (regexes) and its verbs; once per config."""
-    def compute() -> tuple[str, str, tuple[str, ...]]:
+def _patterns(config: RegionConfig, model: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """The model's client path, its Vertex-native path (regexes; None when only custom backends
+    serve it) and its verbs; once per config."""
+    def compute() -> tuple[str, str | None, tuple[str, ...]]:
         spec = config.models[model]
         model_path = f"/v1/models/{_re_escape(model)}"
         if spec.publisher_model:
@@ -165,7 +166,9 @@ def _patterns(config: RegionConfig, model: str) -> tuple[str, str, tuple[str, ..
             native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
                       f"/models/{_re_escape(name)}")
         else:
-            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
+            # Vertex endpoint ids only: a custom backend's entry is a path, not an id a client could name.
+            ids = sorted({v for r, v in spec.endpoints.items() if not config.regions[r].custom})
+            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})" if ids else None
         return model_path, native, PUBLISHER_VERBS if spec.publisher_model else VERBS
     return config.memo(("patterns", model), compute)
 
@@ -180,7 +183,8 @@ def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_co
             suffix = ":stream" if streaming else ""
             verb_re = f":({_alternation(group)})$"
             out.append((f"model:{model}{suffix}", _regex_match(f"^{model_path}{verb_re}"), streaming))
-            out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
+            if native:
+                out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
         return out
     return config.memo(("matches", model), compute)
 
@@ -189,7 +193,8 @@ def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_co
     """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
     def compute() -> route_components_pb2.RouteMatch:
         model_path, native, verbs = _patterns(config, model)
-        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
+        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
+            f"{model_path}:({_alternation(list(verbs))})"
         if model == config.default_model:
             paths = f"(?:{paths}|/predict)"
         header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
