@@ -15,6 +15,7 @@ import requests
 from control_plane.custom_emulator import CustomBackendEmulator, ExpectHeader, ExpectIdToken
 from control_plane.emulator import EmulatorThread
 
+from .harness import wait_for
 from .loadgen import run_load
 from .stack import DELETE, ENDPOINT_IDS, PROJECT, Stack
 
@@ -251,3 +252,73 @@ async def _pinned_load_until(stack, done, limit=2000, deadline=30.0):
         total.samples += batch.samples
         await asyncio.sleep(0.05)  # pacing between bounded batches, not synchronisation
     return total
+
+
+def test_a_rotated_key_file_is_sent_after_sighup_reread(stack, backends):
+    new_key = f"sk-rotated-{secrets.token_urlsafe(12)}"
+    backends.key_file.write_text(new_key)
+    try:
+        backends.fallback.expect = ExpectHeader("authorization", f"Bearer {new_key}")
+        # what SIGHUP does: re-read credential files now
+        stack.plane.loop.run(lambda: stack.plane.plane.tokens.refresh_now(reload_credentials=True))
+        stack.emulators["us-central1"].fail("503")
+        wait_for(lambda: stack.post("/predict", json={"instances": [1]}).status_code == 200,
+                 what="the rotated key in use")
+        assert backends.fallback.received[-1].headers["authorization"] == f"Bearer {new_key}"
+    finally:
+        backends.key_file.write_text(backends.api_key)
+        backends.fallback.expect = ExpectHeader("authorization", f"Bearer {backends.api_key}")
+        stack.plane.loop.run(lambda: stack.plane.plane.tokens.refresh_now(reload_credentials=True))
+        stack.emulators["us-central1"].fail("503")
+        wait_for(lambda: stack.post("/predict", json={"instances": [1]}).status_code == 200,
+                 what="the original key back in use")
+
+
+def test_a_weighted_spread_can_name_a_custom_backend(stack, backends):
+    stack.update_config({"models": {"churn": {"strategy": "weighted",
+                                              "weights": {"us-central1": 1, "us-east4": 0, "cloudrun": 1}}}})
+    try:
+        stack.wait_synced()
+        answered = [stack.post("/v1/models/churn:predict", json={"instances": [1]}).headers["x-vertex-region"]
+                    for _ in range(20)]
+        assert set(answered) == {"us-central1", "cloudrun"}  # round robin over weight 1:1, us-east4 drained
+        stack.emulators["us-central1"].fail("503")
+        answered = [stack.post("/v1/models/churn:predict", json={"instances": [1]}) for _ in range(6)]
+        assert all(r.status_code == 200 and r.headers["x-vertex-region"] == "cloudrun" for r in answered)
+        assert {r.path for r in backends.cloudrun.received} == {"/models/churn/predict"}
+    finally:
+        stack.update_config({"models": {"churn": {"strategy": DELETE, "weights": DELETE}}})
+        stack.wait_synced()
+
+
+def test_tls_to_a_custom_backend_uses_its_host_for_sni_and_the_certificate(tmp_path_factory):
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    ca_file = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    sni: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("vllm.internal.example").configure_cert(context)
+    context.sni_callback = lambda _sock, name, _ctx: sni.append(name)
+    backend = CustomBackendEmulator("gke", ["/v1/completions"], ssl_context=context)
+    thread = EmulatorThread([backend]).__enter__()
+    stack = None
+    try:
+        stack = Stack(regions=("us-central1",), envoys=("us-central1",), extra={
+            "regions": {"us-central1": {"failover": ["gke"]},
+                        "gke": {"kind": "custom", "address": "127.0.0.1", "port": backend.port,
+                                "host": "vllm.internal.example", "ca_file": str(ca_file)}},
+            "models": {"housing": {"endpoints": {"gke": "/v1/completions"}}}})
+        stack.emulators["us-central1"].fail("503")
+        response = stack.post("/predict", json={"instances": [1]})
+        assert response.status_code == 200 and response.headers["x-vertex-region"] == "gke"
+        assert sni == ["vllm.internal.example"]
+        assert backend.received[-1].host == "vllm.internal.example"
+        assert "authorization" not in backend.received[-1].headers  # credential none by default
+    finally:
+        if stack is not None:
+            stack.close()
+        thread.__exit__(None, None, None)
