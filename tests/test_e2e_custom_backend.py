@@ -322,3 +322,35 @@ def test_tls_to_a_custom_backend_uses_its_host_for_sni_and_the_certificate(tmp_p
         if stack is not None:
             stack.close()
         thread.__exit__(None, None, None)
+
+
+def test_a_missing_key_file_holds_the_envoy_until_it_is_there(tmp_path_factory):
+    from control_plane.envoy_process import EnvoyProcess
+
+    from .harness import free_port
+
+    backends = Backends(tmp_path_factory)
+    backends.key_file.unlink()  # not there yet: an operator forgot to mount the secret
+    stack = None
+    try:
+        stack = Stack(regions=("us-central1", "us-east4"), envoys=(), extra=backends.extra)
+        backends.expect_id_tokens_from(stack)
+        envoy = EnvoyProcess("us-central1", stack.plane.xds_address, f"127.0.0.1:{free_port()}",
+                             workdir=stack.dir).start()
+        stack.envoys["us-central1"] = envoy
+        wait_for(lambda: "backend/fallback" in json.dumps(
+            requests.get(stack.plane.admin_url + "/debug/clients", timeout=5).json()), what="the wait reported")
+        assert envoy.listen not in envoy.admin("listeners")  # refused, never served without the credential
+        tokens = requests.get(stack.plane.admin_url + "/debug/tokens", timeout=5).json()["credentials"]
+        fallback = next(t for t in tokens if t["profile"] == "backend/fallback")
+        assert fallback["state"] == "pending" and str(backends.key_file) in fallback["last_error"]
+        backends.key_file.write_text(backends.api_key)
+        stack.plane.loop.run(lambda: stack.plane.plane.tokens.refresh_now(reload_credentials=True))  # SIGHUP
+        envoy.wait_ready()
+        stack.emulators["us-central1"].fail("503")
+        response = stack.post("/predict", json={"instances": [1]})
+        assert response.status_code == 200 and response.headers["x-vertex-region"] == "fallback"
+    finally:
+        if stack is not None:
+            stack.close()
+        backends.close()
