@@ -84,8 +84,6 @@ def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
     return f"{base}/endpoints/{spec.endpoints[region]}"
 
 
-
-
 def upstream_path(config: RegionConfig, model: str, region: str) -> str:
     """The path an attempt in `region` is sent to, "{verb}" standing for the client's verb."""
     spec = config.models[model]

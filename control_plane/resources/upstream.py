@@ -147,8 +147,6 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
                 predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is_profile),
                 on_match=skip)])))
 
-
-
 def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False) -> list[hcm_pb2.HttpFilter]:
     """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
     Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
