@@ -354,3 +354,21 @@ def test_a_missing_key_file_holds_the_envoy_until_it_is_there(tmp_path_factory):
         if stack is not None:
             stack.close()
         backends.close()
+
+
+def test_access_token_only_when_asked_for(stack, backends):
+    stack.update_config({"regions": {"fallback": {"credential": DELETE}}})
+    stack.update_config({"regions": {"fallback": {"credential": {"type": "access_token"}}}})
+    backends.fallback.expect = None
+    try:
+        stack.wait_synced()
+        stack.emulators["us-central1"].fail("503")
+        response = stack.post("/predict", json={"instances": [1]})
+        assert response.status_code == 200 and response.headers["x-vertex-region"] == "fallback"
+        assert backends.fallback.received[-1].headers["authorization"] == f"Bearer {stack.token_server.issued[-1]}"
+    finally:
+        stack.update_config({"regions": {"fallback": {"credential": DELETE}}})
+        stack.update_config({"regions": {"fallback": {"credential": {"type": "header", "file": str(backends.key_file),
+                                                                     "prefix": "Bearer "}}}})
+        backends.fallback.expect = ExpectHeader("authorization", f"Bearer {backends.api_key}")
+        stack.wait_synced()
