@@ -64,6 +64,24 @@ function envoy_on_request(h)
 end
 """
 
+# For a model also served on an OpenAI-compatible path (resources/openai.py): such a path ends in
+# an operation instead of a verb; the operation goes after the region's endpoint path, a
+# publisher model's being that region's endpoints/openapi, and the API version (v1, v1beta1)
+# stays the client's. Other models keep the shorter script.
+OPENAI_REWRITE_LUA = REWRITE_LUA.replace('''  local verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
+  hd:replace(":path", ep .. ":" .. verb .. query)
+''', '''  local base = string.sub(path, 1, #path - #query)
+  local verb = string.match(base, ":(%a+)$")
+  local op = not verb and (base:match("/chat/completions$") or base:match("/completions$") or base:match("/embeddings$"))
+  if op then
+    ep = ep:gsub("/publishers/.*$", "/endpoints/openapi")
+    if base:sub(1, 9) == "/v1beta1/" then ep = "/v1beta1" .. ep:sub(4) end
+    hd:replace(":path", ep .. op .. query)
+  else
+    hd:replace(":path", ep .. ":" .. (verb or "predict") .. query)
+  end
+''')
+
 
 
 def token_secret_name(profile: str) -> str:
@@ -106,12 +124,12 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
                 on_match=skip)])))
 
 
-def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
-    return list(_upstream_filters(tuple(profiles)))
+def upstream_filters(profiles: list[str], openai: bool = False) -> list[hcm_pb2.HttpFilter]:
+    return list(_upstream_filters(tuple(profiles), openai))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
-def _upstream_filters(profiles: tuple[str, ...]) -> tuple[hcm_pb2.HttpFilter, ...]:
+def _upstream_filters(profiles: tuple[str, ...], openai: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
@@ -131,7 +149,7 @@ def _upstream_filters(profiles: tuple[str, ...]) -> tuple[hcm_pb2.HttpFilter, ..
             _only_for_profile(p, _credential_injector(p)))) for p in profiles]
     filters += [
         hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=REWRITE_LUA)))),
+            default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]
