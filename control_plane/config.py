@@ -312,6 +312,18 @@ class Auth(AuthProfile):
         return self if name == DEFAULT_PROFILE else self.profiles[name]
 
 
+class OpenAI(_Strict):
+    """The OpenAI-compatible front door (POST /v1/chat/completions). Its regions, their order
+    and policy are each listed model's own: the door only says which models a client may name."""
+
+    # Keys under `models:` of publisher models; a client names one in the body by its
+    # publisher_model ("google/gemini-2.0-flash"). None: every publisher model; []: none.
+    models: list[str] | None = None
+    # Keys under `models:` of endpoint models whose container speaks the OpenAI API (vLLM, TGI):
+    # served at /v1/models/{model}/chat/completions, /completions, /embeddings.
+    endpoint_models: list[str] = []
+
+
 class RegionConfig(_Strict):
     # "id or number": an unquoted project number arrives as an int
     project: Annotated[str, BeforeValidator(check_project)]
@@ -320,6 +332,7 @@ class RegionConfig(_Strict):
     models: dict[str, Model]
     policy: Policy = Policy()
     auth: Auth = Auth()
+    openai: OpenAI = OpenAI()
 
     def host_of(self, region: str) -> str:
         spec = self.regions[region]
@@ -392,6 +405,22 @@ class RegionConfig(_Strict):
         return self.memo(("policy", id(region_override), id(model_override)),
                          lambda: self.policy.merged(region_override, model_override))
 
+    def openai_models(self) -> dict[str, str]:
+        """What POST /v1/chat/completions serves: the body's "model" -> the model key."""
+        names = self.openai.models
+        if names is None:
+            names = [m for m, spec in self.models.items() if spec.publisher_model]
+        return {self.models[m].publisher_model: m for m in names}  # type: ignore[misc]
+
+    def openai_endpoint_models(self) -> list[str]:
+        return list(self.openai.endpoint_models)
+
+    def serves_openai(self, model: str) -> bool:
+        """Whether the model is reachable on an OpenAI-compatible path (its clusters rewrite those)."""
+        served = self.memo(("openai_served",), lambda: set(self.openai_models().values())
+                           | set(self.openai_endpoint_models()))
+        return model in served
+
     @property
     def version(self) -> str:
         return self.memo(("version",), lambda: hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])
@@ -448,7 +477,7 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
         config = RegionConfig.model_validate(raw)
     except ValidationError as exc:
         found += [(tuple(error["loc"]), _message(error)) for error in exc.errors()]
-    found += _cross_reference_problems(raw)
+    found += _cross_reference_problems(raw) + _openai_problems(raw)
     if found:
         line_of = yamlsafe.line_finder(text)  # the slow, line-numbered parse: only to report
         problems = [Problem(file, _key_path(loc), message, line_of(loc)) for loc, message in found]
@@ -583,7 +612,7 @@ def _backend_kind_problems(name: Any, region: dict, custom: bool) -> list[tuple[
                                                    "list: name it in the Vertex regions' failover lists"))
     address = region.get("address")
     if region.get("tls", True) is not False and not region.get("host") and isinstance(address, str) \
-            and _is_ip(address.strip()):
+            and is_ip(address.strip()):
         out.append((("regions", name, "host"), "a custom backend at an IP address with TLS needs `host:` "
                                                "(the name its certificate is checked against, and the SNI)"))
     credential = region.get("credential")
@@ -595,6 +624,42 @@ def _backend_kind_problems(name: Any, region: dict, custom: bool) -> list[tuple[
         for key, only in (("file", "header"), ("prefix", "header"), ("header", "header"), ("audience", "id_token")):
             if key in credential and kind != only:
                 out.append((("regions", name, "credential", key), f"`{key}` applies only to credential type {only}"))
+    return out
+
+
+def _openai_problems(raw: dict) -> list[tuple[tuple, str]]:
+    """`openai.models` names publisher models, each body "model" naming exactly one of them."""
+    out: list[tuple[tuple, str]] = []
+    openai, models = raw.get("openai"), raw.get("models")
+    if not isinstance(models, dict):
+        return out
+    listed = openai.get("models") if isinstance(openai, dict) else None
+    names = listed if isinstance(listed, list) else \
+        [m for m, spec in models.items() if isinstance(spec, dict) and spec.get("publisher_model")]
+    owner: dict[str, str] = {}
+    for i, name in enumerate(names):
+        loc = ("openai", "models", i) if isinstance(listed, list) else ("models", name, "publisher_model")
+        spec = models.get(name) if isinstance(name, str) else None
+        if not isinstance(spec, dict):
+            out.append((loc, f"unknown model {name!r} (defined: {', '.join(map(str, models)) or 'none'})"))
+        elif not spec.get("publisher_model"):
+            out.append((loc, f"model {name!r} has no `publisher_model:`; an endpoint model is served at "
+                             f"/v1/models/{name}/chat/completions instead"))
+        elif str(spec["publisher_model"]) in owner:
+            out.append((loc, f"models {owner[str(spec['publisher_model'])]!r} and {name!r} are both "
+                             f"{spec['publisher_model']}: POST /v1/chat/completions could not tell them apart "
+                             f"(list one under openai.models)"))
+        else:
+            owner[str(spec["publisher_model"])] = name
+    served = openai.get("endpoint_models") if isinstance(openai, dict) else None
+    for i, name in enumerate(served if isinstance(served, list) else []):
+        spec = models.get(name) if isinstance(name, str) else None
+        if not isinstance(spec, dict):
+            out.append((("openai", "endpoint_models", i),
+                        f"unknown model {name!r} (defined: {', '.join(map(str, models)) or 'none'})"))
+        elif not spec.get("endpoints"):
+            out.append((("openai", "endpoint_models", i), f"model {name!r} has no `endpoints:`; a publisher model "
+                                                          f"is served at POST /v1/chat/completions (openai.models)"))
     return out
 
 

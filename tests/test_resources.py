@@ -197,7 +197,9 @@ def test_listener_scrubs_client_control_headers_before_routing(config):
     mutations = hcm["earlyHeaderMutationExtensions"][0]["typedConfig"]["mutations"]
     assert {"removeOnMatch": {"keyMatcher": {"prefix": "x-envoy-"}}} in mutations
     assert {m.get("remove") for m in mutations} >= {"x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region"}
-    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.buffer", "envoy.filters.http.router"]
+    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.buffer", "vertex.openai.body",
+                                                     "envoy.filters.http.router"]
+    assert hcm["httpFilters"][1]["disabled"]  # the OpenAI body reader runs only where a route enables it
 
 
 def test_building_is_pure_and_versions_are_content_hashes(config):

@@ -149,19 +149,21 @@ def _http_options(config: RegionConfig, model: str, regions: list[str], policy: 
     credentials, uncredentialed = injections(config, model, regions)
     profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
-    return config.memo(("http_options", profiles, uncredentialed, eject_on_429, http2),
-                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed)))
+    openai = config.serves_openai(model)  # its clusters also rewrite OpenAI-compatible paths
+    return config.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai),
+                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai)))
 
 
-def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool,
-                        http2: bool, uncredentialed: bool = False) -> http_protocol_options_pb2.HttpProtocolOptions:
+def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool, http2: bool,
+                        uncredentialed: bool = False, openai: bool = False
+                        ) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
         http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options=protocol_pb2.Http1ProtocolOptions())
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
-        http_filters=upstream_filters(list(profiles), uncredentialed))
+        http_filters=upstream_filters(list(profiles), uncredentialed, openai))
     if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher

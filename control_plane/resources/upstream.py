@@ -83,6 +83,55 @@ function envoy_on_request(h)
 end
 """
 
+# For a model also served on an OpenAI-compatible path (resources/openai.py): such a path ends in
+# an operation instead of a verb; the operation goes after the region's endpoint path, a
+# publisher model's being that region's endpoints/openapi, and the API version (v1, v1beta1)
+# stays the client's. Other models keep the shorter script.
+_CLIENT_VERB = """  if client ~= nil and client["verb"] ~= nil then
+    verb, query = client["verb"], client["query"]
+  else
+    local path = hd:get(":path")
+    query = string.match(path, "%?.*$") or ""
+    verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
+    meta:set("vertex.client", "verb", verb)
+    meta:set("vertex.client", "query", query)
+  end
+  if up ~= nil then
+    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
+  else
+    hd:replace(":path", ep .. ":" .. verb .. query)
+  end
+"""
+assert _CLIENT_VERB in REWRITE_LUA  # the OpenAI variant below replaces exactly this block
+OPENAI_REWRITE_LUA = REWRITE_LUA.replace(_CLIENT_VERB, """  local op, beta
+  if client ~= nil and client["verb"] ~= nil then
+    verb, query, op, beta = client["verb"], client["query"], client["op"], client["beta"]
+  else
+    local path = hd:get(":path")
+    query = string.match(path, "%?.*$") or ""
+    local base = string.sub(path, 1, #path - #query)
+    verb = string.match(base, ":(%a+)$")
+    if not verb then
+      op = base:match("/chat/completions$") or base:match("/completions$") or base:match("/embeddings$")
+    end
+    beta = (base:sub(1, 9) == "/v1beta1/") and "1" or "0"
+    verb = verb or "predict"
+    meta:set("vertex.client", "verb", verb)
+    meta:set("vertex.client", "query", query)
+    meta:set("vertex.client", "beta", beta)
+    if op then meta:set("vertex.client", "op", op) end
+  end
+  if up ~= nil then
+    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
+  elseif op then
+    ep = ep:gsub("/publishers/.*$", "/endpoints/openapi")
+    if beta == "1" then ep = "/v1beta1" .. ep:sub(4) end
+    hd:replace(":path", ep .. op .. query)
+  else
+    hd:replace(":path", ep .. ":" .. verb .. query)
+  end
+""")
+
 
 def token_secret_name(profile: str) -> str:
     return f"token/{profile}"
@@ -147,16 +196,18 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
                 predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is_profile),
                 on_match=skip)])))
 
-def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False) -> list[hcm_pb2.HttpFilter]:
+def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False,
+                     openai: bool = False) -> list[hcm_pb2.HttpFilter]:
     """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
     Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
-    backend with `credential: none`), so no injector may run unconditionally."""
-    return list(_upstream_filters(tuple(profiles), uncredentialed))
+    backend with `credential: none`), so no injector may run unconditionally. openai: the
+    cluster's model is also served on OpenAI-compatible paths (a longer rewrite)."""
+    return list(_upstream_filters(tuple(profiles), uncredentialed, openai))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
-def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False
-                      ) -> tuple[hcm_pb2.HttpFilter, ...]:
+def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False,
+                      openai: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
@@ -183,7 +234,7 @@ def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: boo
             _only_for_profile(key(p), _credential_injector(p)))) for p in profiles]
     filters += [
         hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=REWRITE_LUA)))),
+            default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]
