@@ -25,6 +25,12 @@ Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped). I
 RS256 JWT that Envoy verifies, with jwt_authn's verified-token cache (as shipped) and without
 it (the signature checked on every request).
 
+`--no-openai` skips the two cells (envoy-1w, 16 connections, the same ~1 KB chat body) that
+price the OpenAI front door's body reading: `POST /v1/chat/completions` (Envoy's
+json_to_metadata parses the body for "model" and "stream" and the route is chosen again on
+them) against the Vertex-native `POST /v1/models/gemini:generateContent` to the same model
+cluster (route chosen on the path alone).
+
 Load generator: wrk (installed from Debian when absent and running as root); without it the
 Python load generator of tests/loadgen.py runs in a separate process, and the output says so
 (its own cost then bounds every number).
@@ -32,6 +38,7 @@ Python load generator of tests/loadgen.py runs in a separate process, and the ou
     python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
                               [--targets direct,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
                               [--variants '+jwt (no cache);+jwt;full;...']
+                              [--no-openai]
 """
 
 from __future__ import annotations
@@ -90,6 +97,14 @@ VARIANTS = {
             "no response header",
 }
 ABLATE_CONNECTIONS = 16
+GEMINI = "google/gemini-2.0-flash"
+# The OpenAI front door's body reading, priced on envoy-1w with one chat body: only the path differs.
+BODY_READING = {
+    "vertex-native": ("/v1/models/gemini:generateContent", "Vertex-native path to the gemini cluster: the route "
+                                                           "is chosen on the path, the body is not parsed"),
+    "openai": ("/v1/chat/completions", "OpenAI path: json_to_metadata parses the body (model, stream), the route "
+                                       "is chosen again on them; then the same cluster"),
+}
 BENCH_TOKEN = "ya29.bench-static-token"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -428,6 +443,27 @@ def start_envoy(stack: Stack, name: str, workers: int, port: int) -> EnvoyProces
     return envoy
 
 
+def chat_body(target: int = 1024) -> bytes:
+    """An OpenAI Chat Completions body of about `target` bytes, as the SDK orders it."""
+    body = {"messages": [{"role": "user", "content": ""}], "model": GEMINI, "max_tokens": 64, "stream": False}
+    filler = target - len(json.dumps(body, separators=(",", ":")))
+    body["messages"][0]["content"] = ("Summarise the quarterly housing report. " * 40)[:max(0, filler)]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def check_openai(url: str, body: bytes) -> dict:
+    """Both body-reading paths reach the local region's gemini cluster, with its upstream path."""
+    out = {}
+    for cell, (path, _) in BODY_READING.items():
+        status, headers = _post(url + path, body)
+        want = f"/v1/projects/{PROJECT}/locations/{LOCAL}/" + (
+            "endpoints/openapi/chat/completions" if cell == "openai" else "publishers/google/models/gemini-2.0-flash"
+                                                                          ":generateContent")
+        out[cell] = {"status": status, "uri": headers.get("x-seen-uri"),
+                     "ok": status == 200 and headers.get("x-seen-uri") == want}
+    return out
+
+
 def check_rewrite(target: str, url: str, body: bytes, backend: Backend, send: dict | None = None) -> dict:
     """One request: did the backend see the local region's Vertex path, host and a token?"""
     status, headers = _post(url + MODEL_PATH, body, headers=send)
@@ -476,13 +512,13 @@ def perf_summary(workdir: Path) -> dict:
 
 
 def measure(load, target: Target, connections: int, duration: float, warmup: float,
-            perf_dir: Path | None = None) -> dict:
+            perf_dir: Path | None = None, path: str = MODEL_PATH) -> dict:
     if warmup > 0:
-        load.run(target.url + MODEL_PATH, connections, warmup, headers=target.headers)
+        load.run(target.url + path, connections, warmup, headers=target.headers)
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
     profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
-    r = load.run(target.url + MODEL_PATH, connections, duration, headers=target.headers)
+    r = load.run(target.url + path, connections, duration, headers=target.headers)
     if profiler is not None:
         profiler.wait(60)
         r["perf"] = perf_summary(perf_dir)
@@ -504,12 +540,16 @@ def run(args: argparse.Namespace) -> dict:
     answer = backend_answer(body)
     workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
     wrk = None if args.python_load else ensure_debian_package("wrk", "wrk")
+    chat = chat_body()
     if wrk:
         load = Wrk(wrk, body, workdir)
+        (workdir / "chat").mkdir()
+        chat_load = Wrk(wrk, chat, workdir / "chat")
     else:
         print("WARNING: wrk unavailable; falling back to the Python load generator (tests/loadgen.py) in its own "
               "process. Its CPU cost, not the proxies', bounds requests/s; compare ratios only.", file=sys.stderr)
         load = PythonLoad(body)
+        chat_load = PythonLoad(chat)
     backend_kind = args.backend
     try:
         backend = Backend(backend_kind, answer, workdir).start()
@@ -529,7 +569,8 @@ def run(args: argparse.Namespace) -> dict:
     checks: dict[str, dict] = {}
     try:
         stack = Stack(regions=(LOCAL, REMOTE), envoys=(), extra={
-            "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)}},
+            "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)},
+            "models": {"gemini": {"publisher_model": GEMINI, "regions": [LOCAL, REMOTE]}}},
             plane_options={"builder": ablated_builder({p: v for v, p in variant_ports.items()})})
         targets["direct"] = Target("direct", backend.url, lambda: [],
                                    f"{backend_kind} backend, no proxy")
@@ -565,6 +606,11 @@ def run(args: argparse.Namespace) -> dict:
             checks[name] = check_rewrite(name, target.url, body, backend, target.headers)
             if not checks[name]["ok"]:
                 raise RuntimeError(f"{name}: the backend did not see a rewritten request: {checks[name]}")
+        body_reading = args.openai and "envoy-1w" in targets
+        if body_reading:
+            checks["openai"] = check_openai(targets["envoy-1w"].url, chat)
+            if not all(c["ok"] for c in checks["openai"].values()):
+                raise RuntimeError(f"the OpenAI paths did not reach the gemini cluster: {checks['openai']}")
         print(f"  all targets up; backend {backend_kind} on {backend.url}; load generator {load.name}",
               file=sys.stderr)
         main_targets = [t for t in args.targets if t in targets]
@@ -584,6 +630,12 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"  [{rnd}] ablate {v:30s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
                       f"{r['proxy_cpu_us_per_req']:.1f} us (user {r['proxy_user_us_per_req']:.1f}, sys "
                       f"{r['proxy_sys_us_per_req']:.1f})", file=sys.stderr)
+            for cell, (path, _) in BODY_READING.items() if body_reading else ():
+                r = measure(chat_load, targets["envoy-1w"], ABLATE_CONNECTIONS, args.duration, args.warmup, path=path)
+                r.update(round=rnd, target=f"body:{cell}")
+                results.append(r)
+                print(f"  [{rnd}] body reading {cell:14s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
+                      f"{r['proxy_cpu_us_per_req']:.1f} us  errors {r['errors']}", file=sys.stderr)
         perf = None
         if args.perf and "envoy-1w" in targets and shutil.which("perf"):
             # An extra, unmeasured cell: sampling would perturb the CPU figures of a measured one.
@@ -602,6 +654,7 @@ def run(args: argparse.Namespace) -> dict:
         backend.stop()
     return {"results": results, "checks": checks, "backend": backend_kind, "load": load.name,
             "load_version": getattr(load, "version", ""), "body_bytes": len(body), "answer_bytes": len(answer),
+            "chat_body_bytes": len(chat),
             "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}, "perf": perf}
 
 
@@ -696,6 +749,22 @@ def markdown(doc: dict) -> str:
                          f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
                          + f" | {saved} |")
             prev = c["proxy_cpu_us_per_req"]
+    reading = [(cell, cells.get((f"body:{cell}", ABLATE_CONNECTIONS))) for cell in BODY_READING]
+    reading = [(cell, c) for cell, c in reading if c]
+    if reading:
+        lines += ["", f"The OpenAI front door's body reading (envoy-1w, {ABLATE_CONNECTIONS} connections, the same "
+                      f"{doc['settings'].get('chat_body_bytes', '~1 KB')} B chat body to the same gemini cluster):", "",
+                  "| path | what Envoy does | req/s | p50 ms | CPU us/req (user + sys) | extra vs the row above |",
+                  "|---|---|---:|---:|---:|---:|"]
+        prev = None
+        for cell, c in reading:
+            extra = f"{c['proxy_cpu_us_per_req'] - prev:+.1f} us" if prev is not None else "–"
+            spread = c.get("proxy_cpu_us_per_req_range")
+            lines.append(f"| `{BODY_READING[cell][0]}` | {BODY_READING[cell][1]} | {c['rps']:,.0f} | "
+                         f"{c['p50_ms']:.3f} | {c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
+                         f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
+                         + f" | {extra} |")
+            prev = c["proxy_cpu_us_per_req"]
     perf = doc.get("perf")
     if perf:
         lines += ["", f"perf samples of Envoy (1 worker, {ABLATE_CONNECTIONS} connections, an extra cell): "
@@ -712,7 +781,7 @@ def plot(doc: dict, path: Path) -> str:
         return NO_MATPLOTLIB
 
     cells = doc["cells"]
-    conns = sorted({c for (t, c) in cells if not t.startswith("ablate:")})
+    conns = sorted({c for (t, c) in cells if t in TARGETS})
     names = [t for t in TARGETS if any((t, c) in cells for c in conns)]
     colors = {"direct": "tab:gray", "envoy-1w": "tab:blue", "envoy-2w": "tab:cyan", "router-1p": "tab:orange",
               "router-2p": "tab:red"}
@@ -777,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ablate", action="store_true", help="skip the filter-chain ablation")
     parser.add_argument("--variants", default=";".join(VARIANTS),
                         help="ablation rows to run, separated by ';' (default all), e.g. '+jwt (no cache);+jwt;full'")
+    parser.add_argument("--no-openai", dest="openai", action="store_false",
+                        help="skip the two cells pricing the OpenAI path's body reading")
     parser.add_argument("--no-perf", dest="perf", action="store_false",
                         help="skip the extra perf-profiled cell (Envoy 1 worker, 16 connections)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
@@ -815,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
                      "rounds": args.rounds, "targets": args.targets, "body_bytes": out["body_bytes"],
                      "answer_bytes": out["answer_bytes"], "path": MODEL_PATH, "ablate": not args.no_ablate,
+                     "chat_body_bytes": out["chat_body_bytes"], "openai": args.openai,
                      "wrk_threads": 1},
         "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],

@@ -79,7 +79,9 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     endpoints = sum(len(m.endpoints) or len(m.regions) for m in config.models.values())
-    print(f"{args.config}: OK: project {config.project}, {len(config.regions)} region(s), "
+    custom = len(config.regions) - len(config.vertex_regions)
+    print(f"{args.config}: OK: project {config.project}, {len(config.vertex_regions)} region(s), "
+          + (f"{custom} custom backend(s), " if custom else "") +
           f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
           f"default model {config.default_model}, version {config.version}",
           file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON document alone

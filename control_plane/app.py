@@ -21,14 +21,14 @@ from watchfiles import awatch
 from . import loading
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
-from .config import AuthProfile, ConfigError, RegionConfig
+from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
 from .csds import CsdsServer
 from .exposure import open_listener_warning
 from .metrics import Metrics
 from .resources import build_resources
 from .server import AdsServer
 from .status import ClientRegistry
-from .tokens import TokenRefresher
+from .tokens import HeaderFileSource, IdTokenSource, Source, TokenRefresher
 from .yamlsafe import Limits
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class ControlPlane:
         if self._open_warning:
             log.warning("%s", self._open_warning)
         self.metrics.config_ok.set(1)
+        self.metrics.describe_backends(config)
         self.xds_port = 0
         self.admin_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -191,6 +192,7 @@ class ControlPlane:
                 self.cache.apply(config, snapshots)
                 self.tokens.update(_profiles(config), config.auth.refresh_margin)
                 self._warn_if_open(config)
+                self.metrics.describe_backends(config)
         except ConfigError as exc:
             return self._record_reload(reason, digest, [str(p) for p in exc.problems])
         return self._record_reload(reason, digest, [])
@@ -241,8 +243,18 @@ class ControlPlane:
                     pass
 
 
-def _profiles(config: RegionConfig) -> dict[str, AuthProfile]:
-    return {name: config.auth.profile(name) for name in config.profiles_in_use()}
+def _profiles(config: RegionConfig) -> dict[str, Source]:
+    """What the token refresher keeps fresh: access tokens per profile, custom backends' own credentials."""
+    return {**{name: config.auth.profile(name) for name in config.profiles_in_use()},
+            **{f"backend/{b}": _backend_source(config, b) for b in config.backends_in_use()}}
+
+
+def _backend_source(config: RegionConfig, backend: str) -> Source:
+    credential = config.backend_credential(backend)
+    if credential.type == "id_token":
+        return IdTokenSource(config.auth.profile(config.regions[backend].auth or DEFAULT_PROFILE),
+                             config.audience_of(backend))
+    return HeaderFileSource(credential.file or "", credential.header, credential.prefix)
 
 
 def _now() -> str:

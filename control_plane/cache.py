@@ -14,7 +14,14 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import SECRET_TYPE, NodeGroup, build_resources, members, token_secret, token_secret_name
+from .resources import (
+    SECRET_TYPE,
+    NodeGroup,
+    build_resources,
+    credential_secret,
+    credential_secret_name,
+    members,
+)
 from .snapshot import Interner, Resource, Snapshot, type_version
 
 log = logging.getLogger(__name__)
@@ -35,7 +42,10 @@ def node_group(node: base_pb2.Node, config: RegionConfig) -> NodeGroup:
         raise UnknownRegion(f"node {node.id!r} has no region (bootstrap metadata 'region')")
     if region not in config.regions:
         raise UnknownRegion(f"node {node.id!r} is in region {region!r}, which the config does not define "
-                            f"(defined: {', '.join(config.regions)})")
+                            f"(defined: {', '.join(config.vertex_regions)})")
+    if config.regions[region].custom:
+        raise UnknownRegion(f"node {node.id!r} is in region {region!r}, which is a custom backend: "
+                            f"Envoys run in Vertex regions ({', '.join(config.vertex_regions)})")
     address, port = config.listener.address, config.listener.port
     listen = fields["listen"].string_value if "listen" in fields else ""
     if listen:
@@ -61,9 +71,10 @@ class SnapshotCache:
         return self._config
 
     def set_tokens(self, tokens: Mapping[str, str]) -> None:
-        """The current access token per auth profile, served as SDS secrets. Only a change of
-        some token's value makes a new generation (and so a push)."""
-        secrets = {token_secret_name(p): self._interner.intern(SECRET_TYPE, token_secret(p, t))
+        """The current access token per auth profile (and header value per custom backend,
+        keyed backend/{name}), served as SDS secrets. Only a change of some value makes a new
+        generation (and so a push)."""
+        secrets = {credential_secret_name(p): self._interner.intern(SECRET_TYPE, credential_secret(p, t))
                    for p, t in tokens.items() if t}  # never an empty secret: Envoy would 401 everything
         if {n: r.version for n, r in secrets.items()} == {n: r.version for n, r in self._secrets.items()}:
             return
@@ -74,17 +85,21 @@ class SnapshotCache:
         """Profiles the config (or one node group's Envoys) needs whose first token has not
         arrived: such an Envoy is served nothing until then."""
         def compute() -> list[str]:
-            needed = self._config.profiles_in_use() if group is None else self.profiles_needed(group)
-            return [p for p in needed if token_secret_name(p) not in self._secrets]
+            config = self._config
+            needed = [*config.profiles_in_use(), *(f"backend/{b}" for b in config.backends_in_use())] \
+                if group is None else self.credentials_needed(group)
+            return [p for p in needed if credential_secret_name(p) not in self._secrets]
         return self._per_generation(("missing_tokens", group), compute)
 
-    def profiles_needed(self, group: NodeGroup) -> list[str]:
-        """The auth profiles whose tokens an Envoy of this group injects: those of the regions
-        its routes can reach. It is served those token secrets and no others."""
+    def credentials_needed(self, group: NodeGroup) -> list[str]:
+        """The credentials an Envoy of this group injects (auth profiles' access tokens, custom
+        backends' own): those of the regions its routes can reach. It is served those secrets
+        and no others."""
         def compute() -> list[str]:
             config = self._config
-            return sorted({config.profile_for(m, r) for m in config.models for r in members(config, m, group.region)})
-        return self._per_generation(("profiles_needed", group), compute)
+            return sorted({config.credential_for(m, r) for m in config.models
+                           for r in members(config, m, group.region)} - {None})
+        return self._per_generation(("credentials_needed", group), compute)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
@@ -106,7 +121,7 @@ class SnapshotCache:
     def select(self, group: NodeGroup, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
         if type_url == SECRET_TYPE:
             # Only its own region's tokens: a node that names another region's secret gets nothing.
-            allowed = {token_secret_name(p) for p in self.profiles_needed(group)}
+            allowed = {credential_secret_name(p) for p in self.credentials_needed(group)}
             secrets = {n: r for n, r in self._secrets.items() if n in allowed}
             wanted = sorted(secrets) if names is None else sorted(n for n in set(names) if n in secrets)
             return [secrets[n] for n in wanted]
@@ -145,6 +160,6 @@ class SnapshotCache:
         # Each region's default group is built too, so a config that cannot be built for some
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
-                                      for r in config.regions}
+                                      for r in config.vertex_regions}
         return {g: Snapshot.build(self._builder(config, g), self._interner)
-                for g in wanted if g.region in config.regions}
+                for g in wanted if g.region in config.vertex_regions}

@@ -6,6 +6,7 @@ Shape (DESIGN-NOTES, "Per-attempt double rewrite"):
      route per model --> aggregate cluster "model/{m}"  (local region first, then its failover list)
                            +- cluster "model/{m}@{region}" per region, EDS endpoints whose
                               metadata vertex.{region, host, endpoint_path} says where to send
+                              (a custom backend: upstream_path instead of endpoint_path)
   Upstream HTTP filters on the *aggregate* run once per attempt after the host is picked:
   header_mutation copies that host's metadata into temporary headers, Lua rewrites :path and
   :authority from them. So a retry in another region carries that region's path and host.
@@ -47,10 +48,19 @@ from .names import (
     failover_chain,
     members,
     region_cluster_name,
+    upstream_path,
 )
 from .proto import _is_ip
 from .routes import route_configuration
-from .upstream import REWRITE_LUA, token_secret, token_secret_name, upstream_filters
+from .upstream import (
+    REWRITE_LUA,
+    Injection,
+    credential_secret,
+    credential_secret_name,
+    token_secret,
+    token_secret_name,
+    upstream_filters,
+)
 
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "LISTENER_NAME", "LISTENER_TYPE", "METADATA_NAMESPACE", "PIN_HEADER",
@@ -58,6 +68,7 @@ __all__ = [
     "aggregate_cluster", "build_resources", "cluster_name", "endpoint_path", "failover_chain", "listener",
     "load_assignment", "members", "region_cluster", "region_cluster_name", "route_configuration",
     "spread_cluster", "spread_load_assignment", "token_secret", "token_secret_name", "upstream_filters",
+    "Injection", "credential_secret", "credential_secret_name", "upstream_path",
 ]
 
 
