@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .bootstrap import XdsTls, bootstrap, render
 from .config import ConfigError
+from .ports import PortInUse, check_ports_free
 from .yamlsafe import MAX_BYTES, Limits
 
 
@@ -23,6 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
+        check_ports_free((f"{args.xds_host}:{args.xds_port}", "--xds-port"),
+                         (f"{args.admin_host}:{args.admin_port}", "--admin-port"))
         plane = ControlPlane(args.config, xds_address=f"{args.xds_host}:{args.xds_port}",
                              admin_address=f"{args.admin_host}:{args.admin_port}",
                              xds_tls=ServerTls(args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca)
@@ -48,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except PlaintextRefused as exc:
+    except (PlaintextRefused, PortInUse) as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
@@ -124,7 +127,11 @@ def _discover(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    try:
+        return run_demo(args)
+    except PortInUse as exc:
+        print(f"demo: refusing to start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _positive_int(text: str) -> int:
@@ -209,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
                       help="bind the demo under this /24 of the loopback range (default 127.0.0)")
     demo.add_argument("--xds-port", type=int, default=18000)
     demo.add_argument("--admin-port", type=int, default=18001)
+    demo.add_argument("--keep-config", metavar="PATH",
+                      help="on exit, write the demo's regions.yaml as last edited to PATH (without the demo's "
+                           "own auth: section), for a later `demo --config PATH`")
     demo.set_defaults(func=_demo)
     return top
 

@@ -25,6 +25,7 @@ from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
 from .csds import CsdsServer
 from .exposure import open_listener_warning
 from .metrics import Metrics
+from .ports import check_ports_free
 from .resources import build_resources
 from .server import AdsServer
 from .status import ClientRegistry
@@ -122,6 +123,7 @@ class ControlPlane:
         self._stop_watch = asyncio.Event()
 
     async def start(self) -> None:
+        check_ports_free((self.xds_address, "--xds-port"), (self.admin_address, "--admin-port"))  # gRPC: SO_REUSEPORT
         self._grpc = grpc.aio.server(options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),

