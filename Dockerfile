@@ -55,9 +55,9 @@ EXPOSE 18000 18001
 
 # /healthz answers 503 "degraded" while no valid access token can be had; urlopen raises on
 # that and on a refused connection, so either makes the check fail. (No curl in -slim.)
-# Assumes the default --admin-port; a container that changes it must override this check.
+# A container that moves the admin port or address sets VERTEX_GATEWAY_HEALTHZ_URL to match.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:18001/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('VERTEX_GATEWAY_HEALTHZ_URL') or 'http://127.0.0.1:18001/healthz', timeout=4)"]
 
 # Exec form: python is PID 1 and gets SIGTERM (graceful stop) and SIGHUP (re-read the config
 # and the credential files, refresh tokens) directly.
