@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -29,17 +28,16 @@ def envoy_binary() -> str:
     return found
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: the kernel sends SIGTERM when the parent dies (SIGKILL, a crash),
-    so no Envoy outlives the demo holding its ports. Tied to the forking thread: call start()
-    from a thread that lives as long as the process (the demo's event loop thread)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+# Run as `python -c _EXEC_WITH_PDEATHSIG PARENT_PID ENVOY ARGS...`: ask the kernel to SIGTERM this
+# process when its parent dies (PR_SET_PDEATHSIG from <linux/prctl.h>; kept across exec), then
+# exec Envoy in place. A tiny exec wrapper, not preexec_fn: forking a process that runs gRPC
+# threads and then running Python in the child can abort in gRPC's fork handlers.
+_EXEC_WITH_PDEATHSIG = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the parent died before prctl took effect\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class EnvoyProcess:
@@ -71,9 +69,13 @@ class EnvoyProcess:
         self.admin_path.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
         # Its own session: a shell's job control or our Ctrl-C must not reach Envoy directly.
-        parent = os.getpid()
-        self.proc = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=(lambda: _die_with_parent(parent)) if self._die_with_parent else None)
+        args = self._args
+        if self._die_with_parent:
+            # The kernel stops this Envoy if the demo dies without stopping it (SIGKILL, a crash).
+            # Tied to the thread that starts it: call start() from one that lives as long as the
+            # process (the demo's event loop thread).
+            args = [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *args]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
 

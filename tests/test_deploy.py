@@ -68,7 +68,7 @@ def published(service: dict) -> list[tuple[str, int, int]]:
     """(host ip or "", host port, container port) for each `ports:` entry."""
     out = []
     for spec in service.get("ports", []):
-        parts = str(spec).split(":")
+        parts = env_default(str(spec)).split(":")
         ip = parts[0] if len(parts) == 3 else ""
         out.append((ip, int(parts[-2]), int(parts[-1].split("/")[0])))
     return out
