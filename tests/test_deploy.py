@@ -533,6 +533,68 @@ def test_k8s_envoy_region(region, tmp_path):
     envoy_validate([a.replace("$(POD_NAME)", f"{name}-7d9f-abcde") for a in args], tmp_path, bootstrap_file.read_text())
 
 
+def matches(selector: dict | None, labels: dict) -> bool:
+    """A label selector (matchLabels only; {} selects everything)."""
+    return all(labels.get(k) == v for k, v in (selector or {}).get("matchLabels", {}).items())
+
+
+def ingress_allowed(target: str, port: int, *, pod: dict, namespace: dict | None) -> bool:
+    """Would the NetworkPolicies admit a connection to Deployment `target`'s pods on `port`
+    from a pod labelled `pod` in a namespace labelled `namespace` (None: the gateway's own)?"""
+    deployment = k8s("Deployment", target)
+    labels, container = deployment["spec"]["template"]["metadata"]["labels"], only_container(deployment)
+    policies = [d for d in k8s_docs() if d["kind"] == "NetworkPolicy" and matches(d["spec"]["podSelector"], labels)]
+    assert policies, f"no NetworkPolicy selects {target}: every port of it would be open"
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            if port not in [container_port(container, p["port"]) for p in rule["ports"]]:
+                continue
+            for peer in rule["from"]:
+                if "ipBlock" in peer:
+                    continue
+                in_namespace = (namespace is None if "namespaceSelector" not in peer
+                                else matches(peer["namespaceSelector"], namespace or {}))
+                if in_namespace and ("podSelector" not in peer or matches(peer["podSelector"], pod)):
+                    return True
+    return False
+
+
+def test_k8s_network_policies_admit_exactly_the_documented_traffic():
+    envoy_pod = k8s("Deployment", "vertex-gateway-envoy-us-east4")["spec"]["template"]["metadata"]["labels"]
+    plane = serve_args(only_container(k8s("Deployment", CONTROL_PLANE))["args"])
+    monitoring, client = {"vertex-gateway/monitoring": "true"}, {"vertex-gateway/client": "true"}
+    stats = [container_port(only_container(k8s("Deployment", f"vertex-gateway-envoy-{r}")), "http-stats")
+             for r in REGIONS]
+    for region in REGIONS:  # the stats port is the bootstrap's --stats-listen
+        args = header_args(K8S / "bootstrap" / f"envoy-{region}.yaml")
+        assert args[args.index("--stats-listen") + 1] == "0.0.0.0:9102"
+    assert stats == [9102] * len(REGIONS)
+    xds, admin = plane.xds_port, plane.admin_port
+    # the control plane: xDS from the gateway's Envoys only; admin from monitoring only
+    assert ingress_allowed(CONTROL_PLANE, xds, pod=envoy_pod, namespace=None)
+    assert not ingress_allowed(CONTROL_PLANE, xds, pod=envoy_pod, namespace=client)  # an Envoy-like pod elsewhere
+    assert not ingress_allowed(CONTROL_PLANE, xds, pod=client, namespace=client)
+    assert not ingress_allowed(CONTROL_PLANE, xds, pod={}, namespace=monitoring)
+    assert ingress_allowed(CONTROL_PLANE, admin, pod={}, namespace=monitoring)
+    assert not ingress_allowed(CONTROL_PLANE, admin, pod=envoy_pod, namespace=None)
+    assert not ingress_allowed(CONTROL_PLANE, admin, pod=client, namespace=client)
+    for region in REGIONS:
+        envoy = f"vertex-gateway-envoy-{region}"
+        # clients: a labelled namespace, or a labelled pod in any namespace
+        assert ingress_allowed(envoy, 8080, pod={}, namespace=client)
+        assert ingress_allowed(envoy, 8080, pod=client, namespace={"kubernetes.io/metadata.name": "my-app"})
+        assert not ingress_allowed(envoy, 8080, pod={}, namespace={"kubernetes.io/metadata.name": "my-app"})
+        assert not ingress_allowed(envoy, 8080, pod={}, namespace=monitoring)
+        # the stats listener: monitoring only; Envoy's admin port is on loopback, admitted to nobody
+        assert ingress_allowed(envoy, 9102, pod={}, namespace=monitoring)
+        assert not ingress_allowed(envoy, 9102, pod={}, namespace=client)
+        assert not ingress_allowed(envoy, 9901, pod={}, namespace=monitoring)
+    runbook = (ROOT / "docs" / "RUNBOOK.md").read_text()
+    for label in ("vertex-gateway/monitoring=true", "vertex-gateway/client=true"):
+        assert label in runbook, f"docs/RUNBOOK.md must say how to label namespaces: {label}"
+
+
 def test_k8s_optional_manifests_match_the_stack():
     (monitor,) = load_all(K8S / "monitoring" / "servicemonitor.yaml")
     labels = k8s("Service", CONTROL_PLANE)["metadata"]["labels"]
