@@ -339,6 +339,29 @@ def test_compose_envoys_publish_distinct_host_ports():
     assert ports == {"us-central1": [8080], "us-east4": [8081]}
 
 
+def test_compose_publishes_on_loopback_unless_told_otherwise():
+    for name, service in services().items():
+        for ip, _host, _container in published(service):
+            assert ip == "127.0.0.1", f"{name} publishes beyond the host's loopback by default"
+    envoy_specs = [str(spec) for region in REGIONS for spec in services()[f"envoy-{region}"]["ports"]]
+    assert all(spec.startswith("${VERTEX_GATEWAY_PUBLISH_ADDRESS:-127.0.0.1}:") for spec in envoy_specs)
+    assert "VERTEX_GATEWAY_PUBLISH_ADDRESS" in (ROOT / "docs" / "RUNBOOK.md").read_text()
+    assert all(services()[name].get("read_only") is True for name in services()
+               if services()[name].get("image") == "vertex-gateway:local")
+    tool = compose_cli()
+    if tool is None:
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERTEX_GATEWAY_", "COMPOSE_"))}
+    rendered = subprocess.run([*tool, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env={**env, "VERTEX_GATEWAY_PUBLISH_ADDRESS": "0.0.0.0"})
+    assert rendered.returncode == 0, rendered.stderr
+    ports = yaml.safe_load(rendered.stdout)["services"]["envoy-us-central1"]["ports"]
+    # compose v1 renders "IP:PUBLISHED:TARGET/tcp", v2 a mapping
+    rendered_ports = [(p["host_ip"], int(p["published"])) if isinstance(p, dict)
+                      else (p.split(":")[0], int(p.split(":")[1])) for p in ports]
+    assert rendered_ports == [("0.0.0.0", 8080)]
+
+
 @pytest.mark.parametrize("region", REGIONS)
 def test_compose_envoy_command_is_accepted_by_envoy(region, tmp_path):
     envoy = services()[f"envoy-{region}"]
