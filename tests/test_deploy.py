@@ -627,6 +627,17 @@ def test_k8s_optional_manifests_match_the_stack():
     assert endpoint["authorization"]["credentials"]["name"] == "vertex-gateway-admin-token"
     commented = (K8S / "kustomization.yaml").read_text()
     assert "# - monitoring/servicemonitor.yaml" in commented and "# - xds-tls/cert-manager.yaml" in commented
+    # Envoys: the PodMonitor scrapes the bootstraps' stats listener by its container port name
+    assert "# - monitoring/podmonitor-envoy.yaml" in commented
+    (pods,) = load_all(K8S / "monitoring" / "podmonitor-envoy.yaml")
+    (endpoint,) = pods["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/stats/prometheus"
+    for region in REGIONS:
+        deployment = k8s("Deployment", f"vertex-gateway-envoy-{region}")
+        assert selects(pods["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
+        port = container_port(only_container(deployment), endpoint["port"])
+        args = header_args(K8S / "bootstrap" / f"envoy-{region}.yaml")
+        assert args[args.index("--stats-listen") + 1] == f"0.0.0.0:{port}"
 
 
 def test_k8s_xds_certificates_match_what_the_bootstraps_check():
