@@ -140,20 +140,33 @@ def test_routes_cover_the_client_paths(config):
     assert retry["numRetries"] == 1  # two regions reachable from us-east4: one retry, never a revisit
 
 
-def test_weighted_model_is_one_spread_cluster_with_per_region_tls(config):
+def test_weighted_model_is_one_aggregate_per_first_region_picked_by_weight(config):
     res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
-    spread = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/spread"])
-    assert spread.get("lbPolicy", "ROUND_ROBIN") == "ROUND_ROBIN" and spread["type"] == "EDS"
-    assert spread["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
-    assert [m["name"] for m in spread["transportSocketMatches"]] == ["us-central1", "us-east4"]
-    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/spread"])
-    weights = {e["metadata"]["filterMetadata"]["vertex"]["region"]: e["loadBalancingWeight"]
-               for e in la["endpoints"][0]["lbEndpoints"]}
-    assert weights == {"us-central1": 3, "us-east4": 1}  # weight 0 drains europe-west4
+    clusters = by_name(res[CLUSTER_TYPE])
+    assert "model/spread" not in clusters
+    orders = {name: json_format.MessageToDict(c)["clusterType"]["typedConfig"]["clusters"]
+              for name, c in clusters.items() if name.startswith("model/spread/first/")}
+    # every weighted region first once, the others heaviest first; weight 0 (europe-west4) in none
+    assert orders == {"model/spread/first/us-central1": ["model/spread@us-central1", "model/spread@us-east4"],
+                      "model/spread/first/us-east4": ["model/spread@us-east4", "model/spread@us-central1"]}
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
-    assert not routes["model:spread"].route.retry_policy.HasField("retry_priority")
+    route = json_format.MessageToDict(routes["model:spread"].route)
+    assert route["weightedClusters"]["clusters"] == [{"name": "model/spread/first/us-central1", "weight": 3},
+                                                     {"name": "model/spread/first/us-east4", "weight": 1}]
+    assert route["retryPolicy"]["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    # a drained region keeps its cluster: pinned requests still reach it
+    assert routes["pin:spread@europe-west4"].route.cluster == "model/spread@europe-west4"
+    assert "model/spread@europe-west4" in clusters
+
+
+def test_least_request_model_is_one_spread_cluster_with_many_host_reselections(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
     gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
     assert gemini["lbPolicy"] == "LEAST_REQUEST"
+    assert gemini["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    retry = routes["model:gemini"].route.retry_policy
+    assert not retry.HasField("retry_priority") and retry.host_selection_retry_max_attempts >= 1000
 
 
 def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):

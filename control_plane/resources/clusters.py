@@ -33,9 +33,11 @@ from .names import (
     cluster_name,
     endpoint_path,
     failover_chain,
+    first_region_cluster_name,
     members,
     region_cluster_name,
     upstream_path,
+    weighted_order,
 )
 from .proto import (
     _ads,
@@ -218,8 +220,8 @@ def spread_load_assignment(config: RegionConfig, model: str, local_region: str) 
 
 
 def spread_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
-    """The cluster a weighted or least-request model's route names: all its regions in one
-    priority. Retries move to a region not yet tried (previous_hosts: one host per region)."""
+    """The cluster a least-request model's route names: all its regions in one priority.
+    Retries move to a region not yet tried (previous_hosts: one host per region)."""
     spec = config.models[model]
     regions = members(config, model, local_region)
     policy = config.policy_for(model, local_region)
@@ -252,9 +254,20 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
 
 def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
     """The cluster a failover model's route names: its regions in failover order, local first."""
-    chain = failover_chain(config, model, local_region)
+    return _aggregate(config, model, local_region, cluster_name(model), failover_chain(config, model, local_region))
+
+
+def first_region_cluster(config: RegionConfig, model: str, local_region: str, first: str) -> cluster_pb2.Cluster:
+    """One of a weighted model's aggregates: `first`, then the other weighted regions. The route
+    picks among them by weight (the first attempt's region); priorities order the retries."""
+    return _aggregate(config, model, local_region, first_region_cluster_name(model, first),
+                      weighted_order(config, model, first))
+
+
+def _aggregate(config: RegionConfig, model: str, local_region: str, name: str,
+               chain: list[str]) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
-        name=cluster_name(model),
+        name=name,
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
@@ -266,5 +279,3 @@ def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cl
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
             config, model, chain, config.policy_for(model, local_region)))},
     )
-
-

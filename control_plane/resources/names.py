@@ -50,6 +50,11 @@ def region_cluster_name(model: str, region: str) -> str:
     return f"model/{model}@{region}"
 
 
+def first_region_cluster_name(model: str, region: str) -> str:
+    """A weighted model's aggregate whose first attempt goes to `region` (see weighted_order)."""
+    return f"model/{model}/first/{region}"
+
+
 def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[str]:
     """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
     served = set(config.models[model].served_regions)
@@ -70,6 +75,26 @@ def _members(config: RegionConfig, model: str, local_region: str) -> list[str]:
     if spec.strategy == "weighted":
         return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
     return list(spec.served_regions)
+
+
+def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:
+    """A weighted model's attempt order when the weighted pick chose `first`: that region, then
+    the other regions with weight > 0, heaviest first (ties in config order). The route picks
+    one such order per request by weight; its aggregate's priorities and previous_priorities
+    then make every retry go to a region that request has not tried."""
+    spec = config.models[model]
+    rest = [r for r in spec.served_regions if r != first and spec.weights.get(r, 0) > 0]
+    return [first, *sorted(rest, key=lambda r: -spec.weights[r])]
+
+
+def pinnable(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions a request for `model` may be pinned to at an Envoy in local_region: the regions it
+    uses, and for a weighted model also those drained with weight 0 (an operator checks a drained
+    region through a pin before giving it traffic again)."""
+    spec = config.models[model]
+    if spec.strategy == "weighted":
+        return list(spec.served_regions)
+    return members(config, model, local_region)
 
 
 def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
