@@ -177,6 +177,8 @@ class PolicyOverride(_Strict):
     outlier_detection: OutlierDetection | None = None
     # Retried bodies must be buffered; larger ones get a 413 instead of a retry-less forward.
     max_request_bytes: int | None = Field(None, ge=1024, le=2**32 - 1)  # Envoy's buffer limit is a uint32
+    hedge: StrictBool | None = None
+    first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -189,6 +191,12 @@ class Policy(_Strict):
     retriable_status_codes: list[StatusCode] = [429]
     outlier_detection: OutlierDetection = OutlierDetection()
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=2**32 - 1)
+    # Idempotent verbs: on per_try_timeout also try the next region, without cancelling the first
+    # attempt; the first good answer wins. Extra attempts stay capped by num_retries.
+    hedge: StrictBool = False
+    # Streaming verbs: an attempt with no response byte for this long goes to the next region
+    # (before the first byte) or ends (mid-stream). None: per_try_timeout.
+    first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -204,6 +212,19 @@ class Policy(_Strict):
                     else:
                         data[key] = value
         return Policy.model_validate(data)
+
+
+class HealthCheck(_Strict):
+    """Active probes of a region's address (issue 17), so a region that stops answering is taken out
+    by probes, not by client requests. `connect`: a TCP connect, plus the TLS handshake when the
+    region uses TLS. `http`: also `GET /` with the region's host, healthy on any status below 500
+    (no token, no quota); it also catches a region that accepts connections and never answers."""
+
+    kind: Literal["connect", "http"] = "connect"
+    interval: Duration = Field(2.0, gt=0)
+    timeout: Duration = Field(1.0, gt=0)
+    unhealthy_threshold: int = Field(2, ge=1, le=100)
+    healthy_threshold: int = Field(2, ge=1, le=100)
 
 
 class Listener(_Strict):
@@ -262,6 +283,7 @@ class Region(_Strict):
     failover: list[str] = []
     policy: PolicyOverride | None = None
     auth: str | None = None  # a profile under auth.profiles (a different producer project)
+    health_check: HealthCheck | None = None  # active probes of the address; none by default
     path: Annotated[str, AfterValidator(check_upstream_path)] | None = None  # custom: default upstream path
     credential: BackendCredential | None = None  # custom only; default none
 

@@ -12,7 +12,10 @@ not recorded. The control API shows Authorization values as received: this is
 a test double, and e2e tests check the token Envoy injected.
 
 ``delay`` applies to every failing mode: wait, then fail ("slow" = wait, then
-answer normally). A numeric mode ("503", "418") answers that status; mode
+answer normally; "stall" = answer, but a stream goes silent after its first chunk
+until the mode changes, then the connection is dropped). Envoy's HTTP health
+probes (User-Agent ``Envoy/HC``) get the current failure too (a hung region hangs
+them) but are only counted in ``probes``, never recorded nor counted in ``count``. A numeric mode ("503", "418") answers that status; mode
 "status" takes ``status=``. ``count`` does not apply to "down".
 """
 
@@ -45,7 +48,11 @@ STREAM_CHUNKS = 4
 STREAM_INTERVAL = 0.05  # seconds between streamed chunks, so clients see them arrive apart
 HANG_MAX_SECONDS = 600.0
 MAX_BODY = 32 * 1024 * 1024
-MODES = ("none", "reset", "hang", "slow", "down", "status")
+MODES = ("none", "reset", "hang", "slow", "down", "status", "stall")
+# Envoy's active HTTP health checks: answered (or hung) like any request, but not recorded and
+# not counted against `count`, so tests see only client traffic.
+PROBE_USER_AGENT = "Envoy/HC"
+_STALL = web.RequestKey("stall", asyncio.Event)  # set on a request answered in "stall" mode
 ENDPOINT_VERBS = frozenset({"predict", "rawPredict", "streamRawPredict", "explain", "serverStreamingPredict"})
 PUBLISHER_VERBS = frozenset({"generateContent", "streamGenerateContent", "countTokens", "rawPredict",
                              "streamRawPredict"})
@@ -137,6 +144,7 @@ class VertexEmulator:
         self._changed: asyncio.Event | None = None  # replaced on each mode change; hung requests wait on it
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.probes = 0  # health-check requests answered (never in `received`)
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -262,6 +270,10 @@ class VertexEmulator:
                     self._mode, self._status, self._remaining, self._delay = "none", None, None, 0.0
             return taken
 
+    def _peek_failure(self) -> tuple[str, int | None, float] | None:
+        with self._lock:
+            return None if self._mode in ("none", "down") else (self._mode, self._status, self._delay)
+
     def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -291,6 +303,10 @@ class VertexEmulator:
         if self.down:  # raced in on a connection accepted just before the listener closed
             _abort(request.transport)
             return web.Response()
+        if request.headers.get("User-Agent") == PROBE_USER_AGENT:
+            self.probes += 1
+            resp = await self._answer(request, body, self._peek_failure())
+            return resp if resp is not None else web.Response()
         headers = {name.lower(): ", ".join(request.headers.getall(name)) for name in request.headers}
         rec = ReceivedRequest(
             method=request.method, path=request.raw_path.split("?", 1)[0], query=request.query_string,
@@ -314,6 +330,9 @@ class VertexEmulator:
             changed = self._changed
             if delay:
                 await asyncio.sleep(delay)
+            if mode == "stall":  # answer, but a stream goes silent after its first chunk
+                request[_STALL] = changed or asyncio.Event()
+                return await self._route(request, body)
             if mode == "hang":
                 if changed is not None and not self._stopping:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -486,7 +505,14 @@ class VertexEmulator:
                                            "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
+        stall = request.get(_STALL)
         for i, chunk in enumerate(chunks):
+            if i and stall is not None:  # "stall": silent until the mode changes, then drop it
+                if not self._stopping:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stall.wait(), HANG_MAX_SECONDS)
+                _abort(request.transport)
+                return resp
             if i:
                 await asyncio.sleep(STREAM_INTERVAL)
             await resp.write(chunk)

@@ -257,3 +257,28 @@ def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
                       max_ejection_percent: 100}
 models:""", 1))
     assert_envoy_accepts(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)
+
+
+def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
+    config = parse_config(CONFIG.replace(
+        "    failover: [us-east4, europe-west4]\n",
+        "    failover: [us-east4, europe-west4]\n    health_check: {kind: http, interval: 3s}\n", 1).replace(
+        "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n",
+        "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n"
+        "    policy: {hedge: true, first_byte_timeout: 3s}\n", 1))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = {name: json_format.MessageToDict(c) for name, c in by_name(res[CLUSTER_TYPE]).items()}
+    hc = clusters["model/housing@us-central1"]["healthChecks"][0]
+    assert hc["httpHealthCheck"]["host"] == "us-central1-aiplatform.googleapis.com"
+    assert hc["interval"] == hc["noTrafficInterval"] == "3s"
+    assert clusters["model/housing@us-central1"]["outlierDetection"]["successfulActiveHealthCheckUnejectHost"] is False
+    assert "healthChecks" not in clusters["model/housing@us-east4"]
+    routes = {r.name: json_format.MessageToDict(r) for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    names = list(routes)
+    assert names.index("model:housing:hedged") < names.index("model:housing")
+    assert routes["model:housing:hedged"]["route"]["hedgePolicy"] == {"hedgeOnPerTryTimeout": True}
+    assert "explain" not in routes["model:housing:hedged"]["match"]["safeRegex"]["regex"]
+    assert "hedgePolicy" not in routes["model:housing"]["route"] and "hedgePolicy" in routes["predict"]["route"]
+    assert routes["model:housing:stream"]["route"]["retryPolicy"]["perTryIdleTimeout"] == "3s"
+    assert "model:churn:hedged" not in routes
+    assert_envoy_accepts(res, tmp_path)

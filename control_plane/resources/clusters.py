@@ -11,6 +11,7 @@ from envoy.config.cluster.v3 import (
 from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import (
     base_pb2,
+    health_check_pb2,
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -20,6 +21,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import http_pb2 as codec_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
@@ -98,7 +100,38 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
         cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
     if spec.tls:
         cluster.transport_socket.CopyFrom(_tls_socket(config, region))
+    if spec.health_check is not None:
+        cluster.health_checks.append(health_check(config, region))
+        # A passing probe must not bring back a region outlier detection ejected: a region that
+        # accepts connections but answers 5xx or hangs passes a connect probe.
+        cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
     return cluster
+
+
+def health_check(config: RegionConfig, region: str) -> health_check_pb2.HealthCheck:
+    """Active probes of one region's address: a TCP connect (+ the TLS handshake on a TLS cluster,
+    whose transport socket the probe uses), or also a `GET /` any status below 500 passes."""
+    spec = config.regions[region]
+    hc = spec.health_check
+    assert hc is not None
+    out = health_check_pb2.HealthCheck(
+        timeout=_duration(hc.timeout),
+        interval=_duration(hc.interval),
+        # Envoy probes clusters without traffic only every 60 s by default: a region held in
+        # reserve (a failover target) must be known dead before the first request needs it.
+        no_traffic_interval=_duration(hc.interval),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
+        reuse_connection=wrappers_pb2.BoolValue(value=hc.kind == "http"),
+    )
+    if hc.kind == "connect":
+        out.tcp_health_check.CopyFrom(health_check_pb2.HealthCheck.TcpHealthCheck())
+    else:
+        out.http_health_check.CopyFrom(health_check_pb2.HealthCheck.HttpHealthCheck(
+            host=config.host_of(region), path="/",
+            expected_statuses=[range_pb2.Int64Range(start=200, end=500)],
+            codec_client_type=codec_pb2.HTTP2 if spec.http2 else codec_pb2.HTTP1))
+    return out
 
 
 def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:

@@ -39,6 +39,9 @@ from .proto import (
     _regex,
 )
 
+# Hedged on per_try_timeout when a model's policy says `hedge: true`: idempotent, non-streaming.
+HEDGED_VERBS = frozenset({"predict", "rawPredict", "generateContent", "countTokens"})
+
 # previous_hosts reselects at most this many times. Enough that a least-request pick (two random
 # choices, the one with fewer requests kept) lands on an untried region: worst case, one untried
 # region of k, is 1/k^2 per pick, so with k <= 10 a miss is below 1e-4 (measured: 0 of 2,000).
@@ -77,18 +80,19 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
 
 def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
-                 pinned: str | None = None) -> route_components_pb2.Route:
+                 pinned: str | None = None, hedged: bool = False) -> route_components_pb2.Route:
     # Most of a route does not depend on the Envoy's region: built once per config for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
     chain_length = 1 if pinned else len(members(config, model, local_region))
-    key = ("route", model, name, streaming, pinned, id(config.policy_for(model, local_region)), chain_length,
+    key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
            local_region if not chain_length else None)
-    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned))
+    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned,
+                                                       hedged))
 
 
 def _build_model_route(config: RegionConfig, model: str, local_region: str, name: str,
                        match: route_components_pb2.RouteMatch, streaming: bool,
-                       pinned: str | None) -> route_components_pb2.Route:
+                       pinned: str | None, hedged: bool) -> route_components_pb2.Route:
     chain = [pinned] if pinned else members(config, model, local_region)
     if not chain:
         return route_components_pb2.Route(
@@ -100,8 +104,10 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
     strategy = config.models[model].strategy
     route = route_components_pb2.Route()
     # Everything but the name, match and cluster is shared by many routes: copy it (in C).
-    route.CopyFrom(config.memo(("route_template", id(base_policy), len(chain), strategy, streaming, bool(pinned)),
-                               lambda: _route_template(base_policy, len(chain), strategy, streaming, bool(pinned))))
+    route.CopyFrom(config.memo(("route_template", id(base_policy), len(chain), strategy, streaming, bool(pinned),
+                                hedged),
+                               lambda: _route_template(base_policy, len(chain), strategy, streaming, bool(pinned),
+                                                       hedged)))
     route.name = name
     route.match.CopyFrom(match)
     if pinned:
@@ -114,7 +120,7 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
 
 
 def _route_template(policy: Policy, attempts_available: int, strategy: str, streaming: bool,
-                    pinned: bool) -> route_components_pb2.Route:
+                    pinned: bool, hedged: bool = False) -> route_components_pb2.Route:
     if pinned:  # that region only: no failover
         policy = policy.model_copy(update={"num_retries": 0})
     action = route_components_pb2.RouteAction(
@@ -125,9 +131,16 @@ def _route_template(policy: Policy, attempts_available: int, strategy: str, stre
         # an attempt that sends nothing (a hang before the first byte, or a stall mid-stream).
         action.timeout.CopyFrom(_duration(0))
         retry.ClearField("per_try_timeout")
-        retry.per_try_idle_timeout.CopyFrom(_duration(policy.per_try_timeout))
+        # Before the first byte a silent attempt goes to the next region; after it, a stream is
+        # never retried (the client has part of an answer) and a stall this long ends it.
+        first_byte = policy.first_byte_timeout if not pinned and policy.first_byte_timeout else policy.per_try_timeout
+        retry.per_try_idle_timeout.CopyFrom(_duration(first_byte))
     else:
         action.timeout.CopyFrom(_duration(policy.timeout))
+    if hedged:
+        # The slow attempt keeps running while the next region is tried; the first good answer
+        # wins and the other attempt is cancelled. num_retries caps the attempts either way.
+        action.hedge_policy.hedge_on_per_try_timeout = True
     return route_components_pb2.Route(
         route=action,
         request_headers_to_remove=[PIN_HEADER] if pinned else [],
@@ -158,11 +171,15 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     routes: list[route_components_pb2.Route] = []
     for model in config.models:
         routes += _pin_routes(config, model, local_region)
+        if config.policy_for(model, local_region).hedge:  # before the routes of all the verbs
+            routes += [_model_route(config, model, local_region, name, match, hedged=True)
+                       for name, match in _hedged_matches(config, model)]
         routes += [_model_route(config, model, local_region, name, match, streaming)
                    for name, match, streaming in _model_matches(config, model)]
     routes += _openai_routes(config, local_region)
     routes.append(_model_route(config, config.default_model, local_region, "predict",
-                               route_components_pb2.RouteMatch(path="/predict")))
+                               route_components_pb2.RouteMatch(path="/predict"),
+                               hedged=config.policy_for(config.default_model, local_region).hedge))
     routes.append(route_components_pb2.Route(
         name="not-found",
         match=route_components_pb2.RouteMatch(prefix="/"),
@@ -220,6 +237,16 @@ def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_co
                 out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
         return out
     return config.memo(("matches", model), compute)
+
+
+def _hedged_matches(config: RegionConfig, model: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
+    """(route name, match) of the model's hedged verbs, for a model whose policy says `hedge`."""
+    def compute() -> list[tuple[str, route_components_pb2.RouteMatch]]:
+        model_path, native, verbs = _patterns(config, model)
+        verb_re = f":({_alternation([v for v in verbs if v in HEDGED_VERBS])})$"
+        return [(f"model:{model}:hedged", _regex_match(f"^{model_path}{verb_re}")),
+                (f"native:{model}:hedged", _regex_match(f"^{native}{verb_re}"))]
+    return config.memo(("hedged_matches", model), compute)
 
 
 def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_components_pb2.RouteMatch:
