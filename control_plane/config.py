@@ -303,6 +303,11 @@ class Model(_Strict):
     # `weights`. least_request: spread by outstanding requests. Retries always go elsewhere.
     strategy: Literal["failover", "weighted", "least_request"] = "failover"
     weights: dict[str, Annotated[int, Field(ge=0, le=1000)]] = {}
+    # Capacity tiers per region, tried in this order before the next region (publisher models):
+    # dedicated = Provisioned Throughput only, shared = pay-as-you-go, priority = Priority PayGo,
+    # default = no tier header (Vertex's own PT-then-spillover). Clients' tier headers are replaced.
+    tiers: dict[str, Annotated[list[Literal["dedicated", "shared", "priority", "default"]],
+                               Field(min_length=1)]] = {}
 
     @property
     def served_regions(self) -> list[str]:
@@ -484,7 +489,9 @@ class RegionConfig(_Strict):
         spec = self.regions[region]
         if spec.custom:
             return spec.host or spec.address  # an IP with TLS needs `host` (a rule says so)
-        return spec.host or f"{region}-aiplatform.googleapis.com"
+        # The `global` location has no regional host name.
+        default = "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
+        return spec.host or default
 
     @property
     def vertex_regions(self) -> list[str]:
@@ -719,6 +726,15 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         for region in weights if isinstance(weights, dict) else []:
             if region not in served:
                 out.append((("models", name, "weights", region), f"region {region!r} does not serve this model"))
+        tiers = model.get("tiers")
+        if isinstance(tiers, dict) and tiers:
+            if model.get("strategy") == "least_request":
+                out.append((("models", name, "tiers"), "tiers apply with strategy failover or weighted"))
+            for region, order in tiers.items():
+                if region not in served:
+                    out.append((("models", name, "tiers", region), f"region {region!r} does not serve this model"))
+                if isinstance(order, list) and len(order) != len(set(map(str, order))):
+                    out.append((("models", name, "tiers", region), "a tier is listed twice"))
         for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
             if region not in region_names:
                 out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))

@@ -15,7 +15,12 @@ a test double, and e2e tests check the token Envoy injected.
 answer normally; "stall" = answer, but a stream goes silent after its first chunk
 until the mode changes, then the connection is dropped). Envoy's HTTP health
 probes (User-Agent ``Envoy/HC``) get the current failure too (a hung region hangs
-them) but are only counted in ``probes``, never recorded nor counted in ``count``. A numeric mode ("503", "418") answers that status; mode
+them) but are only counted in ``probes``, never recorded nor counted in ``count``.
+
+Capacity tiers: ``ReceivedRequest.tier`` records the tier each request asked for
+(``X-Vertex-AI-LLM-Request-Type``: dedicated/shared, "priority" for shared +
+``X-Vertex-AI-LLM-Shared-Request-Type: priority``, "" for none); ``fail_tier(tier,
+429)`` answers that status to requests of one tier (Provisioned Throughput exhausted). A numeric mode ("503", "418") answers that status; mode
 "status" takes ``status=``. ``count`` does not apply to "down".
 """
 
@@ -89,6 +94,7 @@ class ReceivedRequest:
     time: float
     failure: str | None = None  # injected mode applied to this request, None if served normally
     status: int | None = None  # status sent; None if none was (reset, hang, or still in flight)
+    tier: str = ""  # capacity tier asked for: dedicated, shared, priority, or "" (no tier header)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +125,14 @@ def _texts(obj: Any) -> list[str]:
     return []
 
 
+def request_tier(headers: dict[str, str]) -> str:
+    """The capacity tier a request asks Vertex for, from X-Vertex-AI-LLM-(Shared-)Request-Type."""
+    kind = headers.get("x-vertex-ai-llm-request-type", "")
+    if kind == "shared" and headers.get("x-vertex-ai-llm-shared-request-type", "") == "priority":
+        return "priority"
+    return kind
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
@@ -145,6 +159,7 @@ class VertexEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.probes = 0  # health-check requests answered (never in `received`)
+        self._tier_status: dict[str, int] = {}  # tier -> status answered to requests asking for it
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -254,6 +269,8 @@ class VertexEmulator:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         with self._lock:
+            if mode == "none":
+                self._tier_status = {}
             healthy = mode in ("none", "down")  # count and delay only make sense for failing requests
             self._mode, self._status = mode, status
             self._remaining, self._delay = (None, 0.0) if healthy else (count, float(delay))
@@ -269,6 +286,18 @@ class VertexEmulator:
                 if self._remaining <= 0:  # no _wake(): the request that used up the count may itself hang
                     self._mode, self._status, self._remaining, self._delay = "none", None, None, 0.0
             return taken
+
+    def fail_tier(self, tier: str, status: int | None) -> None:
+        """Answer `status` (e.g. 429) to every request asking for capacity tier `tier` (dedicated,
+        shared, priority, or "" for none), while no other failure mode applies; None: serve it
+        again. fail("none") clears every tier failure."""
+        if status is not None and not 200 <= status <= 599:
+            raise ValueError("a tier failure needs a status code between 200 and 599")
+        with self._lock:
+            if status is None:
+                self._tier_status.pop(tier, None)
+            else:
+                self._tier_status[tier] = status
 
     def _peek_failure(self) -> tuple[str, int | None, float] | None:
         with self._lock:
@@ -311,8 +340,10 @@ class VertexEmulator:
         rec = ReceivedRequest(
             method=request.method, path=request.raw_path.split("?", 1)[0], query=request.query_string,
             host=request.headers.get("Host", ""), headers=headers, body_sha256=hashlib.sha256(body).hexdigest(),
-            body_len=len(body), region=self.region, time=time.time())
+            body_len=len(body), region=self.region, time=time.time(), tier=request_tier(headers))
         failure = self._take_failure()
+        if failure is None and rec.tier in self._tier_status:  # e.g. Provisioned Throughput exhausted
+            failure = ("tier", self._tier_status[rec.tier], 0.0)
         rec.failure = failure[0] if failure else None
         with self._lock:
             self._received.append(rec)
@@ -541,8 +572,18 @@ class VertexEmulator:
             self._wake()
             await self._sync_listener()
             return web.json_response(self.state())
+        if route == ("POST", "/_emulator/fail_tier"):
+            try:
+                req = await request.json()
+                status = req.get("status")
+                self.fail_tier(str(req["tier"]), None if status is None else int(status))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
+            with self._lock:
+                return web.json_response({"region": self.region, "tier_status": dict(self._tier_status)})
         return web.json_response({"error": "not found", "paths": ["GET|DELETE /_emulator/requests",
-                                  "POST /_emulator/fail", "GET /_emulator/state"]}, status=404)
+                                  "POST /_emulator/fail", "POST /_emulator/fail_tier", "GET /_emulator/state"]},
+                                 status=404)
 
 
 class EmulatorThread:

@@ -41,3 +41,43 @@ def test_the_new_keys_parse():
 ])
 def test_bad_values_are_reported_with_their_key_path(region, model, where):
     assert any(p.startswith(where + ":") for p in problems(region, model)), problems(region, model)
+
+
+TIERED = """
+project: p
+regions:
+  us-central1: {address: 10.0.0.1, failover: [global]}
+  global: {address: 10.0.0.9}
+models:
+  g:
+    default: true
+    publisher_model: google/gemini-2.0-flash
+    regions: [us-central1, global]
+%s
+"""
+
+
+def test_tiers_and_the_global_location_parse():
+    config = parse_config(TIERED % "    tiers: {us-central1: [dedicated, shared], global: [priority]}")
+    assert config.models["g"].tiers["us-central1"] == ["dedicated", "shared"]
+    assert config.host_of("global") == "aiplatform.googleapis.com"
+    assert config.host_of("us-central1") == "us-central1-aiplatform.googleapis.com"
+
+
+@pytest.mark.parametrize("tiers,where,message", [
+    ("{us-east4: [shared]}", "models.g.tiers.us-east4", "does not serve this model"),
+    ("{us-central1: [dedicated, dedicated]}", "models.g.tiers.us-central1", "listed twice"),
+    ("{us-central1: [gold]}", "models.g.tiers.us-central1[0]", ""),
+    ("{us-central1: []}", "models.g.tiers.us-central1", ""),
+])
+def test_bad_tiers_are_reported(tiers, where, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(TIERED % f"    tiers: {tiers}")
+    found = [f"{p.path}: {p.message}" for p in exc.value.problems]
+    assert any(f.startswith(where + ":") and message in f for f in found), found
+
+
+def test_tiers_need_an_ordered_strategy():
+    with pytest.raises(ConfigError) as exc:
+        parse_config(TIERED % "    strategy: least_request\n    tiers: {us-central1: [shared]}")
+    assert "models.g.tiers: tiers apply with strategy failover or weighted" in str(exc.value)

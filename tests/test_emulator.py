@@ -373,3 +373,19 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
     assert proc.returncode == 0
     assert "POST /v1/projects/test-project/locations/us-east4/endpoints/9876:predict 200" in stderr
     assert "s3cr3t-t0ken" not in stderr
+
+
+def test_tier_is_recorded_and_a_tier_can_answer_429(emu: VertexEmulator) -> None:
+    emu.fail_tier("dedicated", 429)
+    tiers = [{}, {"x-vertex-ai-llm-request-type": "dedicated"}, {"x-vertex-ai-llm-request-type": "shared"},
+             {"x-vertex-ai-llm-request-type": "shared", "x-vertex-ai-llm-shared-request-type": "priority"}]
+    statuses = [requests.post(endpoint_url(emu), json={"instances": [1]}, headers=h, timeout=5).status_code
+                for h in tiers]
+    assert statuses == [200, 429, 200, 200]
+    assert [r.tier for r in emu.received] == ["", "dedicated", "shared", "priority"]
+    control = emu.control_url + "/_emulator"
+    assert requests.post(control + "/fail_tier", json={"tier": "shared", "status": 429}, timeout=5).json()[
+        "tier_status"] == {"dedicated": 429, "shared": 429}
+    emu.fail("none")  # healthy again: tier failures cleared too
+    assert requests.post(endpoint_url(emu), json={"instances": [1]}, timeout=5,
+                         headers={"x-vertex-ai-llm-request-type": "dedicated"}).status_code == 200

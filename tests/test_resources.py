@@ -282,3 +282,22 @@ def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
     assert routes["model:housing:stream"]["route"]["retryPolicy"]["perTryIdleTimeout"] == "3s"
     assert "model:churn:hedged" not in routes
     assert_envoy_accepts(res, tmp_path)
+
+
+def test_capacity_tiers_are_one_cluster_per_region_and_tier_in_attempt_order(tmp_path):
+    config = parse_config(CONFIG.replace(
+        "    strategy: least_request\n",
+        "    tiers: {us-central1: [dedicated, shared], us-east4: [priority]}\n"))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = by_name(res[CLUSTER_TYPE])
+    agg = json_format.MessageToDict(clusters["model/gemini"])
+    assert agg["clusterType"]["typedConfig"]["clusters"] == [
+        "model/gemini@us-central1/dedicated", "model/gemini@us-central1/shared", "model/gemini@us-east4/priority"]
+    assert "model/gemini@us-central1" in clusters  # the pins' target: no tier set, the client's kept
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-central1/shared"])
+    assert la["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]["tier"] == "shared"
+    pin = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-central1"])
+    assert "tier" not in pin["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert routes["model:gemini"].route.retry_policy.num_retries.value == 2  # min(2, 3 attempts - 1)
+    assert_envoy_accepts(res, tmp_path)

@@ -53,6 +53,7 @@ from .names import (
     SECRET_TYPE,
     TEMP_HEADERS,
     NodeGroup,
+    attempts,
     cluster_name,
     endpoint_path,
     failover_chain,
@@ -99,13 +100,17 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             clusters.append(spread_cluster(config, model, group.region))
             if clusters[-1].type == cluster_pb2.Cluster.EDS:
                 endpoints.append(spread_load_assignment(config, model, group.region))
-        for region in pinnable(config, model, group.region):  # what the route and the pins name
+        # What the aggregates and the pins name: each region's own cluster, and for a model with
+        # capacity tiers one cluster per (region, tier) attempt.
+        targets = [(r, None) for r in pinnable(config, model, group.region)]
+        targets += [(r, t) for r, t in attempts(config, model, regions) if t]
+        for region, tier in targets:
             # The same for every Envoy whatever its region: built once per config.
-            clusters.append(config.memo(("region_cluster", model, region),
-                                        lambda: region_cluster(config, model, region)))
+            clusters.append(config.memo(("region_cluster", model, region, tier),
+                                        lambda: region_cluster(config, model, region, tier)))
             if _is_ip(config.regions[region].address):
-                endpoints.append(config.memo(("load_assignment", model, region),
-                                             lambda: load_assignment(config, model, region)))
+                endpoints.append(config.memo(("load_assignment", model, region, tier),
+                                             lambda: load_assignment(config, model, region, tier)))
     # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
     extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
     return {

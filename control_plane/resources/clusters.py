@@ -31,13 +31,14 @@ from .names import (
     HTTP_OPTIONS,
     METADATA_NAMESPACE,
     SOCKET_MATCH,
+    attempts,
     backend_secret_name,
     cluster_name,
     endpoint_path,
     failover_chain,
     first_region_cluster_name,
     members,
-    region_cluster_name,
+    tier_cluster_name,
     upstream_path,
     weighted_order,
 )
@@ -75,13 +76,15 @@ def injections(config: RegionConfig, model: str, regions: list[str]) -> tuple[li
     return [*sorted(profiles), *sorted(own, key=lambda i: i.key)], uncredentialed
 
 
-def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
+def region_cluster(config: RegionConfig, model: str, region: str, tier: str | None = None) -> cluster_pb2.Cluster:
     """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
-    Under an aggregate its upstream filters never run; a pinned route names it directly."""
+    Under an aggregate its upstream filters never run; a pinned route names it directly.
+    With a capacity tier, one attempt (region, tier): its own outlier detection, so a tier out
+    of capacity (429) is skipped while the region's other tiers still serve."""
     spec = config.regions[region]
     policy = config.policy_for(model, region)
     cluster = cluster_pb2.Cluster(
-        name=region_cluster_name(model, region),
+        name=tier_cluster_name(model, region, tier),
         connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         outlier_detection=config.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
@@ -97,7 +100,7 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
     else:
         # EDS carries IPs only; a hostname (e.g. a PSC DNS name) is resolved by Envoy.
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
-        cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
+        cluster.load_assignment.CopyFrom(load_assignment(config, model, region, tier))
     if spec.tls:
         cluster.transport_socket.CopyFrom(_tls_socket(config, region))
     if spec.health_check is not None:
@@ -214,14 +217,16 @@ def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: boo
     return options
 
 
-def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(config: RegionConfig, model: str, region: str,
+                    tier: str | None = None) -> endpoint_pb2.ClusterLoadAssignment:
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=region_cluster_name(model, region),
+        cluster_name=tier_cluster_name(model, region, tier),
         endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
-            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region)])])
+            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region, tier=tier)])])
 
 
-def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0,
+                 tier: str | None = None) -> endpoint_components_pb2.LbEndpoint:
     spec = config.regions[region]
     fields = {"region": region, "host": config.host_of(region)}
     if spec.custom:  # its whole path ({verb} filled in per attempt); no credential key: none is sent
@@ -231,6 +236,8 @@ def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0)
             fields["credential"] = credential
     else:
         fields.update(endpoint_path=endpoint_path(config, model, region), credential=config.profile_for(model, region))
+    if tier:  # the per-attempt filters set this attempt's tier headers from it
+        fields["tier"] = tier
     metadata = {METADATA_NAMESPACE: _struct(fields)}
     if spec.tls:  # a spread cluster picks each region's TLS settings by this key
         metadata[SOCKET_MATCH] = _struct({"region": region})
@@ -306,7 +313,7 @@ def _aggregate(config: RegionConfig, model: str, local_region: str, name: str,
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
             name="envoy.clusters.aggregate",
             typed_config=_any(aggregate_pb2.ClusterConfig(
-                clusters=[region_cluster_name(model, r) for r in chain]))),
+                clusters=[tier_cluster_name(model, r, t) for r, t in attempts(config, model, chain)]))),
         circuit_breakers=config.memo(("retry_budget",), _retry_budget),
         # The wire protocol really comes from each region's cluster; these options carry the filters.
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(

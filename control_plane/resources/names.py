@@ -21,10 +21,10 @@ METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
 # Each is copied from the chosen endpoint's metadata key of the same position.
 TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential",
-                "x-vertex-upstream-path")
+                "x-vertex-upstream-path", "x-vertex-tier")
 # upstream_path: a custom backend's whole path, "{verb}" standing for the client's verb (Vertex
-# regions have endpoint_path instead, the verb appended as ":{verb}").
-METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path")
+# regions have endpoint_path instead, the verb appended as ":{verb}"). tier: a capacity tier.
+METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path", "tier")
 CREDENTIAL_HEADER = "x-vertex-credential"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
@@ -48,6 +48,20 @@ def cluster_name(model: str) -> str:
 
 def region_cluster_name(model: str, region: str) -> str:
     return f"model/{model}@{region}"
+
+
+def tier_cluster_name(model: str, region: str, tier: str | None) -> str:
+    """One (region, capacity tier) attempt of a model with `tiers`; None: the region's own cluster."""
+    return region_cluster_name(model, region) + (f"/{tier}" if tier else "")
+
+
+def attempts(config: RegionConfig, model: str, regions: list[str]) -> list[tuple[str, str | None]]:
+    """The (region, tier) attempts for regions in order: each region's tiers in the model's order.
+    A model without tiers: each region alone (tier None: the client's tier headers are kept). A
+    model with tiers sets every attempt's tier ("default", no header, where a region has none
+    listed): header edits persist across attempts, so a client's own could not come back."""
+    tiers = config.models[model].tiers
+    return [(r, t) for r in regions for t in (tiers.get(r) or ["default" if tiers else None])]
 
 
 def first_region_cluster_name(model: str, region: str) -> str:

@@ -24,6 +24,7 @@ from .names import (
     METADATA_NAMESPACE,
     PIN_HEADER,
     ROUTE_CONFIG_NAME,
+    attempts,
     cluster_name,
     first_region_cluster_name,
     members,
@@ -83,7 +84,7 @@ def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                  pinned: str | None = None, hedged: bool = False) -> route_components_pb2.Route:
     # Most of a route does not depend on the Envoy's region: built once per config for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
-    chain_length = 1 if pinned else len(members(config, model, local_region))
+    chain_length = 1 if pinned else len(attempts(config, model, members(config, model, local_region)))
     key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
            local_region if not chain_length else None)
     return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned,
@@ -104,9 +105,9 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
     strategy = config.models[model].strategy
     route = route_components_pb2.Route()
     # Everything but the name, match and cluster is shared by many routes: copy it (in C).
-    route.CopyFrom(config.memo(("route_template", id(base_policy), len(chain), strategy, streaming, bool(pinned),
-                                hedged),
-                               lambda: _route_template(base_policy, len(chain), strategy, streaming, bool(pinned),
+    tried = len(chain) if pinned else len(attempts(config, model, chain))  # (region, tier) attempts
+    route.CopyFrom(config.memo(("route_template", id(base_policy), tried, strategy, streaming, bool(pinned), hedged),
+                               lambda: _route_template(base_policy, tried, strategy, streaming, bool(pinned),
                                                        hedged)))
     route.name = name
     route.match.CopyFrom(match)
