@@ -13,7 +13,9 @@ a test double, and e2e tests check the token Envoy injected.
 
 ``delay`` applies to every failing mode: wait, then fail ("slow" = wait, then
 answer normally; "stall" = answer, but a stream goes silent after its first chunk
-until the mode changes, then the connection is dropped). Envoy's HTTP health
+until the mode changes, then the connection is dropped; "tls" = on a TLS emulator,
+the connections are dropped and the port answers without TLS, so every TLS
+handshake fails). Envoy's HTTP health
 probes (User-Agent ``Envoy/HC``) get the current failure too (a hung region hangs
 them) but are only counted in ``probes``, never recorded nor counted in ``count``.
 
@@ -53,7 +55,7 @@ STREAM_CHUNKS = 4
 STREAM_INTERVAL = 0.05  # seconds between streamed chunks, so clients see them arrive apart
 HANG_MAX_SECONDS = 600.0
 MAX_BODY = 32 * 1024 * 1024
-MODES = ("none", "reset", "hang", "slow", "down", "status", "stall")
+MODES = ("none", "reset", "hang", "slow", "down", "status", "stall", "tls")
 # Envoy's active HTTP health checks: answered (or hung) like any request, but not recorded and
 # not counted against `count`, so tests see only client traffic.
 PROBE_USER_AGENT = "Envoy/HC"
@@ -154,6 +156,7 @@ class VertexEmulator:
         self._data_runner: web.AppRunner | None = None
         self._control_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._site_plain = False  # the listener serves without TLS although ssl_context is set ("tls")
         self._listener_lock: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None  # replaced on each mode change; hung requests wait on it
         self._tasks: set[asyncio.Task[None]] = set()
@@ -230,7 +233,7 @@ class VertexEmulator:
         if loop is None or loop.is_closed() or not loop.is_running():
             return  # not started: start() applies the state
         loop.call_soon_threadsafe(self._wake)
-        if (self._site is None) == self.down:
+        if (self._site is None) == self.down and self._site_plain == self._want_plain:
             return  # listener already matches
         try:
             on_loop = asyncio.get_running_loop() is loop
@@ -308,21 +311,30 @@ class VertexEmulator:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    @property
+    def _want_plain(self) -> bool:
+        """Mode "tls" on a TLS emulator: the port answers without TLS, so every handshake fails."""
+        return self._mode == "tls" and self.ssl_context is not None
+
     async def _open_listener(self) -> None:
         assert self._data_runner is not None
-        site = web.TCPSite(self._data_runner, self.host, self.port, ssl_context=self.ssl_context)
+        plain = self._want_plain
+        site = web.TCPSite(self._data_runner, self.host, self.port, ssl_context=None if plain else self.ssl_context)
         await site.start()
-        self._site, self.port = site, site.port
+        self._site, self.port, self._site_plain = site, site.port, plain
 
     async def _sync_listener(self) -> None:
         """Open or close the data listener to match the "down" state (same port when reopening)."""
         if self._listener_lock is None:
             return  # not started: start() applies the state
         async with self._listener_lock:
-            if self.down and self._site is not None and self._data_runner is not None:
+            wrong_tls = self._site is not None and self._site_plain != self._want_plain
+            if (self.down or wrong_tls) and self._site is not None and self._data_runner is not None:
                 site, self._site = self._site, None
                 await site.stop()
                 _drop_connections(self._data_runner)  # a down region keeps no keep-alive connections either
+                if wrong_tls and not self.down and not self._stopping:  # "tls" on or off: same port
+                    await self._open_listener()
             elif not self.down and self._site is None and self._data_runner is not None and not self._stopping:
                 await self._open_listener()
 
