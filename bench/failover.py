@@ -351,7 +351,7 @@ def analyse(mode: str, phases: dict[str, Phase], marks: dict, watch: EjectionWat
         if back is not None and last_ejection is not None else None,
         "timeline": timeline(everything, end),
         "time_to_failover": time_to_failover.analyse(
-            phases["during"].samples, phases["before"].samples + phases["after"].samples, healthy_rps, fail, heal,
+            phases["during"].samples, [phases["before"].samples, phases["after"].samples], healthy_rps, fail, heal,
             REMOTE),
         "_samples": everything,  # for the plot; dropped from the JSON unless --samples
     }

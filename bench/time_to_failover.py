@@ -20,8 +20,9 @@ from tests.loadgen import Sample, percentile
 SECOND = 1.0
 
 
-def analyse(during: list[Sample], healthy: list[Sample], healthy_rps: float | None, fail: float, heal: float,
-            remote: str) -> dict:
+def analyse(during: list[Sample], healthy_phases: list[list[Sample]], healthy_rps: float | None, fail: float,
+            heal: float, remote: str) -> dict:
+    healthy = [s for phase in healthy_phases for s in phase]
     ok_healthy = [s.latency * 1000 for s in healthy if s.status == 200]
     over = [s.latency * 1000 for s in during if s.status == 200 and s.attempts > 1]
     p50_h, p99_h = percentile(ok_healthy, 50), percentile(ok_healthy, 99)
@@ -31,8 +32,9 @@ def analyse(during: list[Sample], healthy: list[Sample], healthy_rps: float | No
     shares = [v for v in per_second if v is not None]
     # The same measure over the healthy phases: how much one second varies with nothing failing
     # (a shared 2-core machine), the floor against which the outage's worst second is read.
-    healthy_seconds = [v for v in _per_second(healthy, min((s.started for s in healthy), default=0.0),
-                                              max((s.started for s in healthy), default=0.0), healthy_rps)
+    healthy_seconds = [v for phase in healthy_phases if phase
+                       for v in _per_second(phase, min(s.started for s in phase),
+                                            max(s.started + s.latency for s in phase), healthy_rps)
                        if v is not None]
 
     def extra(value: float, base: float) -> float | None:
@@ -53,13 +55,11 @@ def analyse(during: list[Sample], healthy: list[Sample], healthy_rps: float | No
 
 
 def _per_second(samples: list[Sample], start: float, end: float, rate: float | None) -> list[float | None]:
-    """Answers (200) completed in each whole second from start to end, as a share of `rate`. Seconds
-    where no request of this phase could complete (a gap between phases) are left out."""
+    """Answers (200) completed in each whole second from start to end (a partial last second is
+    left out), as a share of `rate`."""
     out: list[float | None] = []
     for i in range(int((end - start) // SECOND)):
         lo = start + i * SECOND
-        if not any(lo <= s.started < lo + SECOND for s in samples):
-            continue
         done = sum(lo <= s.started + s.latency < lo + SECOND for s in samples if s.status == 200)
         out.append(round(done / SECOND / rate, 3) if rate else None)
     return out
@@ -100,13 +100,15 @@ def plot_throughput(results: list[dict], path: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4))
+    top = 130.0
     for r in results:
         shares = [100 * v if v is not None else float("nan") for v in r["time_to_failover"]["throughput_per_second"]]
+        top = max([top, *(v + 10 for v in shares if not math.isnan(v))])
         ax.plot(range(1, len(shares) + 1), shares, marker="o", ms=3, lw=1.2, label=KIND_NAMES.get(r["mode"], r["mode"]))
     ax.axhline(95, c="gray", ls="--", lw=0.8, label="95% target")
     ax.set_xlabel("second of the outage")
     ax.set_ylabel("answers/s, % of healthy")
-    ax.set_ylim(0, 130)
+    ax.set_ylim(0, top)
     ax.set_title("Throughput in each second while the local region fails (64 connections)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
