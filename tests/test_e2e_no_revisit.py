@@ -109,3 +109,20 @@ def test_a_single_region_retries_in_that_region_after_a_backoff(stack):
     finally:
         stack.update_config({"regions": {"us-central1": {"failover": ["us-east4", "europe-west4"]}}})
         stack.wait_synced()
+
+
+@pytest.mark.parametrize("strategy,weights", [
+    ("weighted", {"us-central1": 997, "us-east4": 1, "europe-west4": 1, "global": 1}),
+    ("least_request", None),
+    ("failover", None),
+])
+def test_four_regions_three_failing_every_request_reaches_the_fourth_without_a_revisit(strategy, weights):
+    regions = (*REGIONS, "global")
+    model = {"strategy": strategy, **({"weights": weights} if weights else {})}
+    with Stack(regions=regions, extra={"policy": {**NO_EJECTION, "num_retries": 3},
+                                       "models": {"housing": model}}) as four:
+        for region in ("us-central1", "us-east4", "europe-west4"):
+            four.emulators[region].fail("503")
+        result = drive(four)
+        assert_no_revisits(four, result, {"global"})
+        assert {s.attempts for s in result.samples} <= {1, 2, 3, 4}
