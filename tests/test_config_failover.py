@@ -81,3 +81,13 @@ def test_tiers_need_an_ordered_strategy():
     with pytest.raises(ConfigError) as exc:
         parse_config(TIERED % "    strategy: least_request\n    tiers: {us-central1: [shared]}")
     assert "models.g.tiers: tiers apply with strategy failover or weighted" in str(exc.value)
+
+
+def test_validate_show_lists_each_regions_tiers():
+    from control_plane.dryrun import plan
+
+    config = parse_config(TIERED % "    tiers: {us-central1: [dedicated, shared]}")
+    upstreams = {u.region: u for u in plan(config)["us-central1"].models["g"].upstreams}
+    assert upstreams["us-central1"].tiers == ("dedicated", "shared")
+    assert upstreams["global"].tiers == ("default",)  # a tiered model sets every attempt's tier
+    assert upstreams["global"].host == "aiplatform.googleapis.com"

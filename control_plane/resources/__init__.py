@@ -77,7 +77,7 @@ from .upstream import (
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "LISTENER_NAME", "LISTENER_TYPE", "METADATA_NAMESPACE", "PIN_HEADER",
     "PUSH_ORDER", "REWRITE_LUA", "ROUTE_CONFIG_NAME", "ROUTE_TYPE", "SECRET_TYPE", "TEMP_HEADERS", "NodeGroup",
-    "aggregate_cluster", "build_resources", "first_region_cluster", "cluster_name", "endpoint_path", "failover_chain", "listener",
+    "aggregate_cluster", "attempts", "build_resources", "first_region_cluster", "cluster_name", "endpoint_path", "failover_chain", "listener",
     "load_assignment", "members", "region_cluster", "region_cluster_name", "route_configuration",
     "spread_cluster", "spread_load_assignment", "token_secret", "token_secret_name", "upstream_filters",
     "Injection", "credential_secret", "credential_secret_name", "upstream_path",
