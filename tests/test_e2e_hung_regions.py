@@ -121,3 +121,20 @@ def test_a_stream_that_stalls_after_its_first_byte_ends_and_is_not_retried(hedge
     assert received.startswith(b"data: ") and received.count(b"data: ") == 1  # the first chunk only
     assert time.monotonic() - started < 3.0  # ended by the 0.5 s deadline, not left hanging
     assert hedged.emulators["us-east4"].received == []
+
+
+def test_a_least_request_spread_stops_sending_first_attempts_to_a_region_failing_its_probes():
+    probe = {"health_check": {"kind": "connect", **PROBED}}
+    with Stack(regions=("us-central1", "us-east4"), extra={
+            "regions": {"us-central1": probe, "us-east4": probe},
+            "policy": {"outlier_detection": {"consecutive_5xx": 1000}},
+            "models": {"housing": {"strategy": "least_request"}}}) as stack:
+        stack.emulators["us-east4"].fail("down")
+        east = f"model/housing::127.0.0.1:{stack.emulators['us-east4'].port}::health_flags::"
+        wait_for(lambda: any(line.startswith(east) and "failed_active_hc" in line
+                             for line in stack.envoys["us-central1"].admin("clusters").splitlines()),
+                 10, what="us-east4 failing its probes in the spread")
+        for _ in range(20):
+            response = predict(stack)
+            assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-central1"
+            assert response.headers["x-envoy-attempt-count"] == "1"  # no first attempt to the dead region

@@ -301,3 +301,23 @@ def test_capacity_tiers_are_one_cluster_per_region_and_tier_in_attempt_order(tmp
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
     assert routes["model:gemini"].route.retry_policy.num_retries.value == 2  # min(2, 3 attempts - 1)
     assert_envoy_accepts(res, tmp_path)
+
+
+def test_a_least_request_spread_is_probed_when_its_regions_agree_on_probes(tmp_path):
+    probes = "    health_check: {kind: http}\n"
+    config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
+                                         "    failover: [us-east4, europe-west4]\n" + probes, 1)
+                          .replace("    failover: [us-central1]\n", "    failover: [us-central1]\n" + probes, 1))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
+    assert gemini["healthChecks"][0]["httpHealthCheck"]["path"] == "/"
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini"])
+    assert {e["endpoint"]["healthCheckConfig"]["hostname"] for e in la["endpoints"][0]["lbEndpoints"]} == {
+        "us-central1-aiplatform.googleapis.com", "vertex.east.internal"}
+    assert_envoy_accepts(res, tmp_path)
+    # regions that disagree (one without probes): no probes on the spread
+    config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
+                                         "    failover: [us-east4, europe-west4]\n" + probes, 1))
+    gemini = json_format.MessageToDict(by_name(build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))[
+        CLUSTER_TYPE])["model/gemini"])
+    assert "healthChecks" not in gemini

@@ -244,6 +244,8 @@ def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0,
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
         metadata=base_pb2.Metadata(filter_metadata=metadata))
+    if spec.health_check is not None:  # an HTTP probe's Host, per region (a spread holds several)
+        endpoint.endpoint.health_check_config.hostname = config.host_of(region)
     if weight:
         endpoint.load_balancing_weight.value = weight
     return endpoint
@@ -289,6 +291,11 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(spread_load_assignment(config, model, local_region))
+    # One probe setting per cluster: the regions' must agree (each endpoint names its own Host).
+    if regions and len({config.regions[r].health_check for r in regions}) == 1 \
+            and config.regions[regions[0]].health_check is not None:
+        cluster.health_checks.append(health_check(config, regions[0]))
+        cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
     return cluster
 
 
