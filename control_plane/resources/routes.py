@@ -321,7 +321,7 @@ def _openai_routes(config: RegionConfig, local_region: str) -> list[route_compon
 
     routes: list[route_components_pb2.Route] = []
     for body_model, model in publisher.items():
-        allowed = members(config, model, local_region)
+        allowed = pinnable(config, model, local_region)
         routes += [to(model, f"openai:{model}@{region}", openai.match(openai.CHAT_PATH, body_model, pin={
             "name": PIN_HEADER, "string_match": string_pb2.StringMatcher(exact=region)}), True, body_model, region)
             for region in allowed]
