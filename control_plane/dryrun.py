@@ -66,6 +66,11 @@ def upstream(config: RegionConfig, model: str, region: str) -> Upstream:
                     tuple(t for _, t in attempts(config, model, [region]) if t))
 
 
+def upstream_fields(u: Upstream) -> dict:
+    """An upstream as JSON (validate --show --json, /debug/config): `tiers` only where a model sets them."""
+    return {k: v for k, v in asdict(u).items() if k != "region" and (k != "tiers" or v)}
+
+
 def describe_credential(config: RegionConfig, model: str, region: str) -> str:
     key = config.credential_for(model, region)
     if key is None:
@@ -234,9 +239,7 @@ def to_json(path: str, config: RegionConfig, new_plan: dict[str, EnvoyPlan], aga
             "secrets": envoy.secrets if envoy else [],
             "models": {m: {"default": p.default, "chain": p.chain, "strategy": p.strategy, "weights": p.weights,
                            **({"callers": p.callers} if p.callers is not None else {}),
-                           "upstreams": {u.region: {k: v for k, v in asdict(u).items()
-                                                    if k != "region" and (k != "tiers" or v)}
-                                         for u in p.upstreams}}
+                           "upstreams": {u.region: upstream_fields(u) for u in p.upstreams}}
                        for m, p in (envoy.models if envoy else {}).items()},
         }
         if old_plan is not None:
