@@ -31,8 +31,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -43,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `python -m bench.failover`
     sys.path.insert(0, str(ROOT))
 
+from bench import time_to_failover  # noqa: E402
 from control_plane.envoy_process import envoy_binary  # noqa: E402
 from tests.loadgen import Sample, percentile, run_load  # noqa: E402
 from tests.stack import Stack  # noqa: E402
@@ -53,8 +56,8 @@ LOCAL_CLUSTER = f"model/housing@{LOCAL}"
 AGGREGATE_CLUSTER = "model/housing"
 POLICY = {"per_try_timeout": "1s", "timeout": "10s",
           "outlier_detection": {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "5s"}}
-MODES = ("503", "down", "hang")
-KNOWN_MODES = ("503", "429", "500", "502", "504", "reset", "hang", "down")
+MODES = ("503", "429", "reset", "down", "hang", "tls")
+KNOWN_MODES = ("503", "429", "500", "502", "504", "reset", "hang", "down", "tls")
 PHASES = ("before", "during", "recovering", "after")
 WARMUP = 512
 BIN_S = 0.25  # timeline resolution (JSON and plot)
@@ -154,8 +157,39 @@ def run_phase(phase: Phase, url: str, t0: float, total: int, concurrency: int, b
     phase.duration += result.duration
 
 
+def stack_config(args: argparse.Namespace) -> dict:
+    """The recommended setup for hung regions (docs/CONFIG.md): HTTP probes of both regions,
+    hedged predicts, a short per-try timeout; --no-probes / --no-hedge measure without them."""
+    policy = {**POLICY, "per_try_timeout": f"{args.per_try_timeout}s", "hedge": not args.no_hedge}
+    extra: dict = {"policy": policy}
+    if not args.no_probes:
+        probe = {"kind": "http", "interval": f"{args.probe_interval}s", "timeout": f"{min(1.0, args.probe_interval)}s",
+                 "unhealthy_threshold": 2, "healthy_threshold": 2}
+        extra["regions"] = {LOCAL: {"health_check": probe}, REMOTE: {"health_check": probe}}
+    return extra
+
+
+def tls_setup(workdir: str) -> tuple[dict, str]:
+    """TLS to both regions, as to Vertex (and so a TLS handshake failure can be injected)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = Path(workdir) / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    contexts = {}
+    for region in (LOCAL, REMOTE):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(f"{region}-aiplatform.googleapis.com").configure_cert(context)
+        contexts[region] = context
+    return contexts, str(ca_file)
+
+
 def run_mode(mode: str, args: argparse.Namespace, body: bytes) -> dict:
-    stack = Stack(regions=(LOCAL, REMOTE), envoys=(LOCAL,), extra={"policy": POLICY})
+    cadir = tempfile.mkdtemp(prefix="failover-ca-")
+    contexts, ca_file = tls_setup(cadir)
+    stack = Stack(regions=(LOCAL, REMOTE), envoys=(LOCAL,), extra=stack_config(args), tls=contexts, ca_file=ca_file)
     local, envoy, url = stack.emulators[LOCAL], stack.envoys[LOCAL], stack.url(MODEL_PATH)
     phases = {name: Phase(name) for name in PHASES}
     marks: dict[str, float | None] = {}
@@ -217,6 +251,7 @@ def run_mode(mode: str, args: argparse.Namespace, body: bytes) -> dict:
         if watch is not None:
             watch.stop()
         stack.close()
+        shutil.rmtree(cadir, ignore_errors=True)
     return analyse(mode, phases, marks, watch)
 
 
@@ -315,6 +350,9 @@ def analyse(mode: str, phases: dict[str, Phase], marks: dict, watch: EjectionWat
         "last_ejection_to_local_s": round(back - last_ejection, 3)
         if back is not None and last_ejection is not None else None,
         "timeline": timeline(everything, end),
+        "time_to_failover": time_to_failover.analyse(
+            phases["during"].samples, [phases["before"].samples, phases["after"].samples], healthy_rps, fail, heal,
+            REMOTE),
         "_samples": everything,  # for the plot; dropped from the JSON unless --samples
     }
     return result
@@ -459,6 +497,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="load runs in chunks this long while waiting for traffic to return")
     parser.add_argument("--phase-deadline", type=float, default=60.0, help="deadline of the before/after phases")
     parser.add_argument("--samples", action="store_true", help="also write every sample to the JSON (large)")
+    parser.add_argument("--throughput-plot", type=Path, default=ROOT / "docs" / "img" / "failover-throughput.png")
+    parser.add_argument("--per-try-timeout", type=float, default=0.5,
+                        help="seconds (default 0.5); keep it well above the healthy p99, or healthy regions time "
+                             "out, get ejected, and requests fail")
+    parser.add_argument("--probe-interval", type=float, default=1.0, help="seconds between HTTP probes")
+    parser.add_argument("--no-probes", action="store_true", help="no active health checks")
+    parser.add_argument("--no-hedge", action="store_true", help="no hedging of predict")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in KNOWN_MODES]
@@ -480,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
               f"back on local {fmt(r['heal_to_local_s'], '.2f', 'never')} s after heal", file=sys.stderr)
     info["loadavg_end"] = list(os.getloadavg())
 
-    table = markdown(results)
+    table = time_to_failover.headline_table(results) + "\n\n" + markdown(results)
     print(table)
     for r in results:
         for name in PHASES:
@@ -489,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_plot:
         print(plot(results, args.plot), file=sys.stderr)
+        print(time_to_failover.plot_throughput(results, args.throughput_plot), file=sys.stderr)
 
     doc = {
         "benchmark": "failover",
@@ -498,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                      "outage_cap": args.outage_cap, "recovery_timeout_s": args.recovery_timeout,
                      "recovery_chunk_s": args.recovery_chunk_s, "warmup": WARMUP, "body_bytes": len(body),
                      "python_gc": "disabled during each mode's measured phases",
-                     "path": MODEL_PATH, "local": LOCAL, "remote": REMOTE, "policy": POLICY},
+                     "path": MODEL_PATH, "local": LOCAL, "remote": REMOTE, "config": stack_config(args),
+                     "tls": True},
         "command": "python -m bench.failover " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
         "markdown": table,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
-from .dryrun import upstream
+from .dryrun import upstream, upstream_fields
 from .exposure import client_authentication
 from .resources import PUSH_ORDER, SECRET_TYPE, members
 
@@ -70,8 +69,7 @@ def admin_app(plane: ControlPlane) -> web.Application:
         for name, spec in config_now.models.items():
             chain = members(config_now, name, group.region)
             models[name] = {"strategy": spec.strategy, "weights": spec.weights or None, "regions": chain,
-                            "upstreams": {r: {k: v for k, v in asdict(upstream(config_now, name, r)).items()
-                                              if k != "region"} for r in chain}}
+                            "upstreams": {r: upstream_fields(upstream(config_now, name, r)) for r in chain}}
         return _json({"node_id": node_id, "region": group.region, "models": models,
                       "listener": f"{group.listen_address}:{group.listen_port}",
                       "config_version": plane.cache.config.version, "resources": resources})

@@ -177,6 +177,8 @@ class PolicyOverride(_Strict):
     outlier_detection: OutlierDetection | None = None
     # Retried bodies must be buffered; larger ones get a 413 instead of a retry-less forward.
     max_request_bytes: int | None = Field(None, ge=1024, le=2**32 - 1)  # Envoy's buffer limit is a uint32
+    hedge: StrictBool | None = None
+    first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -189,6 +191,12 @@ class Policy(_Strict):
     retriable_status_codes: list[StatusCode] = [429]
     outlier_detection: OutlierDetection = OutlierDetection()
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=2**32 - 1)
+    # Idempotent verbs: on per_try_timeout also try the next region, without cancelling the first
+    # attempt; the first good answer wins. Extra attempts stay capped by num_retries.
+    hedge: StrictBool = False
+    # Streaming verbs: an attempt with no response byte for this long goes to the next region
+    # (before the first byte) or ends (mid-stream). None: per_try_timeout.
+    first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
@@ -204,6 +212,19 @@ class Policy(_Strict):
                     else:
                         data[key] = value
         return Policy.model_validate(data)
+
+
+class HealthCheck(_Strict):
+    """Active probes of a region's address (issue 17), so a region that stops answering is taken out
+    by probes, not by client requests. `connect`: a TCP connect, plus the TLS handshake when the
+    region uses TLS. `http`: also `GET /` with the region's host, healthy on any status below 500
+    (no token, no quota); it also catches a region that accepts connections and never answers."""
+
+    kind: Literal["connect", "http"] = "connect"
+    interval: Duration = Field(2.0, gt=0)
+    timeout: Duration = Field(1.0, gt=0)
+    unhealthy_threshold: int = Field(2, ge=1, le=100)
+    healthy_threshold: int = Field(2, ge=1, le=100)
 
 
 class Listener(_Strict):
@@ -262,6 +283,7 @@ class Region(_Strict):
     failover: list[str] = []
     policy: PolicyOverride | None = None
     auth: str | None = None  # a profile under auth.profiles (a different producer project)
+    health_check: HealthCheck | None = None  # active probes of the address; none by default
     path: Annotated[str, AfterValidator(check_upstream_path)] | None = None  # custom: default upstream path
     credential: BackendCredential | None = None  # custom only; default none
 
@@ -281,6 +303,11 @@ class Model(_Strict):
     # `weights`. least_request: spread by outstanding requests. Retries always go elsewhere.
     strategy: Literal["failover", "weighted", "least_request"] = "failover"
     weights: dict[str, Annotated[int, Field(ge=0, le=1000)]] = {}
+    # Capacity tiers per region, tried in this order before the next region (publisher models):
+    # dedicated = Provisioned Throughput only, shared = pay-as-you-go, priority = Priority PayGo,
+    # default = no tier header (Vertex's own PT-then-spillover). Clients' tier headers are replaced.
+    tiers: dict[str, Annotated[list[Literal["dedicated", "shared", "priority", "default"]],
+                               Field(min_length=1)]] = {}
 
     @property
     def served_regions(self) -> list[str]:
@@ -462,7 +489,9 @@ class RegionConfig(_Strict):
         spec = self.regions[region]
         if spec.custom:
             return spec.host or spec.address  # an IP with TLS needs `host` (a rule says so)
-        return spec.host or f"{region}-aiplatform.googleapis.com"
+        # The `global` location has no regional host name.
+        default = "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
+        return spec.host or default
 
     @property
     def vertex_regions(self) -> list[str]:
@@ -697,6 +726,15 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         for region in weights if isinstance(weights, dict) else []:
             if region not in served:
                 out.append((("models", name, "weights", region), f"region {region!r} does not serve this model"))
+        tiers = model.get("tiers")
+        if isinstance(tiers, dict) and tiers:
+            if model.get("strategy") == "least_request":
+                out.append((("models", name, "tiers"), "tiers apply with strategy failover or weighted"))
+            for region, order in tiers.items():
+                if region not in served:
+                    out.append((("models", name, "tiers", region), f"region {region!r} does not serve this model"))
+                if isinstance(order, list) and len(order) != len(set(map(str, order))):
+                    out.append((("models", name, "tiers", region), "a tier is listed twice"))
         for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
             if region not in region_names:
                 out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))

@@ -25,6 +25,7 @@ from .resources import (
     PUSH_ORDER,
     SECRET_TYPE,
     NodeGroup,
+    attempts,
     build_resources,
     credential_secret_name,
     members,
@@ -54,13 +55,20 @@ class Upstream:
     path: str  # the path an attempt in this region is rewritten to ({verb}: the client's)
     kind: str = "vertex"  # or custom (a custom backend)
     credential: str = ""  # what an attempt carries, described (never a value)
+    tiers: tuple[str, ...] = ()  # capacity tiers tried in this region, in order (models with `tiers`)
 
 
 def upstream(config: RegionConfig, model: str, region: str) -> Upstream:
     """Where an attempt for `model` in `region` (a Vertex region or a custom backend) goes."""
     spec = config.regions[region]
     return Upstream(region, spec.address, spec.port, spec.tls, config.host_of(region),
-                    upstream_path(config, model, region), spec.kind, describe_credential(config, model, region))
+                    upstream_path(config, model, region), spec.kind, describe_credential(config, model, region),
+                    tuple(t for _, t in attempts(config, model, [region]) if t))
+
+
+def upstream_fields(u: Upstream) -> dict:
+    """An upstream as JSON (validate --show --json, /debug/config): `tiers` only where a model sets them."""
+    return {k: v for k, v in asdict(u).items() if k != "region" and (k != "tiers" or v)}
 
 
 def describe_credential(config: RegionConfig, model: str, region: str) -> str:
@@ -231,8 +239,7 @@ def to_json(path: str, config: RegionConfig, new_plan: dict[str, EnvoyPlan], aga
             "secrets": envoy.secrets if envoy else [],
             "models": {m: {"default": p.default, "chain": p.chain, "strategy": p.strategy, "weights": p.weights,
                            **({"callers": p.callers} if p.callers is not None else {}),
-                           "upstreams": {u.region: {k: v for k, v in asdict(u).items() if k != "region"}
-                                         for u in p.upstreams}}
+                           "upstreams": {u.region: upstream_fields(u) for u in p.upstreams}}
                        for m, p in (envoy.models if envoy else {}).items()},
         }
         if old_plan is not None:
@@ -367,5 +374,6 @@ def _models(envoy: EnvoyPlan, old: EnvoyPlan | None) -> list[str]:
 
 def _upstream_row(label: str, u: Upstream) -> list[str]:
     custom = f"custom backend, credential {u.credential}" if u.kind == "custom" else ""
+    tiers = f"tiers {', '.join(u.tiers)}" if u.tiers else ""
     return [label, f"{u.address}:{u.port}", "tls" if u.tls else "plaintext", f"host {u.host}", f"path {u.path}",
-            custom]
+            "  ".join(x for x in (custom, tiers) if x)]

@@ -12,7 +12,17 @@ not recorded. The control API shows Authorization values as received: this is
 a test double, and e2e tests check the token Envoy injected.
 
 ``delay`` applies to every failing mode: wait, then fail ("slow" = wait, then
-answer normally). A numeric mode ("503", "418") answers that status; mode
+answer normally; "stall" = answer, but a stream goes silent after its first chunk
+until the mode changes, then the connection is dropped; "tls" = on a TLS emulator,
+the connections are dropped and the port answers without TLS, so every TLS
+handshake fails). Envoy's HTTP health
+probes (User-Agent ``Envoy/HC``) get the current failure too (a hung region hangs
+them) but are only counted in ``probes``, never recorded nor counted in ``count``.
+
+Capacity tiers: ``ReceivedRequest.tier`` records the tier each request asked for
+(``X-Vertex-AI-LLM-Request-Type``: dedicated/shared, "priority" for shared +
+``X-Vertex-AI-LLM-Shared-Request-Type: priority``, "" for none); ``fail_tier(tier,
+429)`` answers that status to requests of one tier (Provisioned Throughput exhausted). A numeric mode ("503", "418") answers that status; mode
 "status" takes ``status=``. ``count`` does not apply to "down".
 """
 
@@ -45,7 +55,11 @@ STREAM_CHUNKS = 4
 STREAM_INTERVAL = 0.05  # seconds between streamed chunks, so clients see them arrive apart
 HANG_MAX_SECONDS = 600.0
 MAX_BODY = 32 * 1024 * 1024
-MODES = ("none", "reset", "hang", "slow", "down", "status")
+MODES = ("none", "reset", "hang", "slow", "down", "status", "stall", "tls")
+# Envoy's active HTTP health checks: answered (or hung) like any request, but not recorded and
+# not counted against `count`, so tests see only client traffic.
+PROBE_USER_AGENT = "Envoy/HC"
+_STALL = web.RequestKey("stall", asyncio.Event)  # set on a request answered in "stall" mode
 ENDPOINT_VERBS = frozenset({"predict", "rawPredict", "streamRawPredict", "explain", "serverStreamingPredict"})
 PUBLISHER_VERBS = frozenset({"generateContent", "streamGenerateContent", "countTokens", "rawPredict",
                              "streamRawPredict"})
@@ -82,6 +96,7 @@ class ReceivedRequest:
     time: float
     failure: str | None = None  # injected mode applied to this request, None if served normally
     status: int | None = None  # status sent; None if none was (reset, hang, or still in flight)
+    tier: str = ""  # capacity tier asked for: dedicated, shared, priority, or "" (no tier header)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +127,14 @@ def _texts(obj: Any) -> list[str]:
     return []
 
 
+def request_tier(headers: dict[str, str]) -> str:
+    """The capacity tier a request asks Vertex for, from X-Vertex-AI-LLM-(Shared-)Request-Type."""
+    kind = headers.get("x-vertex-ai-llm-request-type", "")
+    if kind == "shared" and headers.get("x-vertex-ai-llm-shared-request-type", "") == "priority":
+        return "priority"
+    return kind
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
@@ -133,10 +156,13 @@ class VertexEmulator:
         self._data_runner: web.AppRunner | None = None
         self._control_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._site_plain = False  # the listener serves without TLS although ssl_context is set ("tls")
         self._listener_lock: asyncio.Lock | None = None
         self._changed: asyncio.Event | None = None  # replaced on each mode change; hung requests wait on it
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.probes = 0  # health-check requests answered (never in `received`)
+        self._tier_status: dict[str, int] = {}  # tier -> status answered to requests asking for it
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -207,7 +233,7 @@ class VertexEmulator:
         if loop is None or loop.is_closed() or not loop.is_running():
             return  # not started: start() applies the state
         loop.call_soon_threadsafe(self._wake)
-        if (self._site is None) == self.down:
+        if (self._site is None) == self.down and self._site_plain == self._want_plain:
             return  # listener already matches
         try:
             on_loop = asyncio.get_running_loop() is loop
@@ -246,6 +272,8 @@ class VertexEmulator:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         with self._lock:
+            if mode == "none":
+                self._tier_status = {}
             healthy = mode in ("none", "down")  # count and delay only make sense for failing requests
             self._mode, self._status = mode, status
             self._remaining, self._delay = (None, 0.0) if healthy else (count, float(delay))
@@ -262,26 +290,51 @@ class VertexEmulator:
                     self._mode, self._status, self._remaining, self._delay = "none", None, None, 0.0
             return taken
 
+    def fail_tier(self, tier: str, status: int | None) -> None:
+        """Answer `status` (e.g. 429) to every request asking for capacity tier `tier` (dedicated,
+        shared, priority, or "" for none), while no other failure mode applies; None: serve it
+        again. fail("none") clears every tier failure."""
+        if status is not None and not 200 <= status <= 599:
+            raise ValueError("a tier failure needs a status code between 200 and 599")
+        with self._lock:
+            if status is None:
+                self._tier_status.pop(tier, None)
+            else:
+                self._tier_status[tier] = status
+
+    def _peek_failure(self) -> tuple[str, int | None, float] | None:
+        with self._lock:
+            return None if self._mode in ("none", "down") else (self._mode, self._status, self._delay)
+
     def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    @property
+    def _want_plain(self) -> bool:
+        """Mode "tls" on a TLS emulator: the port answers without TLS, so every handshake fails."""
+        return self._mode == "tls" and self.ssl_context is not None
+
     async def _open_listener(self) -> None:
         assert self._data_runner is not None
-        site = web.TCPSite(self._data_runner, self.host, self.port, ssl_context=self.ssl_context)
+        plain = self._want_plain
+        site = web.TCPSite(self._data_runner, self.host, self.port, ssl_context=None if plain else self.ssl_context)
         await site.start()
-        self._site, self.port = site, site.port
+        self._site, self.port, self._site_plain = site, site.port, plain
 
     async def _sync_listener(self) -> None:
         """Open or close the data listener to match the "down" state (same port when reopening)."""
         if self._listener_lock is None:
             return  # not started: start() applies the state
         async with self._listener_lock:
-            if self.down and self._site is not None and self._data_runner is not None:
+            wrong_tls = self._site is not None and self._site_plain != self._want_plain
+            if (self.down or wrong_tls) and self._site is not None and self._data_runner is not None:
                 site, self._site = self._site, None
                 await site.stop()
                 _drop_connections(self._data_runner)  # a down region keeps no keep-alive connections either
+                if wrong_tls and not self.down and not self._stopping:  # "tls" on or off: same port
+                    await self._open_listener()
             elif not self.down and self._site is None and self._data_runner is not None and not self._stopping:
                 await self._open_listener()
 
@@ -291,12 +344,18 @@ class VertexEmulator:
         if self.down:  # raced in on a connection accepted just before the listener closed
             _abort(request.transport)
             return web.Response()
+        if request.headers.get("User-Agent") == PROBE_USER_AGENT:
+            self.probes += 1
+            resp = await self._answer(request, body, self._peek_failure())
+            return resp if resp is not None else web.Response()
         headers = {name.lower(): ", ".join(request.headers.getall(name)) for name in request.headers}
         rec = ReceivedRequest(
             method=request.method, path=request.raw_path.split("?", 1)[0], query=request.query_string,
             host=request.headers.get("Host", ""), headers=headers, body_sha256=hashlib.sha256(body).hexdigest(),
-            body_len=len(body), region=self.region, time=time.time())
+            body_len=len(body), region=self.region, time=time.time(), tier=request_tier(headers))
         failure = self._take_failure()
+        if failure is None and rec.tier in self._tier_status:  # e.g. Provisioned Throughput exhausted
+            failure = ("tier", self._tier_status[rec.tier], 0.0)
         rec.failure = failure[0] if failure else None
         with self._lock:
             self._received.append(rec)
@@ -314,6 +373,9 @@ class VertexEmulator:
             changed = self._changed
             if delay:
                 await asyncio.sleep(delay)
+            if mode == "stall":  # answer, but a stream goes silent after its first chunk
+                request[_STALL] = changed or asyncio.Event()
+                return await self._route(request, body)
             if mode == "hang":
                 if changed is not None and not self._stopping:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -486,7 +548,14 @@ class VertexEmulator:
                                            "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
+        stall = request.get(_STALL)
         for i, chunk in enumerate(chunks):
+            if i and stall is not None:  # "stall": silent until the mode changes, then drop it
+                if not self._stopping:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stall.wait(), HANG_MAX_SECONDS)
+                _abort(request.transport)
+                return resp
             if i:
                 await asyncio.sleep(STREAM_INTERVAL)
             await resp.write(chunk)
@@ -515,8 +584,18 @@ class VertexEmulator:
             self._wake()
             await self._sync_listener()
             return web.json_response(self.state())
+        if route == ("POST", "/_emulator/fail_tier"):
+            try:
+                req = await request.json()
+                status = req.get("status")
+                self.fail_tier(str(req["tier"]), None if status is None else int(status))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
+            with self._lock:
+                return web.json_response({"region": self.region, "tier_status": dict(self._tier_status)})
         return web.json_response({"error": "not found", "paths": ["GET|DELETE /_emulator/requests",
-                                  "POST /_emulator/fail", "GET /_emulator/state"]}, status=404)
+                                  "POST /_emulator/fail", "POST /_emulator/fail_tier", "GET /_emulator/state"]},
+                                 status=404)
 
 
 class EmulatorThread:

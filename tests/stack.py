@@ -20,9 +20,10 @@ from .harness import ConfigMapVolume, ControlPlaneThread, free_port, wait_for, w
 
 PROJECT = "p-e2e"
 GEMINI = ["google/gemini-2.0-flash"]  # publisher models every emulator serves
-ENDPOINT_IDS = {"us-central1": "1001", "us-east4": "2002", "europe-west4": "3003"}
-DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["us-central1"],
-                    "europe-west4": ["us-central1"]}
+ENDPOINT_IDS = {"us-central1": "1001", "us-east4": "2002", "europe-west4": "3003", "global": "9009"}
+# `global`: Vertex's global location (publisher models), the last resort where a stack has it.
+DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4", "global"], "us-east4": ["us-central1"],
+                    "europe-west4": ["us-central1"], "global": []}
 
 
 class Stack:

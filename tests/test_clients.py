@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -16,7 +15,6 @@ from control_plane.config import parse_config
 from control_plane.envoy_process import envoy_binary
 from control_plane.resources import (
     CLUSTER_TYPE,
-    ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
     NodeGroup,
@@ -136,12 +134,17 @@ def test_a_region_restricted_grant_gets_a_cluster_with_only_its_regions(config):
     aggregate = aggregate_pb2.ClusterConfig()
     clusters["model/housing~eu"].cluster_type.typed_config.Unpack(aggregate)
     assert list(aggregate.clusters) == ["model/housing@europe-west4"]
-    # a spread restricted to us-east4: its EDS assignment holds only that region's endpoint
-    assert clusters["model/spread~spread-eu"].type == cluster_pb2.Cluster.EDS
-    [assignment] = [e for e in resources[ENDPOINT_TYPE] if e.cluster_name == "model/spread~spread-eu"]
-    regions = [e.metadata.filter_metadata["vertex"].fields["region"].string_value
-               for loc in assignment.endpoints for e in loc.lb_endpoints]
-    assert regions == ["us-east4"]
+    # a weighted model restricted to us-east4: only the aggregate starting there, holding only it
+    assert [n for n in clusters if n.startswith("model/spread~spread-eu")] == ["model/spread~spread-eu/first/us-east4"]
+    clusters["model/spread~spread-eu/first/us-east4"].cluster_type.typed_config.Unpack(aggregate)
+    assert list(aggregate.clusters) == ["model/spread@us-east4"]
+    routes = {r.name: r for r in resources[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    picks = routes["model:spread~spread-eu"].route.weighted_clusters.clusters
+    assert [(p.name, p.weight.value) for p in picks] == [("model/spread~spread-eu/first/us-east4", 1)]
+    assert routes["model:spread~spread-eu"].route.retry_policy.num_retries.value == 0
+    # and a weighted model's routes are authorized like any other: a grant without it gets the 403
+    assert routes["model:spread~forbidden"].direct_response.status == 403
+    assert "model:spread~ops" not in routes and "model:spread" not in routes
     # an unrestricted grant uses the model's own cluster; a grant whose regions serve nothing gets none
     assert "model/housing~ops" not in clusters and "model/gemini~eu" not in clusters
 

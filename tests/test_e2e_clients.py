@@ -273,3 +273,23 @@ def test_adding_and_removing_clients_takes_effect_live(tmp_path):
                           headers={"authorization": f"Bearer {token}"}).status_code == 200
         stack.update_config({"clients": DELETE})
         wait_for(lambda: stack.post("/predict", json={"instances": [1]}).status_code == 200, what="open again")
+
+
+def test_a_weighted_model_is_authorized_and_region_restricted_like_any(world):
+    """A weighted model's route picks one of several aggregates (issue 17): grants still apply."""
+    stack, corp = world["stack"], world["corp"]
+    stack.update_config({"models": {"churn": {"strategy": "weighted", "weights": {
+        "us-central1": 1, "us-east4": 1, "europe-west4": 1}}}})
+    try:
+        stack.wait_synced()
+        batch = corp.token(AUDIENCE, email="batch@corp.test")  # housing only
+        assert call(world, "/v1/models/churn:predict", token=batch).status_code == 403
+        assert upstream_requests(world) == 0
+        eu = corp.token(AUDIENCE, email="eu@corp.test")  # europe-west4 only
+        regions = {call(world, "/v1/models/churn:predict", token=eu).headers["x-vertex-region"] for _ in range(12)}
+        assert regions == {"europe-west4"}
+        ops = corp.token(AUDIENCE, email="ops@corp.test")
+        assert call(world, "/v1/models/churn:predict", token=ops).status_code == 200
+    finally:
+        stack.update_config({"models": {"churn": {"strategy": "failover", "weights": DELETE}}})
+        stack.wait_synced()

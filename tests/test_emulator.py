@@ -373,3 +373,44 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
     assert proc.returncode == 0
     assert "POST /v1/projects/test-project/locations/us-east4/endpoints/9876:predict 200" in stderr
     assert "s3cr3t-t0ken" not in stderr
+
+
+def test_tier_is_recorded_and_a_tier_can_answer_429(emu: VertexEmulator) -> None:
+    emu.fail_tier("dedicated", 429)
+    tiers = [{}, {"x-vertex-ai-llm-request-type": "dedicated"}, {"x-vertex-ai-llm-request-type": "shared"},
+             {"x-vertex-ai-llm-request-type": "shared", "x-vertex-ai-llm-shared-request-type": "priority"}]
+    statuses = [requests.post(endpoint_url(emu), json={"instances": [1]}, headers=h, timeout=5).status_code
+                for h in tiers]
+    assert statuses == [200, 429, 200, 200]
+    assert [r.tier for r in emu.received] == ["", "dedicated", "shared", "priority"]
+    control = emu.control_url + "/_emulator"
+    assert requests.post(control + "/fail_tier", json={"tier": "shared", "status": 429}, timeout=5).json()[
+        "tier_status"] == {"dedicated": 429, "shared": 429}
+    emu.fail("none")  # healthy again: tier failures cleared too
+    assert requests.post(endpoint_url(emu), json={"instances": [1]}, timeout=5,
+                         headers={"x-vertex-ai-llm-request-type": "dedicated"}).status_code == 200
+
+
+def test_tls_mode_fails_every_handshake_on_the_same_port(tmp_path) -> None:
+    import ssl
+
+    import trustme
+
+    from control_plane.emulator import EmulatorThread
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    emu = VertexEmulator("us-central1", "p", {"1": "m"}, ssl_context=server)
+    with EmulatorThread(emu):
+        url = f"https://localhost:{emu.port}/v1/projects/p/locations/us-central1/endpoints/1:predict"
+        verify = str(tmp_path / "ca.pem")
+        assert requests.post(url, json={"instances": [1]}, verify=verify, timeout=5).status_code == 200
+        port = emu.port
+        emu.fail("tls")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(url, json={"instances": [1]}, verify=verify, timeout=5)
+        emu.fail("none")
+        assert emu.port == port
+        assert requests.post(url, json={"instances": [1]}, verify=verify, timeout=5).status_code == 200

@@ -140,20 +140,33 @@ def test_routes_cover_the_client_paths(config):
     assert retry["numRetries"] == 1  # two regions reachable from us-east4: one retry, never a revisit
 
 
-def test_weighted_model_is_one_spread_cluster_with_per_region_tls(config):
+def test_weighted_model_is_one_aggregate_per_first_region_picked_by_weight(config):
     res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
-    spread = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/spread"])
-    assert spread.get("lbPolicy", "ROUND_ROBIN") == "ROUND_ROBIN" and spread["type"] == "EDS"
-    assert spread["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
-    assert [m["name"] for m in spread["transportSocketMatches"]] == ["us-central1", "us-east4"]
-    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/spread"])
-    weights = {e["metadata"]["filterMetadata"]["vertex"]["region"]: e["loadBalancingWeight"]
-               for e in la["endpoints"][0]["lbEndpoints"]}
-    assert weights == {"us-central1": 3, "us-east4": 1}  # weight 0 drains europe-west4
+    clusters = by_name(res[CLUSTER_TYPE])
+    assert "model/spread" not in clusters
+    orders = {name: json_format.MessageToDict(c)["clusterType"]["typedConfig"]["clusters"]
+              for name, c in clusters.items() if name.startswith("model/spread/first/")}
+    # every weighted region first once, the others heaviest first; weight 0 (europe-west4) in none
+    assert orders == {"model/spread/first/us-central1": ["model/spread@us-central1", "model/spread@us-east4"],
+                      "model/spread/first/us-east4": ["model/spread@us-east4", "model/spread@us-central1"]}
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
-    assert not routes["model:spread"].route.retry_policy.HasField("retry_priority")
+    route = json_format.MessageToDict(routes["model:spread"].route)
+    assert route["weightedClusters"]["clusters"] == [{"name": "model/spread/first/us-central1", "weight": 3},
+                                                     {"name": "model/spread/first/us-east4", "weight": 1}]
+    assert route["retryPolicy"]["retryPriority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    # a drained region keeps its cluster: pinned requests still reach it
+    assert routes["pin:spread@europe-west4"].route.cluster == "model/spread@europe-west4"
+    assert "model/spread@europe-west4" in clusters
+
+
+def test_least_request_model_is_one_spread_cluster_with_many_host_reselections(config):
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
     gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
     assert gemini["lbPolicy"] == "LEAST_REQUEST"
+    assert gemini["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    retry = routes["model:gemini"].route.retry_policy
+    assert not retry.HasField("retry_priority") and retry.host_selection_retry_max_attempts >= 1000
 
 
 def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):
@@ -244,3 +257,67 @@ def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
                       max_ejection_percent: 100}
 models:""", 1))
     assert_envoy_accepts(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)
+
+
+def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
+    config = parse_config(CONFIG.replace(
+        "    failover: [us-east4, europe-west4]\n",
+        "    failover: [us-east4, europe-west4]\n    health_check: {kind: http, interval: 3s}\n", 1).replace(
+        "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n",
+        "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n"
+        "    policy: {hedge: true, first_byte_timeout: 3s}\n", 1))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = {name: json_format.MessageToDict(c) for name, c in by_name(res[CLUSTER_TYPE]).items()}
+    hc = clusters["model/housing@us-central1"]["healthChecks"][0]
+    assert hc["httpHealthCheck"]["host"] == "us-central1-aiplatform.googleapis.com"
+    assert hc["interval"] == hc["noTrafficInterval"] == "3s"
+    assert clusters["model/housing@us-central1"]["outlierDetection"]["successfulActiveHealthCheckUnejectHost"] is False
+    assert "healthChecks" not in clusters["model/housing@us-east4"]
+    routes = {r.name: json_format.MessageToDict(r) for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    names = list(routes)
+    assert names.index("model:housing:hedged") < names.index("model:housing")
+    assert routes["model:housing:hedged"]["route"]["hedgePolicy"] == {"hedgeOnPerTryTimeout": True}
+    assert "explain" not in routes["model:housing:hedged"]["match"]["safeRegex"]["regex"]
+    assert "hedgePolicy" not in routes["model:housing"]["route"] and "hedgePolicy" in routes["predict"]["route"]
+    assert routes["model:housing:stream"]["route"]["retryPolicy"]["perTryIdleTimeout"] == "3s"
+    assert "model:churn:hedged" not in routes
+    assert_envoy_accepts(res, tmp_path)
+
+
+def test_capacity_tiers_are_one_cluster_per_region_and_tier_in_attempt_order(tmp_path):
+    config = parse_config(CONFIG.replace(
+        "    strategy: least_request\n",
+        "    tiers: {us-central1: [dedicated, shared], us-east4: [priority]}\n"))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = by_name(res[CLUSTER_TYPE])
+    agg = json_format.MessageToDict(clusters["model/gemini"])
+    assert agg["clusterType"]["typedConfig"]["clusters"] == [
+        "model/gemini@us-central1/dedicated", "model/gemini@us-central1/shared", "model/gemini@us-east4/priority"]
+    assert "model/gemini@us-central1" in clusters  # the pins' target: no tier set, the client's kept
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-central1/shared"])
+    assert la["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]["tier"] == "shared"
+    pin = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-central1"])
+    assert "tier" not in pin["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]
+    routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
+    assert routes["model:gemini"].route.retry_policy.num_retries.value == 2  # min(2, 3 attempts - 1)
+    assert_envoy_accepts(res, tmp_path)
+
+
+def test_a_least_request_spread_is_probed_when_its_regions_agree_on_probes(tmp_path):
+    probes = "    health_check: {kind: http}\n"
+    config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
+                                         "    failover: [us-east4, europe-west4]\n" + probes, 1)
+                          .replace("    failover: [us-central1]\n", "    failover: [us-central1]\n" + probes, 1))
+    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
+    assert gemini["healthChecks"][0]["httpHealthCheck"]["path"] == "/"
+    la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini"])
+    assert {e["endpoint"]["healthCheckConfig"]["hostname"] for e in la["endpoints"][0]["lbEndpoints"]} == {
+        "us-central1-aiplatform.googleapis.com", "vertex.east.internal"}
+    assert_envoy_accepts(res, tmp_path)
+    # regions that disagree (one without probes): no probes on the spread
+    config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
+                                         "    failover: [us-east4, europe-west4]\n" + probes, 1))
+    gemini = json_format.MessageToDict(by_name(build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))[
+        CLUSTER_TYPE])["model/gemini"])
+    assert "healthChecks" not in gemini

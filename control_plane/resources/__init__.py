@@ -11,8 +11,11 @@ Shape (DESIGN-NOTES, "Per-attempt double rewrite"):
   header_mutation copies that host's metadata into temporary headers, Lua rewrites :path and
   :authority from them. So a retry in another region carries that region's path and host.
 
-A `weighted` or `least_request` model's route names one "spread" cluster instead, holding
-every region's endpoint in one priority; the same upstream filters do the rewrite.
+A `weighted` model's route picks by weight one of its aggregates "model/{m}/first/{region}"
+(that region first, then the others): the pick spreads first attempts, the aggregate's
+priorities keep every retry off the regions already tried. A `least_request` model's route
+names one "spread" cluster, every region's endpoint in one priority; the same upstream
+filters do the rewrite.
 
 Modules: names (type URLs, names, which regions serve what), clusters, upstream (per-attempt
 filters, token secrets), routes, listener, clients (who may call: authentication and
@@ -28,7 +31,14 @@ from google.protobuf.message import Message
 
 from ..config import RegionConfig
 from .clients import authorize_routes, client_clusters, secure_listener
-from .clusters import aggregate_cluster, load_assignment, region_cluster, spread_cluster, spread_load_assignment
+from .clusters import (
+    aggregate_cluster,
+    first_region_cluster,
+    load_assignment,
+    region_cluster,
+    spread_cluster,
+    spread_load_assignment,
+)
 from .listener import listener
 from .names import (
     CLUSTER_TYPE,
@@ -43,10 +53,12 @@ from .names import (
     SECRET_TYPE,
     TEMP_HEADERS,
     NodeGroup,
+    attempts,
     cluster_name,
     endpoint_path,
     failover_chain,
     members,
+    pinnable,
     region_cluster_name,
     upstream_path,
 )
@@ -65,7 +77,7 @@ from .upstream import (
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "LISTENER_NAME", "LISTENER_TYPE", "METADATA_NAMESPACE", "PIN_HEADER",
     "PUSH_ORDER", "REWRITE_LUA", "ROUTE_CONFIG_NAME", "ROUTE_TYPE", "SECRET_TYPE", "TEMP_HEADERS", "NodeGroup",
-    "aggregate_cluster", "build_resources", "cluster_name", "endpoint_path", "failover_chain", "listener",
+    "aggregate_cluster", "attempts", "build_resources", "first_region_cluster", "cluster_name", "endpoint_path", "failover_chain", "listener",
     "load_assignment", "members", "region_cluster", "region_cluster_name", "route_configuration",
     "spread_cluster", "spread_load_assignment", "token_secret", "token_secret_name", "upstream_filters",
     "Injection", "credential_secret", "credential_secret_name", "upstream_path",
@@ -82,17 +94,23 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             continue
         if spec.strategy == "failover":
             clusters.append(aggregate_cluster(config, model, group.region))
+        elif spec.strategy == "weighted":
+            clusters += [first_region_cluster(config, model, group.region, first) for first in regions]
         else:
             clusters.append(spread_cluster(config, model, group.region))
             if clusters[-1].type == cluster_pb2.Cluster.EDS:
                 endpoints.append(spread_load_assignment(config, model, group.region))
-        for region in regions:  # failover members; for a spread, the targets of pinned requests
+        # What the aggregates and the pins name: each region's own cluster, and for a model with
+        # capacity tiers one cluster per (region, tier) attempt.
+        targets = [(r, None) for r in pinnable(config, model, group.region)]
+        targets += [(r, t) for r, t in attempts(config, model, regions) if t]
+        for region, tier in targets:
             # The same for every Envoy whatever its region: built once per config.
-            clusters.append(config.memo(("region_cluster", model, region),
-                                        lambda: region_cluster(config, model, region)))
+            clusters.append(config.memo(("region_cluster", model, region, tier),
+                                        lambda: region_cluster(config, model, region, tier)))
             if _is_ip(config.regions[region].address):
-                endpoints.append(config.memo(("load_assignment", model, region),
-                                             lambda: load_assignment(config, model, region)))
+                endpoints.append(config.memo(("load_assignment", model, region, tier),
+                                             lambda: load_assignment(config, model, region, tier)))
     # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
     extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
     return {

@@ -50,7 +50,15 @@ from google.protobuf.message import Message
 
 from ..config import ClientGrant, RegionConfig
 from .clusters import spread_load_assignment
-from .names import BUFFER_FILTER, DEFAULT_CA_FILE, cluster_name, members, region_cluster_name
+from .names import (
+    BUFFER_FILTER,
+    DEFAULT_CA_FILE,
+    attempts,
+    cluster_name,
+    first_region_cluster_name,
+    members,
+    region_cluster_name,
+)
 from .proto import _any, _duration, _is_ip, _re_escape, _regex, _socket, _struct
 
 JWT_IDENTITY_HEADER = "x-vertex-client-jwt"
@@ -79,8 +87,9 @@ def jwks_cluster_name(issuer: str) -> str:
     return f"jwks/{issuer}"
 
 
-def restricted_cluster_name(model: str, grant: str) -> str:
-    return f"model/{model}~{grant}"
+def restricted_cluster_name(model: str, grant: str, first: str | None = None) -> str:
+    """A grant's copy of a model's cluster; of a weighted model's aggregate starting at `first`."""
+    return f"model/{model}~{grant}" + (f"/first/{first}" if first else "")
 
 
 # ---------------------------------------------------------------------- which regions a grant gets
@@ -116,26 +125,37 @@ def client_clusters(config: RegionConfig, local_region: str, built: list[Message
     endpoints: list[Message] = []
     by_name = {c.name: c for c in built}
     for model in config.models:
-        base = by_name.get(cluster_name(model))
-        if base is None:
-            continue
+        # A weighted model's route picks one aggregate per first region: restrict each.
+        firsts: list[str | None] = members(config, model, local_region) \
+            if config.models[model].strategy == "weighted" else [None]
         for grant_name, grant in _grants_for(config, model):
             if not _is_restricted(config, grant, model, local_region):
                 continue
             allowed = grant_members(config, grant, model, local_region)
-            cluster = cluster_pb2.Cluster()
-            cluster.CopyFrom(base)
-            cluster.name = restricted_cluster_name(model, grant_name)
-            if cluster.HasField("cluster_type"):  # failover: an aggregate of region clusters
-                aggregate = aggregate_pb2.ClusterConfig(clusters=[region_cluster_name(model, r) for r in allowed])
-                cluster.cluster_type.typed_config.CopyFrom(_any(aggregate))
-            elif cluster.type == cluster_pb2.Cluster.EDS:  # a spread: its endpoints come by EDS
-                endpoints.append(_only_regions(spread_load_assignment(config, model, local_region),
-                                               cluster.name, allowed))
-            else:
-                cluster.load_assignment.CopyFrom(_only_regions(cluster.load_assignment, cluster.name, allowed))
-            clusters.append(cluster)
+            for first in firsts:
+                base = by_name.get(cluster_name(model) if first is None else first_region_cluster_name(model, first))
+                if base is None or (first is not None and first not in allowed):
+                    continue
+                cluster = cluster_pb2.Cluster()
+                cluster.CopyFrom(base)
+                cluster.name = restricted_cluster_name(model, grant_name, first)
+                if cluster.HasField("cluster_type"):  # an aggregate of (region, tier) clusters, in order
+                    aggregate = aggregate_pb2.ClusterConfig()
+                    cluster.cluster_type.typed_config.Unpack(aggregate)
+                    kept = [c for c in aggregate.clusters if _region_of(model, c) in allowed]
+                    cluster.cluster_type.typed_config.CopyFrom(_any(aggregate_pb2.ClusterConfig(clusters=kept)))
+                elif cluster.type == cluster_pb2.Cluster.EDS:  # a spread: its endpoints come by EDS
+                    endpoints.append(_only_regions(spread_load_assignment(config, model, local_region),
+                                                   cluster.name, allowed))
+                else:
+                    cluster.load_assignment.CopyFrom(_only_regions(cluster.load_assignment, cluster.name, allowed))
+                clusters.append(cluster)
     return clusters, endpoints
+
+
+def _region_of(model: str, cluster: str) -> str:
+    """The region of a cluster named model/{m}@{region} or model/{m}@{region}/{tier}."""
+    return cluster[len(region_cluster_name(model, "")):].split("/", 1)[0]
 
 
 def _only_regions(assignment: endpoint_pb2.ClusterLoadAssignment, name: str,
@@ -308,6 +328,7 @@ def authorize_routes(config: RegionConfig, local_region: str,
         return routes
     targets = {cluster_name(m): (m, None) for m in config.models}
     targets.update({region_cluster_name(m, r): (m, r) for m in config.models for r in config.regions})
+    targets.update({first_region_cluster_name(m, r): (m, None) for m in config.models for r in config.regions})
     out = route_pb2.RouteConfiguration()
     out.CopyFrom(routes)
     for vhost in out.virtual_hosts:
@@ -315,7 +336,7 @@ def authorize_routes(config: RegionConfig, local_region: str,
         del vhost.routes[:]
         vhost.routes.append(_unauthenticated(config))
         for route in original:
-            target = targets.get(route.route.cluster) if route.HasField("route") else None
+            target = _target(route, targets)
             if target is None:
                 vhost.routes.append(route)
                 continue
@@ -325,6 +346,16 @@ def authorize_routes(config: RegionConfig, local_region: str,
             vhost.routes.append(_refusal(route, f"{route.name}~forbidden", 403,
                                          f"this client may not call model {model!r}"))
     return out
+
+
+def _target(route: route_components_pb2.Route, targets: dict) -> tuple[str, str | None] | None:
+    """(model, pinned region) of a route naming a model's cluster (or a weighted pick of them)."""
+    if not route.HasField("route"):
+        return None
+    if route.route.HasField("weighted_clusters"):
+        picks = route.route.weighted_clusters.clusters
+        return targets.get(picks[0].name) if picks else None
+    return targets.get(route.route.cluster)
 
 
 def _grant_variants(config: RegionConfig, local_region: str, route: route_components_pb2.Route, model: str,
@@ -340,10 +371,18 @@ def _grant_variants(config: RegionConfig, local_region: str, route: route_compon
         variant = route_components_pb2.Route()
         variant.CopyFrom(route)
         if pinned is None and _is_restricted(config, grant, model, local_region):
-            variant.route.cluster = restricted_cluster_name(model, grant_name)
+            if variant.route.HasField("weighted_clusters"):  # only the allowed first regions, restricted
+                picks = [route_components_pb2.WeightedCluster.ClusterWeight(
+                    name=restricted_cluster_name(model, grant_name, first), weight=pick.weight)
+                    for pick in variant.route.weighted_clusters.clusters
+                    if (first := pick.name.rsplit("/first/", 1)[-1]) in allowed]
+                variant.route.weighted_clusters.CopyFrom(route_components_pb2.WeightedCluster(clusters=picks))
+            else:
+                variant.route.cluster = restricted_cluster_name(model, grant_name)
             retry = variant.route.retry_policy
-            if retry.HasField("num_retries"):  # a retry never revisits a region
-                retry.num_retries.value = min(retry.num_retries.value, max(len(allowed) - 1, 0))
+            if retry.HasField("num_retries"):  # a retry never revisits a (region, tier) attempt
+                retry.num_retries.value = min(retry.num_retries.value,
+                                              max(len(attempts(config, model, allowed)) - 1, 0))
         variant.request_headers_to_remove.extend(IDENTITY_HEADERS)
     out = []
     for header, matcher in _identity_matchers(config, grant):

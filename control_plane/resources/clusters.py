@@ -11,6 +11,7 @@ from envoy.config.cluster.v3 import (
 from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import (
     base_pb2,
+    health_check_pb2,
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -20,6 +21,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import http_pb2 as codec_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
@@ -29,13 +31,16 @@ from .names import (
     HTTP_OPTIONS,
     METADATA_NAMESPACE,
     SOCKET_MATCH,
+    attempts,
     backend_secret_name,
     cluster_name,
     endpoint_path,
     failover_chain,
+    first_region_cluster_name,
     members,
-    region_cluster_name,
+    tier_cluster_name,
     upstream_path,
+    weighted_order,
 )
 from .proto import (
     _ads,
@@ -71,13 +76,15 @@ def injections(config: RegionConfig, model: str, regions: list[str]) -> tuple[li
     return [*sorted(profiles), *sorted(own, key=lambda i: i.key)], uncredentialed
 
 
-def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
+def region_cluster(config: RegionConfig, model: str, region: str, tier: str | None = None) -> cluster_pb2.Cluster:
     """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
-    Under an aggregate its upstream filters never run; a pinned route names it directly."""
+    Under an aggregate its upstream filters never run; a pinned route names it directly.
+    With a capacity tier, one attempt (region, tier): its own outlier detection, so a tier out
+    of capacity (429) is skipped while the region's other tiers still serve."""
     spec = config.regions[region]
     policy = config.policy_for(model, region)
     cluster = cluster_pb2.Cluster(
-        name=region_cluster_name(model, region),
+        name=tier_cluster_name(model, region, tier),
         connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         outlier_detection=config.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
@@ -93,10 +100,41 @@ def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2
     else:
         # EDS carries IPs only; a hostname (e.g. a PSC DNS name) is resolved by Envoy.
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
-        cluster.load_assignment.CopyFrom(load_assignment(config, model, region))
+        cluster.load_assignment.CopyFrom(load_assignment(config, model, region, tier))
     if spec.tls:
         cluster.transport_socket.CopyFrom(_tls_socket(config, region))
+    if spec.health_check is not None:
+        cluster.health_checks.append(health_check(config, region))
+        # A passing probe must not bring back a region outlier detection ejected: a region that
+        # accepts connections but answers 5xx or hangs passes a connect probe.
+        cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
     return cluster
+
+
+def health_check(config: RegionConfig, region: str) -> health_check_pb2.HealthCheck:
+    """Active probes of one region's address: a TCP connect (+ the TLS handshake on a TLS cluster,
+    whose transport socket the probe uses), or also a `GET /` any status below 500 passes."""
+    spec = config.regions[region]
+    hc = spec.health_check
+    assert hc is not None
+    out = health_check_pb2.HealthCheck(
+        timeout=_duration(hc.timeout),
+        interval=_duration(hc.interval),
+        # Envoy probes clusters without traffic only every 60 s by default: a region held in
+        # reserve (a failover target) must be known dead before the first request needs it.
+        no_traffic_interval=_duration(hc.interval),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
+        reuse_connection=wrappers_pb2.BoolValue(value=hc.kind == "http"),
+    )
+    if hc.kind == "connect":
+        out.tcp_health_check.CopyFrom(health_check_pb2.HealthCheck.TcpHealthCheck())
+    else:
+        out.http_health_check.CopyFrom(health_check_pb2.HealthCheck.HttpHealthCheck(
+            host=config.host_of(region), path="/",
+            expected_statuses=[range_pb2.Int64Range(start=200, end=500)],
+            codec_client_type=codec_pb2.HTTP2 if spec.http2 else codec_pb2.HTTP1))
+    return out
 
 
 def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
@@ -179,14 +217,16 @@ def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: boo
     return options
 
 
-def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(config: RegionConfig, model: str, region: str,
+                    tier: str | None = None) -> endpoint_pb2.ClusterLoadAssignment:
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=region_cluster_name(model, region),
+        cluster_name=tier_cluster_name(model, region, tier),
         endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
-            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region)])])
+            locality=base_pb2.Locality(region=region), lb_endpoints=[_lb_endpoint(config, model, region, tier=tier)])])
 
 
-def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0,
+                 tier: str | None = None) -> endpoint_components_pb2.LbEndpoint:
     spec = config.regions[region]
     fields = {"region": region, "host": config.host_of(region)}
     if spec.custom:  # its whole path ({verb} filled in per attempt); no credential key: none is sent
@@ -196,12 +236,16 @@ def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0)
             fields["credential"] = credential
     else:
         fields.update(endpoint_path=endpoint_path(config, model, region), credential=config.profile_for(model, region))
+    if tier:  # the per-attempt filters set this attempt's tier headers from it
+        fields["tier"] = tier
     metadata = {METADATA_NAMESPACE: _struct(fields)}
     if spec.tls:  # a spread cluster picks each region's TLS settings by this key
         metadata[SOCKET_MATCH] = _struct({"region": region})
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_socket(spec.address, spec.port)),
         metadata=base_pb2.Metadata(filter_metadata=metadata))
+    if spec.health_check is not None:  # an HTTP probe's Host, per region (a spread holds several)
+        endpoint.endpoint.health_check_config.hostname = config.host_of(region)
     if weight:
         endpoint.load_balancing_weight.value = weight
     return endpoint
@@ -218,8 +262,8 @@ def spread_load_assignment(config: RegionConfig, model: str, local_region: str) 
 
 
 def spread_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
-    """The cluster a weighted or least-request model's route names: all its regions in one
-    priority. Retries move to a region not yet tried (previous_hosts: one host per region)."""
+    """The cluster a least-request model's route names: all its regions in one priority.
+    Retries move to a region not yet tried (previous_hosts: one host per region)."""
     spec = config.models[model]
     regions = members(config, model, local_region)
     policy = config.policy_for(model, local_region)
@@ -247,24 +291,38 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(spread_load_assignment(config, model, local_region))
+    # One probe setting per cluster: the regions' must agree (each endpoint names its own Host).
+    if regions and len({config.regions[r].health_check for r in regions}) == 1 \
+            and config.regions[regions[0]].health_check is not None:
+        cluster.health_checks.append(health_check(config, regions[0]))
+        cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
     return cluster
 
 
 def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
     """The cluster a failover model's route names: its regions in failover order, local first."""
-    chain = failover_chain(config, model, local_region)
+    return _aggregate(config, model, local_region, cluster_name(model), failover_chain(config, model, local_region))
+
+
+def first_region_cluster(config: RegionConfig, model: str, local_region: str, first: str) -> cluster_pb2.Cluster:
+    """One of a weighted model's aggregates: `first`, then the other weighted regions. The route
+    picks among them by weight (the first attempt's region); priorities order the retries."""
+    return _aggregate(config, model, local_region, first_region_cluster_name(model, first),
+                      weighted_order(config, model, first))
+
+
+def _aggregate(config: RegionConfig, model: str, local_region: str, name: str,
+               chain: list[str]) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
-        name=cluster_name(model),
+        name=name,
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         cluster_type=cluster_pb2.Cluster.CustomClusterType(
             name="envoy.clusters.aggregate",
             typed_config=_any(aggregate_pb2.ClusterConfig(
-                clusters=[region_cluster_name(model, r) for r in chain]))),
+                clusters=[tier_cluster_name(model, r, t) for r, t in attempts(config, model, chain)]))),
         circuit_breakers=config.memo(("retry_budget",), _retry_budget),
         # The wire protocol really comes from each region's cluster; these options carry the filters.
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
             config, model, chain, config.policy_for(model, local_region)))},
     )
-
-

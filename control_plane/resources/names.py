@@ -21,10 +21,10 @@ METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
 # Each is copied from the chosen endpoint's metadata key of the same position.
 TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential",
-                "x-vertex-upstream-path")
+                "x-vertex-upstream-path", "x-vertex-tier")
 # upstream_path: a custom backend's whole path, "{verb}" standing for the client's verb (Vertex
-# regions have endpoint_path instead, the verb appended as ":{verb}").
-METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path")
+# regions have endpoint_path instead, the verb appended as ":{verb}"). tier: a capacity tier.
+METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path", "tier")
 CREDENTIAL_HEADER = "x-vertex-credential"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
@@ -50,6 +50,25 @@ def region_cluster_name(model: str, region: str) -> str:
     return f"model/{model}@{region}"
 
 
+def tier_cluster_name(model: str, region: str, tier: str | None) -> str:
+    """One (region, capacity tier) attempt of a model with `tiers`; None: the region's own cluster."""
+    return region_cluster_name(model, region) + (f"/{tier}" if tier else "")
+
+
+def attempts(config: RegionConfig, model: str, regions: list[str]) -> list[tuple[str, str | None]]:
+    """The (region, tier) attempts for regions in order: each region's tiers in the model's order.
+    A model without tiers: each region alone (tier None: the client's tier headers are kept). A
+    model with tiers sets every attempt's tier ("default", no header, where a region has none
+    listed): header edits persist across attempts, so a client's own could not come back."""
+    tiers = config.models[model].tiers
+    return [(r, t) for r in regions for t in (tiers.get(r) or ["default" if tiers else None])]
+
+
+def first_region_cluster_name(model: str, region: str) -> str:
+    """A weighted model's aggregate whose first attempt goes to `region` (see weighted_order)."""
+    return f"model/{model}/first/{region}"
+
+
 def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[str]:
     """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
     served = set(config.models[model].served_regions)
@@ -70,6 +89,26 @@ def _members(config: RegionConfig, model: str, local_region: str) -> list[str]:
     if spec.strategy == "weighted":
         return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
     return list(spec.served_regions)
+
+
+def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:
+    """A weighted model's attempt order when the weighted pick chose `first`: that region, then
+    the other regions with weight > 0, heaviest first (ties in config order). The route picks
+    one such order per request by weight; its aggregate's priorities and previous_priorities
+    then make every retry go to a region that request has not tried."""
+    spec = config.models[model]
+    rest = [r for r in spec.served_regions if r != first and spec.weights.get(r, 0) > 0]
+    return [first, *sorted(rest, key=lambda r: -spec.weights[r])]
+
+
+def pinnable(config: RegionConfig, model: str, local_region: str) -> list[str]:
+    """Regions a request for `model` may be pinned to at an Envoy in local_region: the regions it
+    uses, and for a weighted model also those drained with weight 0 (an operator checks a drained
+    region through a pin before giving it traffic again)."""
+    spec = config.models[model]
+    if spec.strategy == "weighted":
+        return list(spec.served_regions)
+    return members(config, model, local_region)
 
 
 def endpoint_path(config: RegionConfig, model: str, region: str) -> str:

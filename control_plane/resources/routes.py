@@ -24,8 +24,11 @@ from .names import (
     METADATA_NAMESPACE,
     PIN_HEADER,
     ROUTE_CONFIG_NAME,
+    attempts,
     cluster_name,
+    first_region_cluster_name,
     members,
+    pinnable,
     region_cluster_name,
 )
 from .proto import (
@@ -37,9 +40,23 @@ from .proto import (
     _regex,
 )
 
+# Hedged on per_try_timeout when a model's policy says `hedge: true`: idempotent, non-streaming.
+HEDGED_VERBS = frozenset({"predict", "rawPredict", "generateContent", "countTokens"})
+
+# previous_hosts reselects at most this many times. Enough that a least-request pick (two random
+# choices, the one with fewer requests kept) lands on an untried region: worst case, one untried
+# region of k, is 1/k^2 per pick, so with k <= 10 a miss is below 1e-4 (measured: 0 of 2,000).
+HOST_RESELECTIONS = 1000
+
+
+# With a single region in reach, retries go back to it: after a real pause (jittered, doubling),
+# not Envoy's default 25 ms, so a region shedding load is not hit again at once.
+SAME_REGION_BACKOFF = (0.25, 2.0)
+
 
 def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) -> route_components_pb2.RetryPolicy:
-    # A retry goes to a region not yet tried; more retries than regions would revisit one.
+    # A retry goes to a region not yet tried; more retries than regions would revisit one. With one
+    # region only (`failover: []`, or one serving region), retries stay there, with a backoff.
     num_retries = min(policy.num_retries, attempts_available - 1) if attempts_available > 1 else policy.num_retries
     retry = route_components_pb2.RetryPolicy(
         retry_on=",".join(policy.retry_on),
@@ -49,9 +66,12 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
         retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
             name="envoy.retry_host_predicates.previous_hosts",
             typed_config=_any(previous_hosts_pb2.PreviousHostsPredicate()))],
-        host_selection_retry_max_attempts=3,
+        host_selection_retry_max_attempts=3 if by_priority else HOST_RESELECTIONS,
     )
-    if by_priority:  # failover: each region is a priority of the aggregate
+    if attempts_available == 1 and num_retries:
+        retry.retry_back_off.base_interval.CopyFrom(_duration(SAME_REGION_BACKOFF[0]))
+        retry.retry_back_off.max_interval.CopyFrom(_duration(SAME_REGION_BACKOFF[1]))
+    if by_priority:  # failover and weighted: each region is a priority of an aggregate
         # Essential: without it a retry stays in the failing region.
         retry.retry_priority.CopyFrom(route_components_pb2.RetryPolicy.RetryPriority(
             name="envoy.retry_priorities.previous_priorities",
@@ -61,18 +81,19 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
 
 def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
-                 pinned: str | None = None) -> route_components_pb2.Route:
+                 pinned: str | None = None, hedged: bool = False) -> route_components_pb2.Route:
     # Most of a route does not depend on the Envoy's region: built once per config for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
-    chain_length = 1 if pinned else len(members(config, model, local_region))
-    key = ("route", model, name, streaming, pinned, id(config.policy_for(model, local_region)), chain_length,
+    chain_length = 1 if pinned else len(attempts(config, model, members(config, model, local_region)))
+    key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
            local_region if not chain_length else None)
-    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned))
+    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned,
+                                                       hedged))
 
 
 def _build_model_route(config: RegionConfig, model: str, local_region: str, name: str,
                        match: route_components_pb2.RouteMatch, streaming: bool,
-                       pinned: str | None) -> route_components_pb2.Route:
+                       pinned: str | None, hedged: bool) -> route_components_pb2.Route:
     chain = [pinned] if pinned else members(config, model, local_region)
     if not chain:
         return route_components_pb2.Route(
@@ -84,29 +105,43 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
     strategy = config.models[model].strategy
     route = route_components_pb2.Route()
     # Everything but the name, match and cluster is shared by many routes: copy it (in C).
-    route.CopyFrom(config.memo(("route_template", id(base_policy), len(chain), strategy, streaming, bool(pinned)),
-                               lambda: _route_template(base_policy, len(chain), strategy, streaming, bool(pinned))))
+    tried = len(chain) if pinned else len(attempts(config, model, chain))  # (region, tier) attempts
+    route.CopyFrom(config.memo(("route_template", id(base_policy), tried, strategy, streaming, bool(pinned), hedged),
+                               lambda: _route_template(base_policy, tried, strategy, streaming, bool(pinned),
+                                                       hedged)))
     route.name = name
     route.match.CopyFrom(match)
-    route.route.cluster = region_cluster_name(model, pinned) if pinned else cluster_name(model)
+    if pinned:
+        route.route.cluster = region_cluster_name(model, pinned)
+    elif strategy == "weighted":
+        route.route.weighted_clusters.CopyFrom(_weighted_first_regions(config, model, chain))
+    else:
+        route.route.cluster = cluster_name(model)
     return route
 
 
 def _route_template(policy: Policy, attempts_available: int, strategy: str, streaming: bool,
-                    pinned: bool) -> route_components_pb2.Route:
+                    pinned: bool, hedged: bool = False) -> route_components_pb2.Route:
     if pinned:  # that region only: no failover
         policy = policy.model_copy(update={"num_retries": 0})
     action = route_components_pb2.RouteAction(
-        retry_policy=_retry_policy(policy, attempts_available, strategy == "failover"))
+        retry_policy=_retry_policy(policy, attempts_available, strategy != "least_request" or pinned))
     retry = action.retry_policy
     if streaming:
         # A stream may rightly last longer than any whole-response timeout; what must be caught is
         # an attempt that sends nothing (a hang before the first byte, or a stall mid-stream).
         action.timeout.CopyFrom(_duration(0))
         retry.ClearField("per_try_timeout")
-        retry.per_try_idle_timeout.CopyFrom(_duration(policy.per_try_timeout))
+        # Before the first byte a silent attempt goes to the next region; after it, a stream is
+        # never retried (the client has part of an answer) and a stall this long ends it.
+        first_byte = policy.first_byte_timeout if not pinned and policy.first_byte_timeout else policy.per_try_timeout
+        retry.per_try_idle_timeout.CopyFrom(_duration(first_byte))
     else:
         action.timeout.CopyFrom(_duration(policy.timeout))
+    if hedged:
+        # The slow attempt keeps running while the next region is tried; the first good answer
+        # wins and the other attempt is cancelled. num_retries caps the attempts either way.
+        action.hedge_policy.hedge_on_per_try_timeout = True
     return route_components_pb2.Route(
         route=action,
         request_headers_to_remove=[PIN_HEADER] if pinned else [],
@@ -119,6 +154,15 @@ def _route_template(policy: Policy, attempts_available: int, strategy: str, stre
     )
 
 
+def _weighted_first_regions(config: RegionConfig, model: str, regions: list[str]) -> route_components_pb2.WeightedCluster:
+    """The weighted pick of the first attempt's region: one aggregate per region, that region first.
+    Retries stay in the picked aggregate and move down its priorities (never back up)."""
+    weights = config.models[model].weights
+    return route_components_pb2.WeightedCluster(clusters=[route_components_pb2.WeightedCluster.ClusterWeight(
+        name=first_region_cluster_name(model, r), weight=wrappers_pb2.UInt32Value(value=weights[r]))
+        for r in regions])
+
+
 def _json_response(status: int, message: str, **extra) -> route_components_pb2.DirectResponseAction:
     body = json.dumps({"error": {"code": status, "message": message, **extra}}, sort_keys=True)
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
@@ -128,11 +172,15 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     routes: list[route_components_pb2.Route] = []
     for model in config.models:
         routes += _pin_routes(config, model, local_region)
+        if config.policy_for(model, local_region).hedge:  # before the routes of all the verbs
+            routes += [_model_route(config, model, local_region, name, match, hedged=True)
+                       for name, match in _hedged_matches(config, model)]
         routes += [_model_route(config, model, local_region, name, match, streaming)
                    for name, match, streaming in _model_matches(config, model)]
     routes += _openai_routes(config, local_region)
     routes.append(_model_route(config, config.default_model, local_region, "predict",
-                               route_components_pb2.RouteMatch(path="/predict")))
+                               route_components_pb2.RouteMatch(path="/predict"),
+                               hedged=config.policy_for(config.default_model, local_region).hedge))
     routes.append(route_components_pb2.Route(
         name="not-found",
         match=route_components_pb2.RouteMatch(prefix="/"),
@@ -192,6 +240,16 @@ def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_co
     return config.memo(("matches", model), compute)
 
 
+def _hedged_matches(config: RegionConfig, model: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
+    """(route name, match) of the model's hedged verbs, for a model whose policy says `hedge`."""
+    def compute() -> list[tuple[str, route_components_pb2.RouteMatch]]:
+        model_path, native, verbs = _patterns(config, model)
+        verb_re = f":({_alternation([v for v in verbs if v in HEDGED_VERBS])})$"
+        return [(f"model:{model}:hedged", _regex_match(f"^{model_path}{verb_re}")),
+                (f"native:{model}:hedged", _regex_match(f"^{native}{verb_re}"))]
+    return config.memo(("hedged_matches", model), compute)
+
+
 def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_components_pb2.RouteMatch:
     """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
     def compute() -> route_components_pb2.RouteMatch:
@@ -211,7 +269,7 @@ def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_co
 def _pin_routes(config: RegionConfig, model: str, local_region: str) -> list[route_components_pb2.Route]:
     """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
     regions this Envoy would use for the model may be pinned; any other value gets a 400."""
-    allowed = members(config, model, local_region)
+    allowed = pinnable(config, model, local_region)
     # One route per region covers unary and streaming verbs alike: no whole-request timeout,
     # an idle timeout per try instead (what a hang looks like either way).
     routes = [_model_route(config, model, local_region, f"pin:{model}@{region}", _pin_match(config, model, region),
@@ -263,7 +321,7 @@ def _openai_routes(config: RegionConfig, local_region: str) -> list[route_compon
 
     routes: list[route_components_pb2.Route] = []
     for body_model, model in publisher.items():
-        allowed = members(config, model, local_region)
+        allowed = pinnable(config, model, local_region)
         routes += [to(model, f"openai:{model}@{region}", openai.match(openai.CHAT_PATH, body_model, pin={
             "name": PIN_HEADER, "string_match": string_pb2.StringMatcher(exact=region)}), True, body_model, region)
             for region in allowed]

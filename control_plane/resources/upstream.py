@@ -57,6 +57,19 @@ function envoy_on_request(h)
   hd:remove("x-vertex-endpoint-path"); hd:remove("x-vertex-host"); hd:remove("x-vertex-region")
   hd:remove("x-vertex-credential"); hd:remove("x-vertex-upstream-path")
   if up == "" then up = nil end
+  -- A model with capacity tiers sets this attempt's tier (its metadata says which); the client's
+  -- own tier headers are then replaced. Without tiers there is no metadata: they are kept.
+  local tier = hd:get("x-vertex-tier")
+  hd:remove("x-vertex-tier")
+  if tier ~= nil and tier ~= "" then
+    hd:remove("x-vertex-ai-llm-request-type"); hd:remove("x-vertex-ai-llm-shared-request-type")
+    if tier == "dedicated" or tier == "shared" then
+      hd:add("x-vertex-ai-llm-request-type", tier)
+    elseif tier == "priority" then
+      hd:add("x-vertex-ai-llm-request-type", "shared")
+      hd:add("x-vertex-ai-llm-shared-request-type", "priority")
+    end
+  end
   if ((ep == nil or ep == "") and up == nil) or authority == nil or authority == "" then
     h:respond({[":status"] = "502", ["content-type"] = "application/json"},
       '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
