@@ -35,6 +35,7 @@ from .proto import (
     _header,
     _re_escape,
     _regex,
+    _struct,
 )
 
 
@@ -109,6 +110,8 @@ def _route_template(policy: Policy, attempts_available: int, strategy: str, stre
         action.timeout.CopyFrom(_duration(policy.timeout))
     return route_components_pb2.Route(
         route=action,
+        # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
+        metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: _struct({"model": model})}),
         request_headers_to_remove=[PIN_HEADER] if pinned else [],
         # A body must be buffered to be retried: the buffer filter holds up to this many bytes
         # (413 beyond), and the router keeps that much for the retry.
