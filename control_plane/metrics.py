@@ -35,6 +35,25 @@ class Metrics:
         self.backends = Gauge("vertex_gateway_backends", "Vertex regions and custom backends in the config in "
                               "force (1 each), by kind and the credential attempts to it carry",
                               ["backend", "kind", "credential"], registry=r)
+        # From the Envoys' load reports (control_plane/lrs.py, control_plane/fleet.py).
+        self.load_reports = Counter("vertex_gateway_load_reports", "Load reports received from Envoys", registry=r)
+        self.region_requests = Counter("vertex_gateway_region_requests",
+                                       "Attempts per model and region, fleet-wide, by result (load reports)",
+                                       ["model", "region", "result"], registry=r)
+        self.failover_answers = Counter("vertex_gateway_failover_answers",
+                                        "Attempts answered successfully by a region other than the reporting "
+                                        "Envoy's own (load reports)", ["model", "region"], registry=r)
+        self.reporting_envoys = Gauge("vertex_gateway_reporting_envoys",
+                                      "Envoys that sent a load report within the window", registry=r)
+        self.failing_envoys = Gauge("vertex_gateway_region_failing_envoys",
+                                    "Envoys whose attempts to this region mostly failed within the window",
+                                    ["region"], registry=r)
+        self.avoided = Gauge("vertex_gateway_region_avoided",
+                             "1 while the region is at the back of every failover order (fleet avoidance)",
+                             ["region"], registry=r)
+        self.avoidance_changes = Counter("vertex_gateway_region_avoidance_changes",
+                                         "Fleet avoidance decisions by region and action (avoid, restore)",
+                                         ["region", "action"], registry=r)
 
     def describe_backends(self, config: RegionConfig) -> None:
         self.backends.clear()
