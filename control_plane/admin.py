@@ -94,6 +94,7 @@ def admin_app(plane: ControlPlane) -> web.Application:
                       "avoided": sorted(plane.fleet.avoided)}, status=200)
 
     async def metrics(_: web.Request) -> web.Response:
+        plane.metrics.observe_clients([s.status for s in plane.clients.streams()])
         return web.Response(body=plane.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"x-content-type-options": "nosniff"})
 

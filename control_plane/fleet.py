@@ -133,6 +133,7 @@ class FleetLoad:
         known = self._regions()
         for region in known:
             self._metrics.failing_envoys.labels(region).set(len(failing.get(region, ())))
+            self._metrics.avoided.labels(region).set(1 if region in self.avoided else 0)
         before = frozenset(self.avoided)
 
         if not settings.avoid:

@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from .config import RegionConfig
 
+XDS_TYPES = ("Secret", "Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")
+CLIENT_STATUSES = ("SYNCED", "STALE", "NACKED", "ERROR")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -55,11 +58,27 @@ class Metrics:
                                          "Fleet avoidance decisions by region and action (avoid, restore)",
                                          ["region", "action"], registry=r)
 
+        # Every label value known up front is exported from the start (0), so dashboards and
+        # alerts see the series before the first NACK or reload.
+        for kind in XDS_TYPES:
+            self.nacks.labels(kind)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.clients_by_status = Gauge("vertex_gateway_xds_clients",
+                                       "Connected Envoy streams by sync status: SYNCED (every type ACKed), "
+                                       "STALE (a push not yet answered), NACKED, ERROR (served nothing)",
+                                       ["status"], registry=r)
+
     def describe_backends(self, config: RegionConfig) -> None:
         self.backends.clear()
         for name, spec in config.regions.items():
             credential = config.backend_credential(name).type if spec.custom else "access_token"
             self.backends.labels(name, spec.kind, credential).set(1)
+
+    def observe_clients(self, statuses: list[str]) -> None:
+        """Set at scrape time from the client registry."""
+        for status in CLIENT_STATUSES:
+            self.clients_by_status.labels(status).set(statuses.count(status))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
