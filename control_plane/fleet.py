@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 RELAPSE_WINDOW_HOLDS = 10  # avoided again within this many holds of a restore: a relapse
 MAX_HOLD_FACTOR = 8
+# Between reports that change no Envoy's failing set, decisions are re-evaluated at most this
+# often (what ages out of the window, holds running out): a fleet sends many reports a second.
+EVALUATE_EVERY = 0.1
 
 
 @dataclass
@@ -45,23 +48,45 @@ class Tally:
 
 @dataclass
 class EnvoyLoad:
-    """One Envoy's recent reports: (time, {(model, region): Tally}) per report."""
+    """One Envoy's reports within the window: (time, {(model, region): Tally}) per report, and
+    their sums per region, kept as reports come and go (a decision reads sums, not reports)."""
 
     node_id: str
     local_region: str
     reports: deque = field(default_factory=deque)
+    per_region: dict[str, Tally] = field(default_factory=dict)
     last_report: float = 0.0
+    # region -> (time of the latest report with attempts there, whether some of them failed)
+    last_traffic: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
-    def per_region(self, since: float) -> dict[str, Tally]:
-        out: dict[str, Tally] = {}
-        for at, counts in self.reports:
-            if at < since:
-                continue
-            for (_, region), tally in counts.items():
-                into = out.setdefault(region, Tally())
-                into.success += tally.success
-                into.error += tally.error
-        return out
+    def add(self, at: float, counts: dict[tuple[str, str], Tally]) -> None:
+        self.reports.append((at, counts))
+        self._apply(counts, 1)
+        self.last_report = at
+        for (_, region), tally in counts.items():
+            if tally.total:
+                previous = self.last_traffic.get(region)
+                failed = bool(tally.error) or (previous is not None and previous[0] == at and previous[1])
+                self.last_traffic[region] = (at, failed)
+
+    def expire(self, since: float) -> None:
+        while self.reports and self.reports[0][0] < since:
+            self._apply(self.reports.popleft()[1], -1)
+
+    def forget_region(self, region: str) -> None:
+        for _, counts in self.reports:
+            for key in [k for k in counts if k[1] == region]:
+                del counts[key]
+        self.per_region.pop(region, None)
+        self.last_traffic.pop(region, None)
+
+    def _apply(self, counts: dict[tuple[str, str], Tally], sign: int) -> None:
+        for (_, region), tally in counts.items():
+            into = self.per_region.get(region)
+            if into is None:
+                into = self.per_region[region] = Tally()
+            into.success += sign * tally.success
+            into.error += sign * tally.error
 
 
 @dataclass
@@ -87,6 +112,9 @@ class FleetLoad:
         self.avoided: dict[str, Avoidance] = {}
         self._restored_at: dict[str, tuple[float, int]] = {}  # region -> (when, strikes then)
         self.reports = 0
+        self._evaluated_at = float("-inf")
+        self._evaluated_with: LoadReports | None = None
+        self._counters: dict[tuple, object] = {}  # metric children by labels: labels() is slow
 
     # ------------------------------------------------------------------ input
 
@@ -95,21 +123,34 @@ class FleetLoad:
         that Envoy's previous report."""
         now = self._clock()
         envoy = self.envoys.get(node_id)
-        if envoy is None or envoy.local_region != local_region:
+        joined = envoy is None or envoy.local_region != local_region
+        if joined:
             envoy = self.envoys[node_id] = EnvoyLoad(node_id, local_region)
-        envoy.reports.append((now, counts))
-        envoy.last_report = now
+        settings = self._settings()
+        before = self._failing_regions(envoy, settings)
+        envoy.add(now, counts)
         self.reports += 1
-        metrics = self._metrics
-        metrics.load_reports.inc()
+        self._metrics.load_reports.inc()
         for (model, region), tally in counts.items():
             if tally.success:
-                metrics.region_requests.labels(model, region, "success").inc(tally.success)
+                self._counter("region_requests", model, region, "success").inc(tally.success)
                 if region != local_region:
-                    metrics.failover_answers.labels(model, region).inc(tally.success)
+                    self._counter("failover_answers", model, region).inc(tally.success)
             if tally.error:
-                metrics.region_requests.labels(model, region, "error").inc(tally.error)
-        self.evaluate()
+                self._counter("region_requests", model, region, "error").inc(tally.error)
+        if joined or settings is not self._evaluated_with or self._failing_regions(envoy, settings) != before \
+                or now - self._evaluated_at >= EVALUATE_EVERY:
+            self.evaluate()
+
+    def _counter(self, name: str, *labels: str):
+        child = self._counters.get((name, *labels))
+        if child is None:
+            child = self._counters[(name, *labels)] = getattr(self._metrics, name).labels(*labels)
+        return child
+
+    def _failing_regions(self, envoy: EnvoyLoad, settings: LoadReports) -> set[str]:
+        now = self._clock()
+        return {region for region, tally in envoy.per_region.items() if _fails(envoy, region, tally, settings, now)}
 
     def forget(self, node_id: str) -> None:
         """That Envoy's report stream ended."""
@@ -119,15 +160,14 @@ class FleetLoad:
     # ------------------------------------------------------------------ decisions
 
     def evaluate(self) -> None:
-        settings = self._settings()
-        now = self._clock()
+        settings = self._evaluated_with = self._settings()
+        now = self._evaluated_at = self._clock()
         since = now - settings.window
         for envoy in list(self.envoys.values()):
-            while envoy.reports and envoy.reports[0][0] < since:
-                envoy.reports.popleft()
+            envoy.expire(since)
             if envoy.last_report < since:
                 del self.envoys[envoy.node_id]  # silent longer than the window: not reporting
-        failing, sending = self._failing(settings, since)
+        failing, sending = self._failing(settings)
         reporting = len(self.envoys)
         self._metrics.reporting_envoys.set(reporting)
         known = self._regions()
@@ -161,15 +201,17 @@ class FleetLoad:
         # "Most": more than half of the Envoys that sent the region traffic in the window.
         return 2 * len(failing.get(region, ())) > len(sending.get(region, ())) > 0
 
-    def _failing(self, settings: LoadReports, since: float) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    def _failing(self, settings: LoadReports) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Per region: the Envoys failing against it, and those that sent it traffic (window)."""
         failing: dict[str, list[str]] = {}
         sending: dict[str, list[str]] = {}
+        now = self._clock()
         for envoy in self.envoys.values():
-            for region, tally in envoy.per_region(since).items():
+            for region, tally in envoy.per_region.items():
                 if not tally.total:
                     continue
                 sending.setdefault(region, []).append(envoy.node_id)
-                if tally.error >= settings.min_errors and tally.error >= settings.error_ratio * tally.total:
+                if _fails(envoy, region, tally, settings, now):
                     failing.setdefault(region, []).append(envoy.node_id)
         return failing, sending
 
@@ -200,9 +242,7 @@ class FleetLoad:
         if region not in self.avoided:
             return False
         for envoy in self.envoys.values():
-            for _, counts in envoy.reports:
-                for key in [k for k in counts if k[1] == region]:
-                    del counts[key]
+            envoy.forget_region(region)
         self._restore(region, self._clock(), "restored by an operator")
         self._restored_at.pop(region, None)  # an operator's restore is no relapse count
         self._on_change(frozenset(self.avoided))
@@ -215,7 +255,9 @@ class FleetLoad:
         settings = self._settings()
         now = self._clock()
         since = now - settings.window
-        failing, sending = self._failing(settings, since)
+        for envoy in self.envoys.values():
+            envoy.expire(since)
+        failing, sending = self._failing(settings)
         regions: dict[str, dict] = {}
         for region in self._regions():
             tally, models = Tally(), {}
@@ -245,6 +287,19 @@ class FleetLoad:
             }
         return {"window_seconds": settings.window, "reporting_envoys": sorted(self.envoys),
                 "avoidance": "on" if settings.avoid else "off", "regions": regions}
+
+
+def _fails(envoy: EnvoyLoad, region: str, tally: Tally, settings: LoadReports, now: float) -> bool:
+    """An Envoy fails against a region when, within the window, at least min_errors of its
+    attempts there failed and either error_ratio of them did, or its last attempts there
+    failed and it has sent none since for two report intervals: it ejected the region, so
+    the successes from before the failure would otherwise dilute the ratio for a whole window."""
+    if tally.error < settings.min_errors:
+        return False
+    if tally.error >= settings.error_ratio * tally.total:
+        return True
+    at, failed = envoy.last_traffic.get(region, (now, False))
+    return failed and now - at >= 2 * settings.interval
 
 
 def _iso(ts: float) -> str:

@@ -122,3 +122,26 @@ def test_silent_envoys_stop_counting():
     clock.now += 11
     fleet.record("b", "us-central1", {})
     assert list(fleet.envoys) == ["b"] and not fleet.avoided
+
+
+def test_an_envoy_that_stopped_sending_after_failures_is_failing_though_its_ratio_is_diluted():
+    fleet, clock, _ = make(interval=1)
+    fleet.record("b", "us-east4", {})
+    fail(fleet, "a", errors=0, success=20)  # healthy traffic earlier in the window
+    clock.now += 1
+    fail(fleet, "a", errors=3, success=2)  # then failures, and it ejects the region: no attempts since
+    assert not fleet.avoided  # 3 of 25: the ratio alone says healthy
+    for _ in range(2):
+        clock.now += 1
+        fleet.record("a", "us-central1", {})
+        fleet.record("b", "us-east4", {})
+    assert set(fleet.avoided) == {"us-central1"}
+
+
+def test_sporadic_errors_in_steady_traffic_are_not_failing():
+    fleet, clock, _ = make(interval=1)
+    fleet.record("b", "us-east4", {})
+    for _ in range(8):
+        clock.now += 1
+        fail(fleet, "a", errors=1, success=50)
+    assert not fleet.avoided
