@@ -144,6 +144,9 @@ class SnapshotCache:
         return self._prebuild(config, set(self._snapshots))
 
     def apply(self, config: RegionConfig, snapshots: dict[NodeGroup, Snapshot]) -> None:
+        if getattr(snapshots, "avoided", self._avoided) != self._avoided:
+            # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
+            snapshots = self._prebuild(config, set(snapshots))
         self._config, self._snapshots = config, {**snapshots}
         self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
         self._bump()
@@ -180,6 +183,15 @@ class SnapshotCache:
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
                                       for r in config.vertex_regions}
-        config = config.avoiding(self._avoided)
-        return {g: Snapshot.build(self._builder(config, g), self._interner)
-                for g in wanted if g.region in config.vertex_regions}
+        avoided = self._avoided
+        config = config.avoiding(avoided)
+        built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
+                        for g in wanted if g.region in config.vertex_regions})
+        built.avoided = avoided
+        return built
+
+
+class _Built(dict):
+    """Snapshots by node group, and the fleet avoidance they were built with."""
+
+    avoided: frozenset[str] = frozenset()

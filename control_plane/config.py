@@ -553,12 +553,18 @@ class RegionConfig(_Strict):
         return self._avoided
 
     def avoiding(self, regions: frozenset[str]) -> RegionConfig:
-        """This config with `regions` tried last; derived values are shared with this one."""
+        """This config with `regions` tried last: one copy per set of regions, with memos of its
+        own (failover orders, and what is built from them, differ)."""
+        regions = frozenset(regions)
         if regions == self._avoided:
             return self
-        copy = self.model_copy()
-        copy._avoided = frozenset(regions)
-        return copy
+
+        def make() -> RegionConfig:
+            copy = self.model_copy()
+            copy._memo = {}
+            copy._avoided = regions
+            return copy
+        return self.memo(("avoiding", regions), make)
 
     def memo(self, key: tuple, compute: Callable[[], T]) -> T:
         """compute() once per config and key; for derived values and shared built resources."""

@@ -73,7 +73,7 @@ def test_tracing_adds_the_tracer_and_the_collector_cluster():
 
 
 @pytest.mark.parametrize("extra, path, fragment", [
-    ("observability: {access_log: {enabled: 1}}", "observability.access_log.enabled", "boolean"),
+    ("observability: {access_log: {enabled: 1}}", "observability.access_log.enabled", "true or false"),
     ("observability: {access_log: {sample_percent: 101}}", "observability.access_log.sample_percent", "100"),
     ("observability: {tracing: {collector: 'no-port'}}", "observability.tracing.collector", "HOST:PORT"),
     ("observability: {load_reports: {interval: 0s}}", "observability.load_reports.interval", "0.1"),
@@ -116,3 +116,17 @@ def test_bootstrap_tags_stats_by_model_and_region_and_reports_load_to_the_contro
     assert {"model", "region"} <= tags.keys()
     lrs = config["cluster_manager"]["load_stats_config"]
     assert lrs["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
+
+
+def test_an_avoiding_config_does_not_reuse_the_orders_built_for_the_file_config():
+    config = parse_config(BASE)
+    before = build_resources(config, GROUP)  # fills the file config's memos
+    after = build_resources(config.avoiding(frozenset({"us-central1"})), GROUP)
+
+    def order(built):
+        (aggregate,) = [c for c in built[CLUSTER_TYPE] if c.name == "model/housing"]
+        return json_format.MessageToDict(aggregate)["clusterType"]["typedConfig"]["clusters"]
+
+    assert order(before)[0] == "model/housing@us-central1"
+    assert order(after) == ["model/housing@us-east4", "model/housing@europe-west4", "model/housing@us-central1"]
+    assert config.avoiding(frozenset({"us-central1"})) is config.avoiding(frozenset({"us-central1"}))

@@ -29,8 +29,8 @@ from .names import (
     TEMP_HEADERS,
     NodeGroup,
 )
-from .openai import body_reader_filter, local_reply_mappers
 from .observability import access_logs, tracing
+from .openai import body_reader_filter, local_reply_mappers
 from .proto import (
     _ads,
     _any,

@@ -90,6 +90,9 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
     route.name = name
     route.match.CopyFrom(match)
     route.route.cluster = region_cluster_name(model, pinned) if pinned else cluster_name(model)
+    # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
+    route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
+        config.memo(("model_metadata", model), lambda: _struct({"model": model})))
     return route
 
 
@@ -110,8 +113,6 @@ def _route_template(policy: Policy, attempts_available: int, strategy: str, stre
         action.timeout.CopyFrom(_duration(policy.timeout))
     return route_components_pb2.Route(
         route=action,
-        # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
-        metadata=base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: _struct({"model": model})}),
         request_headers_to_remove=[PIN_HEADER] if pinned else [],
         # A body must be buffered to be retried: the buffer filter holds up to this many bytes
         # (413 beyond), and the router keeps that much for the retry.
