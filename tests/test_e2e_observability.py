@@ -156,3 +156,23 @@ def test_envoy_series_carry_model_region_and_local_region_tags(stack):
     retries = [s for s in series(text, "envoy_cluster_upstream_rq_retry") if s.get("model") == "housing"
                and "region" not in s]
     assert retries and retries[0]["envoy_cluster_name"] == "model/housing"  # the old label stays too
+
+
+def test_an_authenticated_client_is_named_in_the_log_and_its_token_is_not(tmp_path):
+    from .jwt_issuer import Issuer
+
+    issuer = Issuer("https://idp.log.test")
+    jwks = issuer.write_jwks(tmp_path / "jwks.json")
+    clients = {"jwt": {"corp": {"issuer": issuer.issuer, "audiences": ["gw"], "jwks_file": str(jwks)}},
+               "allow": {"anyone": {"identities": ["*"]}}}
+    with Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",), extra={"clients": clients}) as stack:
+        token = issuer.token("gw", sub="batch-job-7", email="batch@corp.test")
+        assert stack.post("/predict", json={"instances": [1]}, headers={
+            "authorization": f"Bearer {token}", "x-request-id": "req-jwt"}).status_code == 200
+        assert stack.post("/predict", json={"instances": [1]}, headers={"x-request-id": "req-anon"}).status_code == 401
+        envoy = stack.envoys["us-central1"]
+        entry = entry_for(envoy, "req-jwt")
+        assert (entry["client"], entry["client_email"], entry["client_cert"]) == ("batch-job-7", "batch@corp.test", None)
+        anonymous = entry_for(envoy, "req-anon")
+        assert anonymous["code"] == 401 and anonymous["client"] is None
+        assert token not in envoy.log_path.read_text()

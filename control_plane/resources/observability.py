@@ -29,16 +29,18 @@ from .names import HTTP_OPTIONS, METADATA_NAMESPACE
 from .proto import _any, _duration, _is_ip, _socket, _struct
 
 COLLECTOR_CLUSTER = "otel_collector"
-# Where a client-authentication filter (jwt_authn with `payload_in_metadata: client`) leaves
-# the verified claims; the log's `client` is their `sub`, null when nobody authenticated.
-CLIENT_METADATA = "envoy.filters.http.jwt_authn:client:sub"
+# Where client authentication (resources/clients.py: jwt_authn, `payload_in_metadata: client`)
+# leaves a verified token's claims; null when no token was verified.
+CLIENT_METADATA = "envoy.filters.http.jwt_authn:client"
 
 # One JSON object per request. Only these fields: no header values but the request id, no
 # query string (it could carry a key), never a body or a token.
 ACCESS_LOG_FIELDS = {
     "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
     "request_id": "%REQ(X-REQUEST-ID)%",
-    "client": f"%DYNAMIC_METADATA({CLIENT_METADATA})%",
+    "client": f"%DYNAMIC_METADATA({CLIENT_METADATA}:sub)%",  # a verified JWT's claims
+    "client_email": f"%DYNAMIC_METADATA({CLIENT_METADATA}:email)%",
+    "client_cert": "%DOWNSTREAM_PEER_URI_SAN%",  # a verified client certificate's URI SAN(s)
     "model": f"%METADATA(ROUTE:{METADATA_NAMESPACE}:model)%",
     "method": "%REQ(:METHOD)%",
     # The path the last attempt sent to Vertex (the client's when nothing was sent), no query:
