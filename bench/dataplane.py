@@ -82,13 +82,17 @@ from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"
 TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
-# Cumulative: each variant drops one more part of the filter chain than the one before.
+# Cumulative from "full" down: each variant drops one more part of the filter chain than the one
+# before. "+tracing" is "full" plus the OpenTelemetry tracer (every request sampled, spans
+# exported over OTLP/gRPC to a receiver in this process).
 VARIANTS = {
     "+jwt (no cache)": "the product's chain plus client authentication (`clients:`), with jwt_authn's "
                       "verified-token cache off: an RS256 signature checked on every request",
     "+jwt": "the product's chain plus client authentication as shipped: jwt_authn (inline JWKS, verified "
             "tokens cached per worker, expiry checked per request) and the per-identity routes",
-    "full": "the product's filter chain",
+    "+tracing": "the product's filter chain plus tracing (100% sampled, a span per request and per attempt)",
+    "full": "the product's filter chain, as shipped: JSON access log to stdout (Envoy's log file here)",
+    "-access log": "without the access log",
     "-lua": "without the Lua rewrite (upstream filter)",
     "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
     "-buffer, scrub, local replies": "also HCM with the router alone: no buffer filter, no early header "
@@ -225,10 +229,13 @@ def _post(url: str, body: bytes, timeout: float = 5, headers: dict | None = None
 # --------------------------------------------------------------------------- ablation builder
 
 
-def ablated_builder(variant_by_port: dict[int, str]):
-    """build_resources, then (for Envoys listening on a port in variant_by_port) drop parts."""
+def ablated_builder(variant_by_port: dict[int, str], collector: str | None = None):
+    """build_resources, then (for Envoys listening on a port in variant_by_port) drop parts, or
+    (+tracing) turn tracing on toward `collector`."""
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+
+    from control_plane.config import Observability, Tracing
 
     def build(config, group):
         variant = variant_by_port.get(group.listen_port, "full")
@@ -237,20 +244,32 @@ def ablated_builder(variant_by_port: dict[int, str]):
             if variant == "+jwt (no cache)":
                 without_jwt_cache(built)
             return built
+        if variant == "+tracing":
+            return build_resources(config.model_copy(update={"observability": Observability(
+                tracing=Tracing(collector=collector))}), group)
         built = build_resources(config, group)
-        level = list(VARIANTS).index(variant) - 2  # 0: full
+        level = list(VARIANTS).index(variant) - list(VARIANTS).index("full")  # full 0, -access log 1 ...
         if level == 0:
+            return built
+        for listener in built[LISTENER_TYPE]:
+            for chain in listener.filter_chains:
+                for flt in chain.filters:
+                    manager = hcm_pb2.HttpConnectionManager()
+                    flt.typed_config.Unpack(manager)
+                    manager.ClearField("access_log")
+                    flt.typed_config.Pack(manager)
+        if level == 1:
             return built
         for cluster in built[CLUSTER_TYPE]:
             if HPO in cluster.typed_extension_protocol_options:
                 options = hpo_pb2.HttpProtocolOptions()
                 cluster.typed_extension_protocol_options[HPO].Unpack(options)
                 keep = [f for f in options.http_filters if
-                        (f.name != "envoy.filters.http.lua" if level == 1 else f.name.endswith("upstream_codec"))]
+                        (f.name != "envoy.filters.http.lua" if level == 2 else f.name.endswith("upstream_codec"))]
                 del options.http_filters[:]
                 options.http_filters.extend(keep)
                 cluster.typed_extension_protocol_options[HPO].Pack(options)
-        if level >= 3:
+        if level >= 4:
             for listener in built[LISTENER_TYPE]:
                 for chain in listener.filter_chains:
                     for flt in chain.filters:
@@ -267,11 +286,11 @@ def ablated_builder(variant_by_port: dict[int, str]):
                     for route in vh.routes:
                         route.typed_per_filter_config.clear()
                         route.ClearField("request_body_buffer_limit")
-                        if level >= 4 and route.HasField("route") and route.route.cluster.startswith("model/") \
+                        if level >= 5 and route.HasField("route") and route.route.cluster.startswith("model/") \
                                 and "@" not in route.route.cluster:
                             route.route.cluster = f"{route.route.cluster}@{group.region}"
                             route.route.ClearField("retry_policy")
-                    if level >= 4:
+                    if level >= 5:
                         vh.include_attempt_count_in_response = False
                         del vh.response_headers_to_add[:]
         return built
@@ -320,6 +339,32 @@ def with_jwt_clients(config):
         **config.model_dump(), "clients": {
             "jwt": {"bench": {"issuer": BENCH_ISSUER, "audiences": [BENCH_AUDIENCE], "jwks_file": jwks}},
             "allow": {"all": {"identities": ["*"]}}}}))
+
+
+class SpanSink:
+    """An OTLP/gRPC trace receiver that counts spans: where the +tracing Envoy exports to."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        sink = self
+        self.spans = 0
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # noqa: N802
+                sink.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0)
 
 
 # --------------------------------------------------------------------------- load generators
@@ -563,6 +608,7 @@ def run(args: argparse.Namespace) -> dict:
     _, token = bench_jwt(workdir)  # before any Envoy asks for the +jwt variant's config
     jwt_headers = {"authorization": f"Bearer {token}"}
     routers: list[subprocess.Popen] = []
+    collector = SpanSink()
     stack = None
     targets: dict[str, Target] = {}
     results: list[dict] = []
@@ -571,7 +617,8 @@ def run(args: argparse.Namespace) -> dict:
         stack = Stack(regions=(LOCAL, REMOTE), envoys=(), extra={
             "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)},
             "models": {"gemini": {"publisher_model": GEMINI, "regions": [LOCAL, REMOTE]}}},
-            plane_options={"builder": ablated_builder({p: v for v, p in variant_ports.items()})})
+            plane_options={"builder": ablated_builder({p: v for v, p in variant_ports.items()},
+                                                      f"127.0.0.1:{collector.port}")})
         targets["direct"] = Target("direct", backend.url, lambda: [],
                                    f"{backend_kind} backend, no proxy")
         envoys = {}
@@ -652,7 +699,9 @@ def run(args: argparse.Namespace) -> dict:
         if stack is not None:
             stack.close()
         backend.stop()
-    return {"results": results, "checks": checks, "backend": backend_kind, "load": load.name,
+        collector.stop()
+    return {"spans_received": collector.spans,
+            "results": results, "checks": checks, "backend": backend_kind, "load": load.name,
             "load_version": getattr(load, "version", ""), "body_bytes": len(body), "answer_bytes": len(answer),
             "chat_body_bytes": len(chat),
             "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}, "perf": perf}
@@ -737,7 +786,8 @@ def markdown(doc: dict) -> str:
     ablation = [(v, c) for v, c in ablation if c]
     if ablation:
         lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; the +jwt rows add client "
-                      "authentication, each row after `full` drops one more part):", "",
+                      "authentication and `+tracing` the tracer to `full`; each row after `full` drops one more "
+                      "part):", "",
                   "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
                   "|---|---|---:|---:|---:|---:|"]
         prev = None
@@ -890,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                      "wrk_threads": 1},
         "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],
-        "envoy_stats": out["envoy_stats"], "perf": out["perf"],
+        "envoy_stats": out["envoy_stats"], "perf": out["perf"], "spans_received": out["spans_received"],
         "cells": cells,
         "results": out["results"],
     }

@@ -80,9 +80,19 @@ def admin_app(plane: ControlPlane) -> web.Application:
                    if "listen" in s.node.metadata.fields]
         return _json({"config_file": str(plane.config_path), "version": config.version,
                       "client_authentication": client_authentication(config, listens),
-                      "config": config.model_dump(mode="json"), "last_reload": plane.last_reload})
+                      "config": config.model_dump(mode="json"), "last_reload": plane.last_reload,
+                      "load": plane.fleet.view()})
+
+    async def restore_region(request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        if region not in plane.cache.config.regions:
+            return _json({"error": f"unknown region {region!r}"}, status=404)
+        restored = plane.fleet.restore(region)
+        return _json({"region": region, "restored": restored,
+                      "avoided": sorted(plane.fleet.avoided)}, status=200)
 
     async def metrics(_: web.Request) -> web.Response:
+        plane.metrics.observe_clients([s.status for s in plane.clients.streams()])
         return web.Response(body=plane.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"x-content-type-options": "nosniff"})
 
@@ -100,6 +110,7 @@ def admin_app(plane: ControlPlane) -> web.Application:
     app.router.add_get("/debug/clients", clients)
     app.router.add_get("/debug/config", config)
     app.router.add_get("/debug/regions", regions)
+    app.router.add_post("/debug/regions/{region}/restore", restore_region)
     app.router.add_get("/debug/tokens", tokens)
     app.router.add_get("/metrics", metrics)
     return app

@@ -24,6 +24,8 @@ from .cache import Builder, SnapshotCache
 from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
 from .csds import CsdsServer
 from .exposure import open_listener_warning
+from .fleet import FleetLoad
+from .lrs import LoadReportServer
 from .metrics import Metrics
 from .ports import check_ports_free
 from .resources import build_resources
@@ -106,6 +108,8 @@ class ControlPlane:
         self.cache = loading.checked(str(self.config_path), "cannot build Envoy resources",
                                      lambda: SnapshotCache(config, builder))
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
+        self.fleet = FleetLoad(lambda: self.cache.config.observability.load_reports, self.metrics,
+                               self.cache.set_avoided, lambda: list(self.cache.config.regions))
         self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,
                                      self.metrics)
         self.last_reload: dict = {"time": _now(), "ok": True, "reason": "start", "version": config.version,
@@ -131,7 +135,9 @@ class ControlPlane:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(), CsdsServer(self.clients).rpc_handler()))
+        self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(), CsdsServer(self.clients).rpc_handler(),
+                                             LoadReportServer(self.fleet, lambda: self.cache.config.observability
+                                                              .load_reports).rpc_handler()))
         if self.xds_tls:
             self.xds_port = self._grpc.add_secure_port(self.xds_address, self.xds_tls.credentials())
         else:

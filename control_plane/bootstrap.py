@@ -126,6 +126,12 @@ def _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_
             "load_assignment": {"cluster_name": "xds_cluster", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": _socket_address(xds_host, xds_port)}}]}]},
         }]},
+        "stats_config": _stats_config(region),
+        # Load reports (LRS) to the control plane over the xDS connection; the control plane says
+        # which clusters and how often (control_plane/lrs.py).
+        "cluster_manager": {"load_stats_config": {
+            "api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}},
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {
             "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
             "re2.max_program_size.warn_level": RE2_MAX_PROGRAM_SIZE,
@@ -137,6 +143,21 @@ def _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_
                          ".DownstreamConnectionsConfig",
                 "max_active_downstream_connections": 50000}}]},
     }
+
+
+# Cluster names are model/{model} (what a route names) and model/{model}@{region} (one region's
+# attempts): tags let a dashboard group by model and region without parsing them. The first
+# group of each regex is cut from the stat name, the second is the tag's value.
+STATS_TAGS = (
+    {"tag_name": "model", "regex": r"^cluster\.model/(([^@.]+))[@.]"},
+    {"tag_name": "region", "regex": r"^cluster\.model/[^@.]+@(([^.]+))\."},
+)
+
+
+def _stats_config(region: str) -> dict:
+    # local_region on every series: which region this Envoy serves, so "attempts sent to a region
+    # other than the Envoy's own" (failovers) is a query.
+    return {"stats_tags": [*STATS_TAGS, {"tag_name": "local_region", "fixed_value": region}]}
 
 
 def render(config: dict) -> str:

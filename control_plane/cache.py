@@ -64,6 +64,7 @@ class SnapshotCache:
         self.generation = 0
         self._memo: dict = {}
         self._memo_generation = -1
+        self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
 
     @property
@@ -130,7 +131,8 @@ class SnapshotCache:
     def snapshot(self, group: NodeGroup) -> Snapshot:
         found = self._snapshots.get(group)
         if found is None:
-            found = self._snapshots[group] = Snapshot.build(self._builder(self._config, group), self._interner)
+            found = self._snapshots[group] = Snapshot.build(
+                self._builder(self._config.avoiding(self._avoided), group), self._interner)
         return found
 
     def set_config(self, config: RegionConfig) -> None:
@@ -142,9 +144,29 @@ class SnapshotCache:
         return self._prebuild(config, set(self._snapshots))
 
     def apply(self, config: RegionConfig, snapshots: dict[NodeGroup, Snapshot]) -> None:
+        if getattr(snapshots, "avoided", self._avoided) != self._avoided:
+            # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
+            snapshots = self._prebuild(config, set(snapshots))
         self._config, self._snapshots = config, {**snapshots}
         self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
         self._bump()
+
+    @property
+    def avoided(self) -> frozenset[str]:
+        return self._avoided
+
+    def set_avoided(self, regions: frozenset[str]) -> None:
+        """Regions every Envoy should try last (fleet avoidance): rebuild and push. A reload
+        keeps them (prepare() builds with them)."""
+        if regions == self._avoided:
+            return
+        previous = self._avoided
+        self._avoided = frozenset(regions)
+        try:
+            self.set_config(self._config)
+        except Exception:
+            self._avoided = previous
+            raise
 
     def _bump(self) -> None:
         self.generation += 1
@@ -161,5 +183,15 @@ class SnapshotCache:
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
                                       for r in config.vertex_regions}
-        return {g: Snapshot.build(self._builder(config, g), self._interner)
-                for g in wanted if g.region in config.vertex_regions}
+        avoided = self._avoided
+        config = config.avoiding(avoided)
+        built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
+                        for g in wanted if g.region in config.vertex_regions})
+        built.avoided = avoided
+        return built
+
+
+class _Built(dict):
+    """Snapshots by node group, and the fleet avoidance they were built with."""
+
+    avoided: frozenset[str] = frozenset()

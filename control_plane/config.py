@@ -474,6 +474,50 @@ class OpenAI(_Strict):
     endpoint_models: list[str] = []
 
 
+class AccessLog(_Strict):
+    """One JSON line per client request from every Envoy (never a header value, token or body)."""
+
+    enabled: StrictBool = True
+    path: str | None = Field(None, min_length=1)  # a file on the Envoy's host; default: Envoy's stdout
+    sample_percent: float = Field(100.0, ge=0, le=100)
+
+
+class Tracing(_Strict):
+    """Envoy's OpenTelemetry tracer, exporting over OTLP/gRPC to `collector` (HOST:PORT)."""
+
+    collector: str | None = None  # off when unset
+    sample_percent: float = Field(100.0, ge=0, le=100)
+    service_name: str = Field("vertex-gateway", min_length=1)
+
+    _collector_address = field_validator("collector")(lambda v: _check_host_port(v) if v is not None else v)
+
+
+class LoadReports(_Strict):
+    """Envoys' load reports (LRS) to the control plane, and fleet-wide region avoidance."""
+
+    interval: Duration = Field(1.0, ge=0.1, le=60)  # how often each Envoy reports
+    window: Duration = Field(10.0, ge=1, le=600)  # reports older than this are forgotten
+    avoid: StrictBool = True  # move a region most Envoys fail against to the back of every order
+    error_ratio: float = Field(0.5, gt=0, le=1)  # an Envoy fails against a region at this share of errors
+    min_errors: int = Field(3, ge=1)  # ... and at least this many failed attempts there in the window
+    min_reporting_envoys: int = Field(2, ge=1)  # fewer Envoys reporting: never avoid
+    hold: Duration = Field(30.0, ge=1, le=3600)  # avoided at least this long; doubles per relapse (x8 max)
+
+
+class Observability(_Strict):
+    access_log: AccessLog = AccessLog()
+    tracing: Tracing = Tracing()
+    load_reports: LoadReports = LoadReports()
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {value!r}: expected HOST:PORT")
+    check_address(host.strip("[]"))
+    return value
+
+
 class RegionConfig(_Strict):
     # "id or number": an unquoted project number arrives as an int
     project: Annotated[str, BeforeValidator(check_project)]
@@ -484,6 +528,7 @@ class RegionConfig(_Strict):
     auth: Auth = Auth()
     clients: Clients | None = None  # None: no client authentication (serve warns off loopback)
     openai: OpenAI = OpenAI()
+    observability: Observability = Observability()
 
     def host_of(self, region: str) -> str:
         spec = self.regions[region]
@@ -529,6 +574,26 @@ class RegionConfig(_Strict):
     # The config is immutable, so what is derived from it is computed once (a reload with
     # 100 models x 40 regions asks for the same policy thousands of times).
     _memo: dict = PrivateAttr(default_factory=dict)
+    # Regions the fleet's load reports say to try last (control_plane/lrs.py); never from the file.
+    _avoided: frozenset = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def avoided(self) -> frozenset[str]:
+        return self._avoided
+
+    def avoiding(self, regions: frozenset[str]) -> RegionConfig:
+        """This config with `regions` tried last: one copy per set of regions, with memos of its
+        own (failover orders, and what is built from them, differ)."""
+        regions = frozenset(regions)
+        if regions == self._avoided:
+            return self
+
+        def make() -> RegionConfig:
+            copy = self.model_copy()
+            copy._memo = {}
+            copy._avoided = regions
+            return copy
+        return self.memo(("avoiding", regions), make)
 
     def memo(self, key: tuple, compute: Callable[[], T]) -> T:
         """compute() once per config and key; for derived values and shared built resources."""

@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from .config import RegionConfig
 
+XDS_TYPES = ("Secret", "Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")
+CLIENT_STATUSES = ("SYNCED", "STALE", "NACKED", "ERROR")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -35,12 +38,47 @@ class Metrics:
         self.backends = Gauge("vertex_gateway_backends", "Vertex regions and custom backends in the config in "
                               "force (1 each), by kind and the credential attempts to it carry",
                               ["backend", "kind", "credential"], registry=r)
+        # From the Envoys' load reports (control_plane/lrs.py, control_plane/fleet.py).
+        self.load_reports = Counter("vertex_gateway_load_reports", "Load reports received from Envoys", registry=r)
+        self.region_requests = Counter("vertex_gateway_region_requests",
+                                       "Attempts per model and region, fleet-wide, by result (load reports)",
+                                       ["model", "region", "result"], registry=r)
+        self.failover_answers = Counter("vertex_gateway_failover_answers",
+                                        "Attempts answered successfully by a region other than the reporting "
+                                        "Envoy's own (load reports)", ["model", "region"], registry=r)
+        self.reporting_envoys = Gauge("vertex_gateway_reporting_envoys",
+                                      "Envoys that sent a load report within the window", registry=r)
+        self.failing_envoys = Gauge("vertex_gateway_region_failing_envoys",
+                                    "Envoys whose attempts to this region mostly failed within the window",
+                                    ["region"], registry=r)
+        self.avoided = Gauge("vertex_gateway_region_avoided",
+                             "1 while the region is at the back of every failover order (fleet avoidance)",
+                             ["region"], registry=r)
+        self.avoidance_changes = Counter("vertex_gateway_region_avoidance_changes",
+                                         "Fleet avoidance decisions by region and action (avoid, restore)",
+                                         ["region", "action"], registry=r)
+
+        # Every label value known up front is exported from the start (0), so dashboards and
+        # alerts see the series before the first NACK or reload.
+        for kind in XDS_TYPES:
+            self.nacks.labels(kind)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        self.clients_by_status = Gauge("vertex_gateway_xds_clients",
+                                       "Connected Envoy streams by sync status: SYNCED (every type ACKed), "
+                                       "STALE (a push not yet answered), NACKED, ERROR (served nothing)",
+                                       ["status"], registry=r)
 
     def describe_backends(self, config: RegionConfig) -> None:
         self.backends.clear()
         for name, spec in config.regions.items():
             credential = config.backend_credential(name).type if spec.custom else "access_token"
             self.backends.labels(name, spec.kind, credential).set(1)
+
+    def observe_clients(self, statuses: list[str]) -> None:
+        """Set at scrape time from the client registry."""
+        for status in CLIENT_STATUSES:
+            self.clients_by_status.labels(status).set(statuses.count(status))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -80,6 +80,18 @@ class ClientStream:
             state = self.types[type_url] = TypeState(type_url)
         return state
 
+    @property
+    def status(self) -> str:
+        """The stream's worst state: ERROR (served nothing), NACKED, STALE (incl. not sent), SYNCED."""
+        if self.error:
+            return "ERROR"
+        states = {t.status for t in self.types.values() if t.subscribed}
+        if SyncStatus.NACKED in states:
+            return "NACKED"
+        if not states or states != {SyncStatus.SYNCED}:
+            return "STALE"
+        return "SYNCED"
+
     def to_dict(self) -> dict:
         order = {t: i for i, t in enumerate(PUSH_ORDER)}
         types = sorted(self.types.values(), key=lambda s: order.get(s.type_url, 99))

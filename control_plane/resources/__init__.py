@@ -62,6 +62,7 @@ from .names import (
     region_cluster_name,
     upstream_path,
 )
+from .observability import collector_cluster
 from .proto import _is_ip
 from .routes import route_configuration
 from .upstream import (
@@ -113,11 +114,14 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
                                              lambda: load_assignment(config, model, region, tier)))
     # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
     extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
+    collector = collector_cluster(config.observability.tracing)
+    if collector is not None:
+        extra_clusters = [*extra_clusters, collector]
     return {
         SECRET_TYPE: [],
         CLUSTER_TYPE: clusters + extra_clusters,
         ENDPOINT_TYPE: endpoints + extra_endpoints,
-        LISTENER_TYPE: [secure_listener(config, listener(group))],
+        LISTENER_TYPE: [secure_listener(config, listener(group, config.observability))],
         ROUTE_TYPE: [authorize_routes(config, group.region, route_configuration(config, group.region))],
     }
 

@@ -257,6 +257,8 @@ def jwt_authentication(config: RegionConfig) -> jwt_pb2.JwtAuthentication:
             from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix="Bearer ")], forward=False,
             claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=JWT_IDENTITY_HEADER, claim_name=issuer.claim)],
             clear_route_cache=True,  # the routes match the identity header it sets
+            # The verified claims, for the access log's client fields (resources/observability.py).
+            payload_in_metadata="client",
             # Verified tokens are cached per worker (expiry still checked on every request): a client
             # reuses its token for up to an hour, so the signature is checked once, not per request.
             jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=JWT_CACHE_SIZE))

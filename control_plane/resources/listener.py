@@ -21,7 +21,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
-from ..config import Policy
+from ..config import Observability, Policy
 from .names import (
     BUFFER_FILTER,
     LISTENER_NAME,
@@ -29,6 +29,7 @@ from .names import (
     TEMP_HEADERS,
     NodeGroup,
 )
+from .observability import access_logs, tracing
 from .openai import body_reader_filter, local_reply_mappers
 from .proto import (
     _ads,
@@ -77,7 +78,8 @@ def _local_replies() -> hcm_pb2.LocalReplyConfig:
     ])
 
 
-def listener(group: NodeGroup) -> listener_pb2.Listener:
+def listener(group: NodeGroup, observability: Observability | None = None) -> listener_pb2.Listener:
+    observability = observability or Observability()
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix="ingress",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -96,7 +98,11 @@ def listener(group: NodeGroup) -> listener_pb2.Listener:
                 # Vertex need not see Envoy's own x-envoy-* request headers.
                 typed_config=_any(router_pb2.Router(suppress_envoy_headers=True))),
         ],
+        access_log=access_logs(observability.access_log),
     )
+    traced = tracing(observability.tracing)
+    if traced is not None:
+        manager.tracing.CopyFrom(traced)
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=_socket(group.listen_address, group.listen_port),

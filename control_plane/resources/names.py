@@ -73,7 +73,10 @@ def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[
     """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
     served = set(config.models[model].served_regions)
     order = [local_region, *config.regions[local_region].failover]
-    return [region for region in order if region in served]
+    chain = [region for region in order if region in served]
+    if config.avoided:  # regions the fleet's load reports say are failing go last (control_plane/lrs.py)
+        chain = [r for r in chain if r not in config.avoided] + [r for r in chain if r in config.avoided]
+    return chain
 
 
 def members(config: RegionConfig, model: str, local_region: str) -> list[str]:

@@ -38,6 +38,7 @@ from .proto import (
     _header,
     _re_escape,
     _regex,
+    _struct,
 )
 
 # Hedged on per_try_timeout when a model's policy says `hedge: true`: idempotent, non-streaming.
@@ -117,6 +118,9 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
         route.route.weighted_clusters.CopyFrom(_weighted_first_regions(config, model, chain))
     else:
         route.route.cluster = cluster_name(model)
+    # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
+    route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
+        config.memo(("model_metadata", model), lambda: _struct({"model": model})))
     return route
 
 
