@@ -30,7 +30,7 @@ from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from .resources import PUSH_ORDER
+from .xds_types import push_rank
 from .status import ClientRegistry, ClientStream, SyncStatus, TypeState
 
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
@@ -101,8 +101,7 @@ class CsdsServer:
 
 def client_config(stream: ClientStream) -> csds_pb2.ClientConfig:
     config = csds_pb2.ClientConfig(node=stream.node)
-    order = {t: i for i, t in enumerate(PUSH_ORDER)}
-    for state in sorted(stream.types.values(), key=lambda s: (order.get(s.type_url, 99), s.type_url)):
+    for state in sorted(stream.types.values(), key=lambda s: (push_rank(s.type_url), s.type_url)):
         config.generic_xds_configs.extend(generic_configs(state))
     return config
 

@@ -33,25 +33,21 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .cache import SnapshotCache, UnknownRegion, node_group
 from .metrics import Metrics
-from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
-from .snapshot import Resource, type_version
+from .snapshot import type_version
 from .status import ClientRegistry, ClientStream, TypeState
+from .xds_cache import NodeRefused, Selection, XdsCache
+from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, WILDCARD_TYPES, short
 
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-WILDCARD_TYPES = (CLUSTER_TYPE, LISTENER_TYPE)
 CONTROL_PLANE_ID = "vertex-gateway"
-WAITING_FOR_TOKEN = "waiting for the first access token"
-
-Selection = dict[str, Resource]
 CACHE_CHANGED = object()  # an inbox item: the cache moved to a new generation
 
 
 class AdsServer:
-    def __init__(self, cache: SnapshotCache, clients: ClientRegistry, metrics: Metrics):
+    def __init__(self, cache: XdsCache, clients: ClientRegistry, metrics: Metrics):
         self.cache = cache
         self.clients = clients
         self.metrics = metrics
@@ -148,10 +144,10 @@ class Session:
         self._resolve_group()
         if self.group is None:
             return
-        missing = self.cache.missing_tokens(self.group)
-        if missing:
-            # Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
-            self.stream.error = f"{WAITING_FOR_TOKEN} of auth profile(s) {', '.join(missing)}"
+        not_ready = self.cache.not_ready(self.group)
+        if not_ready:
+            # e.g. Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
+            self.stream.error = not_ready
             return
         for type_url in PUSH_ORDER:
             state = self.stream.types.get(type_url)
@@ -212,9 +208,9 @@ class Session:
 
     def _resolve_group(self) -> None:
         try:
-            self.group = node_group(self.stream.node, self.cache.config)
+            self.group = self.cache.node_group(self.stream.node)
             self.stream.region, self.stream.error = self.group.region, ""
-        except (UnknownRegion, ValueError) as exc:
+        except NodeRefused as exc:
             if str(exc) != self.stream.error:
                 log.error("serving nothing to node %s: %s", self.stream.node_id, exc)
             self.group, self.stream.error = None, str(exc)
@@ -231,7 +227,7 @@ class Session:
         if nonce == state.answered_nonce:
             return "again"
         state.answered_nonce = nonce
-        kind = _short(state.type_url)
+        kind = short(state.type_url)
         metrics = self.server.metrics
         if error is not None:
             state.nack_error, state.nacked_version = error, state.sent_version
@@ -251,7 +247,7 @@ class Session:
         state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
         state.sent_resources = {n: r.version for n, r in selection.items()}
         self.sent[type_url] = selection
-        self.server.metrics.pushes.labels(_short(type_url), self.MODE).inc()
+        self.server.metrics.pushes.labels(short(type_url), self.MODE).inc()
         return nonce
 
     def on_request(self, request) -> Iterator[bytes]:
@@ -356,7 +352,3 @@ class DeltaSession(Session):
 
 def _acked(state: TypeState) -> bool:
     return bool(state.sent_version) and state.acked_version == state.sent_version
-
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]

@@ -13,7 +13,7 @@ from enum import Enum
 
 from envoy.config.core.v3 import base_pb2
 
-from .resources import PUSH_ORDER
+from .xds_types import push_rank, short
 
 
 class SyncStatus(str, Enum):
@@ -81,8 +81,7 @@ class ClientStream:
         return state
 
     def to_dict(self) -> dict:
-        order = {t: i for i, t in enumerate(PUSH_ORDER)}
-        types = sorted(self.types.values(), key=lambda s: order.get(s.type_url, 99))
+        types = sorted(self.types.values(), key=lambda s: push_rank(s.type_url))
         return {
             "node_id": self.node_id,
             "region": self.region,
@@ -90,7 +89,7 @@ class ClientStream:
             "mode": self.mode,
             "connected_since": _iso(self.connected_at),
             "error": self.error or None,
-            "types": {_short(s.type_url): s.to_dict() for s in types},
+            "types": {short(s.type_url): s.to_dict() for s in types},
         }
 
 
@@ -112,10 +111,6 @@ class ClientRegistry:
 
     def by_node(self, node_id: str) -> list[ClientStream]:
         return [s for s in self.streams() if s.node_id == node_id]
-
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
 
 
 def _iso(ts: float | None) -> str | None:
