@@ -17,7 +17,8 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from control_plane.metrics import Metrics
-from control_plane.server import AdsServer, DeltaSession, SotwSession
+from control_plane.server import AdsServer
+from control_plane.sessions import DeltaSession, SotwSession
 from control_plane.snapshot import Interner, type_version
 from control_plane.status import ClientRegistry
 from control_plane.xds_cache import NodeRefused
@@ -87,7 +88,7 @@ class Driver:
         self.server = AdsServer(cache, ClientRegistry(), Metrics())
         kind = DeltaSession if delta else SotwSession
         self.stream = self.server.clients.open(node(region), "test", kind.MODE)
-        self.session = kind(self.server, self.stream)
+        self.session = kind(cache, self.stream, self.server.metrics, self.server.next_nonce)
         self.response_type = discovery_pb2.DeltaDiscoveryResponse if delta else discovery_pb2.DiscoveryResponse
 
     def request(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str = "", **delta):
@@ -236,7 +237,7 @@ def test_delta_nack_keeps_what_the_client_held():
     assert list(next_.removed_resources) == []
 
 
-GENERIC_LAYERS = ("xds_types", "xds_cache", "snapshot", "status", "csds", "server")
+GENERIC_LAYERS = ("xds_types", "xds_cache", "snapshot", "subscription", "status", "csds", "sessions", "server")
 
 
 def test_the_generic_xds_layers_do_not_import_the_gateway_domain():
