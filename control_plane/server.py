@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -25,12 +26,23 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CACHE_CHANGED = object()  # an inbox item: the cache moved to a new generation
 
 
+REQUESTS_QUEUED = 16  # per stream; beyond this the stream is not read (gRPC flow control holds the Envoy)
+REFUSAL_LOG_EVERY_S = 10.0
+
+
 class AdsServer:
-    def __init__(self, cache: XdsCache, clients: ClientRegistry, metrics: Metrics):
+    """max_streams: at most this many xDS streams on this replica (None: no cap); one more is
+    refused with RESOURCE_EXHAUSTED, so the Envoy's retry lands on another replica."""
+
+    def __init__(self, cache: XdsCache, clients: ClientRegistry, metrics: Metrics, max_streams: int | None = None):
         self.cache = cache
         self.clients = clients
         self.metrics = metrics
+        self.max_streams = max_streams
+        self.open_streams = 0
         self._nonces = 0
+        self._refused_logged_at = float("-inf")
+        self._refused_since_log = 0
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         # Responses are bytes assembled from pre-serialized resources, hence `bytes` as serializer.
@@ -49,17 +61,49 @@ class AdsServer:
 
     async def _serve(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
                      session_type: type[Session]) -> AsyncIterator[bytes]:
-        inbox: asyncio.Queue = asyncio.Queue()
+        if self.max_streams is not None and self.open_streams >= self.max_streams:
+            await self._refuse(context)
+            return
+        self.open_streams += 1
+        try:
+            async for response in self._stream(requests, context, session_type):
+                yield response
+        finally:
+            self.open_streams -= 1
+
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
+        self.metrics.refused.inc()
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= REFUSAL_LOG_EVERY_S:  # a stampede logs a line, not thousands
+            log.warning("refused %d xDS stream(s): this replica serves its maximum of %d (--max-streams); "
+                        "latest from %s", self._refused_since_log, self.max_streams, context.peer())
+            self._refused_logged_at, self._refused_since_log = now, 0
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"this control-plane replica serves its maximum of {self.max_streams} xDS streams; "
+                            "retry (another replica)")
+
+    async def _stream(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
+                      session_type: type[Session]) -> AsyncIterator[bytes]:
+        # One bounded inbox for both kinds of event: Envoy's requests (a reader that waits when
+        # it is full, so a flooding client is held back by gRPC flow control, not buffered), and
+        # "the cache changed": a flag, not a queue of changes, since a change only means
+        # "reconcile" and a stream needs to learn it once however many happened meanwhile.
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=REQUESTS_QUEUED)
+        changed = False
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await inbox.put(request)
             finally:
-                await inbox.put(None)
+                closed.set()
+                if not inbox.full():  # wake the loop; if full, it finds `closed` once it has drained
+                    inbox.put_nowait(None)
 
+        closed = asyncio.Event()
         reader = asyncio.create_task(read())
-        first = await inbox.get()
+        first = await _next(inbox, closed)
         if first is None:
             reader.cancel()
             return
@@ -68,32 +112,36 @@ class AdsServer:
         log.info("xDS stream opened: node=%s mode=%s peer=%s", stream.node_id, stream.mode, stream.peer)
         session = session_type(self.cache, stream, self.metrics, self.next_nonce)
 
-        # One inbox for both kinds of event: Envoy's requests, and a cache change (at most one
-        # queued: a change only says "reconcile", so several collapse into one).
-        change_queued = False
-
         def on_change() -> None:
-            nonlocal change_queued
-            if not change_queued:
-                change_queued = True
-                inbox.put_nowait(CACHE_CHANGED)
+            nonlocal changed
+            if not changed:
+                changed = True
+                if inbox.empty():  # else the loop is about to look at `changed` anyway
+                    inbox.put_nowait(CACHE_CHANGED)
 
         stop_watching = self.cache.watch(on_change)
         try:
             item = first
             while item is not None:
-                if item is CACHE_CHANGED:
-                    change_queued = False
-                    responses = session.on_change()
-                else:
-                    responses = session.on_request(item)
-                for response in responses:
-                    yield response
-                response = responses = None  # don't keep the last response alive while waiting
-                item = await inbox.get()
+                if item is not CACHE_CHANGED:
+                    for response in session.on_request(item):
+                        yield response
+                if changed:
+                    changed = False
+                    for response in session.on_change():
+                        yield response
+                response = None  # don't keep the last response alive while waiting
+                item = await _next(inbox, closed)
         finally:
             stop_watching()
             reader.cancel()
             self.clients.close(stream)
             self.metrics.connected.labels(stream.mode).dec()
             log.info("xDS stream closed: node=%s mode=%s", stream.node_id, stream.mode)
+
+
+async def _next(inbox: asyncio.Queue, closed: asyncio.Event):
+    """The next inbox item; None once the Envoy closed its side and everything queued is read."""
+    if inbox.empty() and closed.is_set():
+        return None
+    return await inbox.get()

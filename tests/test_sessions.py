@@ -4,9 +4,12 @@ and no whole control plane."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -23,6 +26,8 @@ from control_plane.snapshot import Interner, type_version
 from control_plane.status import ClientRegistry
 from control_plane.xds_cache import NodeRefused
 from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+from .test_server import AdsClient, until
 
 
 @dataclass(frozen=True)
@@ -258,3 +263,71 @@ def test_the_domain_names_the_same_types_in_the_same_order():
     from control_plane import resources, xds_types
     for name in ("LISTENER_TYPE", "ROUTE_TYPE", "CLUSTER_TYPE", "ENDPOINT_TYPE", "SECRET_TYPE", "PUSH_ORDER"):
         assert getattr(resources, name) == getattr(xds_types, name)
+
+
+# ---------------------------------------------------------------------- over real gRPC
+
+
+@pytest.fixture
+async def served():
+    """An AdsServer on a fake cache, on a real grpc.aio server (127.0.0.1, ephemeral port)."""
+    cache = FakeCache()
+    ads = AdsServer(cache, ClientRegistry(), Metrics())
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((ads.rpc_handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clients: list[AdsClient] = []
+
+    def connect(node_id: str = "envoy-test", region: str = "r1") -> AdsClient:
+        clients.append(AdsClient(f"127.0.0.1:{port}", region=region, node_id=node_id))
+        return clients[-1]
+
+    yield cache, ads, connect
+    for client in clients:
+        await client.close()
+    await server.stop(grace=0)
+
+
+async def test_a_replica_at_its_stream_cap_refuses_the_next_stream_until_one_closes(served):
+    cache, ads, connect = served
+    ads.max_streams = 1
+    first = connect("envoy-1")
+    first.send(CLUSTER_TYPE)
+    assert (await first.recv()).type_url == CLUSTER_TYPE
+    second = connect("envoy-2")
+    second.send(CLUSTER_TYPE)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await second.recv()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "maximum of 1 xDS streams" in refused.value.details()
+    assert ads.metrics.refused._value.get() == 1
+    assert [s.node_id for s in ads.clients.streams()] == ["envoy-1"]
+    await first.close()
+    await until(lambda: ads.open_streams == 0)
+    third = connect("envoy-3")
+    third.send(CLUSTER_TYPE)
+    assert (await third.recv()).type_url == CLUSTER_TYPE  # room again: served
+
+
+async def test_many_changes_reach_a_stream_as_one_push(served):
+    cache, ads, connect = served
+    client = connect()
+    client.send(CLUSTER_TYPE)
+    client.ack(await client.recv())
+    client.send(ENDPOINT_TYPE, ["a", "b"])
+    client.ack(await client.recv(), ["a", "b"])
+    client.send(LISTENER_TYPE)
+    client.ack(await client.recv())
+    client.send(ROUTE_TYPE, ["vertex"])
+    first_routes = await client.recv()
+    client.ack(first_routes, ["vertex"])
+    await until(lambda: ads.clients.streams()[0].types[ROUTE_TYPE].acked_latest)
+    for i in range(50):  # fifty generations before the stream gets to run
+        cache.set(("a", "b"), route_tag=f"edit-{i}")
+    routes = await client.recv()
+    assert routes.type_url == ROUTE_TYPE and "edit-49" in str(routes.resources[0].value)
+    client.ack(routes, ["vertex"])
+    with pytest.raises(asyncio.TimeoutError):
+        await client.recv(timeout=0.3)  # nothing for the 49 generations in between
+    assert ads.metrics.pushes.labels("RouteConfiguration", "sotw")._value.get() == 2
