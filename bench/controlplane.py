@@ -383,7 +383,8 @@ def _fanout_process(address: str, n: int, regions: list[str], per_channel: int, 
         conn.close()
 
 
-def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
+def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "product") -> dict:
+    """server: "product" (`python -m control_plane serve`) or "floor" (bench/xds_floor.py)."""
     from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
     from tests.harness import LoopThread, free_port, write_config
 
@@ -397,14 +398,16 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
     log = open(workdir / f"control-plane-{n}.log", "ab")
     profile = ["-m", "cProfile", "-o", f"{args.profile_cp}-{n}.prof"] if args.profile_cp else []
     started_at = time.monotonic()
-    plane = subprocess.Popen([sys.executable, *profile, "-m", "control_plane", "--log-level", "INFO", "serve", "--config",
+    command = ["-m", "control_plane", "--log-level", "INFO", "serve"] if server == "product" else \
+        ["-m", "bench.xds_floor"]
+    plane = subprocess.Popen([sys.executable, *profile, *command, "--config",
                               str(config_path), "--xds-port", str(xds_port), "--admin-port", str(admin_port)],
                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = None
-    out: dict = {"clients": n}
+    out: dict = {"clients": n, "server": server}
     try:
         def healthy() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
@@ -587,6 +590,16 @@ def part_build(args: argparse.Namespace) -> list[dict]:
 # =========================================================================== output
 
 
+def _floor_ratios(product: dict, floor: dict) -> dict:
+    edit = (product["edit_all_s_median"] / floor["edit_all_s_median"]
+            if product.get("edit_all_s_median") and floor.get("edit_all_s_median") else None)
+    return {"sync": product["sync"]["sync_all_s"] / floor["sync"]["sync_all_s"], "edit": edit}
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def verdicts(doc: dict) -> list[dict]:
     rows = []
     for r in doc.get("edit_to_ack", []):
@@ -607,6 +620,16 @@ def verdicts(doc: dict) -> list[dict]:
         rows.append({"target": f"control-plane RSS per connected client ({big['clients']:,} clients)",
                      "goal": "< 64 KB", "text": f"{per:.0f} KB" + (f" ({others})" if others else ""),
                      "met": per < 64})
+    floors = {f["clients"]: f for f in doc.get("floor", [])}
+    if floors and fan:
+        n = max(set(fan) & set(floors), default=None)
+        if n is not None:
+            r = _floor_ratios(fan[n], floors[n])
+            rows.append({"target": f"edit -> all {n:,} ACKed, against the trivial floor server (median)",
+                         "goal": "≤ 1.2x", "text": _fmt_ratio(r["edit"]),
+                         "met": r["edit"] is not None and r["edit"] <= 1.2})
+            rows.append({"target": f"first full set to all {n:,}, against the trivial floor server",
+                         "goal": "≤ 1.2x", "text": _fmt_ratio(r["sync"]), "met": r["sync"] <= 1.2})
     for g in doc.get("big", []):
         size = f"{g['models']:,} models x {g['regions']} regions"
         rows.append({"target": f"validate, {size}", "goal": "< 1 s", "text": f"{g['validate_s']:.2f} s",
@@ -654,6 +677,21 @@ def markdown(doc: dict) -> str:
                 f"{_ms(f['edit_all_s_max'], '.0f')} ms | {_ms(p50, '.0f')} / {_ms(p99, '.0f')} ms | "
                 f"{_ms(f['cp_cpu_s_median'], '.0f')} ms | {100 * share:.0f}% | {responses:,.0f} | "
                 f"{f['rss_before_mb']:.1f} -> {f['rss_synced_mb']:.1f} MB | {f['rss_per_client_kb']:.1f} KB |")
+        lines.append("")
+    floors = {f["clients"]: f for f in doc.get("floor", [])}
+    if floors:
+        lines += ["(ii) The product against the trivial floor server (bench/xds_floor.py), same run, same clients:",
+                  "", "| clients | initial sync: product / floor | ratio | edit -> all ACKed (median): product / "
+                  "floor | ratio | RSS per client: product / floor |", "|---:|---:|---:|---:|---:|---:|"]
+        for f in doc["fanout"]:
+            fl = floors.get(f["clients"])
+            if fl is None:
+                continue
+            r = _floor_ratios(f, fl)
+            lines.append(f"| {f['clients']:,} | {f['sync']['sync_all_s']:.2f} / {fl['sync']['sync_all_s']:.2f} s | "
+                         f"{r['sync']:.2f}x | {_ms(f['edit_all_s_median'], '.0f')} / "
+                         f"{_ms(fl['edit_all_s_median'], '.0f')} ms | {_fmt_ratio(r['edit'])} | "
+                         f"{f['rss_per_client_kb']:.1f} / {fl['rss_per_client_kb']:.1f} KB |")
         lines.append("")
     if doc.get("big"):
         lines += ["(iv) Large configs (wall clock; one simulated Envoy per region):", "",
@@ -768,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(ii) ADS streams per gRPC channel (1: one TCP connection per client, as Envoys)")
     parser.add_argument("--profile-cp", metavar="PREFIX",
                         help="(ii) run the control plane under cProfile, writing PREFIX-<clients>.prof (slows it)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="(ii) skip the trivial floor server (bench/xds_floor.py) measured beside the product")
     parser.add_argument("--no-sds", action="store_true", help="(ii) clients do not subscribe to the token secret")
     parser.add_argument("--sizes", default=",".join(f"{m}x{r}" for m, r in SIZES), help="(iii) MODELSxREGIONS,...")
     parser.add_argument("--failover", type=int, default=2, help="(iii) failover regions per region")
@@ -809,15 +849,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (i) {mode}: {r['complete']}/{r['count']} edits complete, p50 {_ms(r['p50_s'])} ms, "
                   f"p99 {_ms(r['p99_s'])} ms", file=sys.stderr)
     if "ii" in parts:
-        doc["fanout"] = []
+        doc["fanout"], doc["floor"] = [], []
         workdir = Path(tempfile.mkdtemp(prefix="bench-controlplane-"))
         for n in clients:
-            f = part_fanout(args, n, workdir)
-            doc["fanout"].append(f)
-            print(f"  (ii) {n:5d} clients: sync {f['sync']['sync_all_s']:.2f} s, edit -> all ACKed "
-                  f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
-                  f"RSS/client {f['rss_per_client_kb']:.1f} KB, CP CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
-                  file=sys.stderr)
+            for server in ("product", "floor") if not args.no_floor else ("product",):
+                f = part_fanout(args, n, workdir, server)
+                doc["fanout" if server == "product" else "floor"].append(f)
+                print(f"  (ii) {server:7s} {n:5d} clients: sync {f['sync']['sync_all_s']:.2f} s, edit -> all ACKed "
+                      f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
+                      f"RSS/client {f['rss_per_client_kb']:.1f} KB, CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
+                      file=sys.stderr)
     if "iv" in parts:
         doc["big"] = part_big(args, Path(tempfile.mkdtemp(prefix="bench-controlplane-big-")))
     info["loadavg_end"] = list(os.getloadavg())
