@@ -35,11 +35,32 @@ from .snapshot import type_version
 from .status import ClientStream
 from .subscription import Answer, Subscription
 from .xds_cache import NodeRefused, Selection, XdsCache
-from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, WILDCARD_TYPES, short
+from .xds_types import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    PUSH_ORDER,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+    WILDCARD_TYPES,
+    short,
+)
 
 log = logging.getLogger(__name__)
 
 CONTROL_PLANE_ID = "vertex-gateway"
+# A request for one type can change what is due for these types, and only these (in push
+# order): its own answer, and the make-before-break gates it opens. Clusters and endpoints
+# ACKed release listeners and routes; listeners and routes ACKed release the removal of old
+# clusters (and so the endpoints a Delta client must be sent again). A cache change
+# reconciles every type.
+AFFECTED = {
+    SECRET_TYPE: (SECRET_TYPE,),
+    CLUSTER_TYPE: (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE),
+    ENDPOINT_TYPE: (ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE),
+    LISTENER_TYPE: (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE),
+    ROUTE_TYPE: (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE),
+}
 
 
 class Session:
@@ -53,16 +74,20 @@ class Session:
         self.metrics = metrics
         self.next_nonce = next_nonce
         self.group = None
+        self._group_current = False  # the group is resolved again after each cache change
 
     # -------------------------------------------------------------- events
 
     def on_change(self) -> Iterator[bytes]:
+        self._group_current = False
         yield from self.reconcile()
 
-    def reconcile(self, resend: str | None = None) -> Iterator[bytes]:
-        """Send each subscribed type what differs from `desired`; `resend`: a type the client
-        asked for again and must be answered even if nothing changed."""
-        self._resolve_group()
+    def reconcile(self, resend: str | None = None, types: tuple[str, ...] = PUSH_ORDER) -> Iterator[bytes]:
+        """Send each subscribed type of `types` what differs from `desired`; `resend`: a type
+        the client asked for again and must be answered even if nothing changed."""
+        if not self._group_current:
+            self._resolve_group()
+            self._group_current = True
         if self.group is None:
             return
         not_ready = self.cache.not_ready(self.group)
@@ -70,7 +95,7 @@ class Session:
             # e.g. Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
             self.stream.error = not_ready
             return
-        for type_url in PUSH_ORDER:
+        for type_url in types:
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
@@ -178,7 +203,8 @@ class SotwSession(Session):
         names = frozenset(request.resource_names) - {"*"}
         state.names = None if request.type_url in WILDCARD_TYPES and not names else names
         state.subscribed = True
-        yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None)
+        yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None,
+                                  types=AFFECTED.get(request.type_url, PUSH_ORDER))
 
     def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
         version = self.version_of(type_url, state, desired)
@@ -219,7 +245,7 @@ class DeltaSession(Session):
             # again; unsubscribed: the client drops it, forget it.
             for name in (*request.resource_names_subscribe, *request.resource_names_unsubscribe):
                 client.pop(name, None)
-        yield from self.reconcile()
+        yield from self.reconcile(types=AFFECTED.get(type_url, PUSH_ORDER))
 
     def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
         version = self.version_of(type_url, state, desired)
