@@ -11,7 +11,8 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
-from .resources import PUSH_ORDER, SECRET_TYPE, members
+from .resources import members
+from .xds_types import PUSH_ORDER, SECRET_TYPE
 
 if TYPE_CHECKING:
     from .app import ControlPlane

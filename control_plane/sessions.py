@@ -232,7 +232,7 @@ class DeltaSession(Session):
             return
         if not state.subscribed:
             state.subscribed = True
-            state.client = dict(request.initial_resource_versions)
+            state.client, state.client_version = dict(request.initial_resource_versions), ""
             subscribe = set(request.resource_names_subscribe)
             state.names = None if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe) \
                 else frozenset(subscribe - {"*"})
@@ -245,12 +245,15 @@ class DeltaSession(Session):
             # again; unsubscribed: the client drops it, forget it.
             for name in (*request.resource_names_subscribe, *request.resource_names_unsubscribe):
                 client.pop(name, None)
+            state.client_version = ""
         yield from self.reconcile(types=AFFECTED.get(type_url, PUSH_ORDER))
 
     def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
         version = self.version_of(type_url, state, desired)
         if state.nacked_version == version:
             return  # Envoy rejected exactly this: wait for a different version
+        if state.client_version == version:
+            return  # the client holds exactly this already (the common case: an ACK, nothing new)
         known = state.client if state.client is not None else {}
         changed = [desired[n] for n in sorted(desired) if known.get(n) != desired[n].version]
         in_scope: Callable[[str], bool] = (lambda n: True) if state.names is None else (lambda n: n in state.names)
@@ -258,6 +261,7 @@ class DeltaSession(Session):
         if not changed and not removed:
             if state.sent_version != version:  # the client already holds exactly this (a reconnect)
                 state.assume_held(desired, version)
+            state.client_version = version
             return
         if type_url == CLUSTER_TYPE:
             # An updated EDS cluster warms only when its endpoints arrive again, and a Delta client
@@ -267,13 +271,14 @@ class DeltaSession(Session):
                 for resource in changed:
                     if resource.name in known:
                         endpoints.client.pop(resource.name, None)
+                        endpoints.client_version = ""
         nonce = self.mark_sent(state, desired, version)
         client = dict(known)
         for resource in changed:
             client[resource.name] = resource.version
         for name in removed:
             client.pop(name, None)
-        state.client_before, state.client = known, client
+        state.client_before, state.client, state.client_version = known, client, version
         header = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed,
             control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))

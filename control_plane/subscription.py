@@ -54,6 +54,9 @@ class Subscription:
     # by a NACK: the client applied nothing of it). Replaced, never mutated, on each send.
     client: dict[str, str] | None = None
     client_before: dict[str, str] | None = None
+    # The version `client` is known to hold all of, nothing else in scope: sending it again
+    # would be empty. Cleared whenever `client` changes other than by a send.
+    client_version: str = ""
 
     # ------------------------------------------------------------------ transitions
 
@@ -69,7 +72,7 @@ class Subscription:
         if error is not None:
             self.nack_error, self.nacked_version = error, self.sent_version
             if self.client_before is not None:
-                self.client = self.client_before
+                self.client, self.client_version = self.client_before, ""
         else:
             self.acked, self.acked_version, self.acked_at = self.sent, version, time.time()
         self.client_before = None

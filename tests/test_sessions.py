@@ -46,9 +46,10 @@ class FakeCache:
         self._watchers: set[Callable[[], None]] = set()
         self.set(clusters, route_tag)
 
-    def set(self, clusters, route_tag: str = "1") -> None:
+    def set(self, clusters, route_tag: str = "1", cluster_tag: str = "") -> None:
         msgs = {
-            CLUSTER_TYPE: [cluster_pb2.Cluster(name=c, type=cluster_pb2.Cluster.EDS) for c in clusters],
+            CLUSTER_TYPE: [cluster_pb2.Cluster(name=c, type=cluster_pb2.Cluster.EDS, alt_stat_name=cluster_tag)
+                           for c in clusters],
             ENDPOINT_TYPE: [endpoint_pb2.ClusterLoadAssignment(cluster_name=c) for c in clusters],
             LISTENER_TYPE: [listener_pb2.Listener(name="ingress")],
             ROUTE_TYPE: [route_pb2.RouteConfiguration(name="vertex", virtual_hosts=[
@@ -224,6 +225,21 @@ def test_delta_reconnect_holding_everything_is_sent_nothing():
     cache.set(("a",))
     [update] = again.changed()
     assert list(update.removed_resources) == ["b"] and cluster_names(update) == []  # a: held already
+
+
+def test_delta_updated_cluster_gets_its_endpoints_again_and_an_ack_sends_nothing():
+    cache = FakeCache()
+    d = Driver(cache, delta=True)
+    [cds] = d.request(CLUSTER_TYPE)
+    assert d.ack(cds) == []
+    [eds] = d.request(ENDPOINT_TYPE, ["a", "b"])
+    assert d.ack(eds) == []  # nothing new: nothing sent
+    cache.set(("a", "b"), cluster_tag="v2")  # the clusters change, their endpoints do not
+    [cds2, eds2] = d.changed()
+    assert (cds2.type_url, eds2.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE)
+    assert sorted(r.name for r in eds2.resources) == ["a", "b"]  # re-sent: an updated EDS cluster warms on them
+    assert d.ack(cds2) == [] and d.ack(eds2) == []
+    assert d.changed() == []
 
 
 def test_delta_nack_keeps_what_the_client_held():
