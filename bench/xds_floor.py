@@ -6,7 +6,9 @@ It uses the product's SnapshotCache (the same pre-serialized resources and memoi
 selections) and the same file watch as `serve` (watchfiles, 50 ms debounce), and nothing
 else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
 cache's. Per stream: the names subscribed per type; an ACK (a nonce and unchanged names) is
-ignored; a request is answered; a change pushes every subscribed type. SotW only.
+ignored; a request is answered; a change pushes every subscribed type. Delta the same, with
+the name -> version each stream was sent, so a change sends only what differs (removals
+are never sent: the floor does not need them).
 
     python -m bench.xds_floor --config regions.yaml --xds-port P --admin-port Q
 """
@@ -77,10 +79,60 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
             inboxes.discard(inbox)
             reader.cancel()
 
+    async def delta_stream(requests, context):
+        nonlocal nonce
+        inbox: asyncio.Queue = asyncio.Queue()
+        inboxes.add(inbox)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    inbox.put_nowait(request)
+            finally:
+                inbox.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        subscribed: dict[str, set[str] | None] = {}
+        sent: dict[str, dict[str, str]] = {}
+        group = None
+        try:
+            while (item := await inbox.get()) is not None:
+                if item is CHANGED:
+                    types = list(subscribed)
+                else:
+                    group = group or cache.node_group(item.node)
+                    t = item.type_url
+                    add, drop = set(item.resource_names_subscribe) - {"*"}, set(item.resource_names_unsubscribe)
+                    if t not in subscribed:
+                        subscribed[t] = add or None
+                    elif add or drop:
+                        subscribed[t] = None if subscribed[t] is None else (subscribed[t] | add) - drop
+                    else:
+                        continue  # an ACK
+                    types = [t]
+                for type_url in types:
+                    names = subscribed[type_url]
+                    selection, version = cache.target(group, type_url, None if names is None else frozenset(names))
+                    have = sent.setdefault(type_url, {})
+                    changed = [r for r in selection.values() if have.get(r.name) != r.version]
+                    if not changed:
+                        continue
+                    have.update((r.name, r.version) for r in changed)
+                    nonce += 1
+                    header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
+                                                                  nonce=str(nonce))
+                    yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+        finally:
+            inboxes.discard(inbox)
+            reader.cancel()
+
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes)}),))
+            stream, request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            delta_stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=bytes)}),))
     server.add_insecure_port(f"127.0.0.1:{xds_port}")
     await server.start()
 
