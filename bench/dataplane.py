@@ -20,7 +20,16 @@ measured run, divided by the requests served.
 
 `--ablate` (on by default) also runs Envoys whose filter chain lacks one part more each
 (same control plane, a builder that edits the built resources), at 16 connections: where
-Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped).
+Envoy's CPU per request goes, without symbols (the wheel's Envoy is stripped). Its first row,
+`+jwt` rows add instead: the same chain with a `clients:` section, every request carrying an
+RS256 JWT that Envoy verifies, with jwt_authn's verified-token cache (as shipped) and without
+it (the signature checked on every request).
+
+`--no-openai` skips the two cells (envoy-1w, 16 connections, the same ~1 KB chat body) that
+price the OpenAI front door's body reading: `POST /v1/chat/completions` (Envoy's
+json_to_metadata parses the body for "model" and "stream" and the route is chosen again on
+them) against the Vertex-native `POST /v1/models/gemini:generateContent` to the same model
+cluster (route chosen on the path alone).
 
 Load generator: wrk (installed from Debian when absent and running as root); without it the
 Python load generator of tests/loadgen.py runs in a separate process, and the output says so
@@ -28,6 +37,8 @@ Python load generator of tests/loadgen.py runs in a separate process, and the ou
 
     python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
                               [--targets direct,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
+                              [--variants '+jwt (no cache);+jwt;full;...']
+                              [--no-openai]
 """
 
 from __future__ import annotations
@@ -73,6 +84,10 @@ MODEL_PATH = "/v1/models/housing:predict"
 TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
 # Cumulative: each variant drops one more part of the filter chain than the one before.
 VARIANTS = {
+    "+jwt (no cache)": "the product's chain plus client authentication (`clients:`), with jwt_authn's "
+                      "verified-token cache off: an RS256 signature checked on every request",
+    "+jwt": "the product's chain plus client authentication as shipped: jwt_authn (inline JWKS, verified "
+            "tokens cached per worker, expiry checked per request) and the per-identity routes",
     "full": "the product's filter chain",
     "-lua": "without the Lua rewrite (upstream filter)",
     "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
@@ -82,6 +97,14 @@ VARIANTS = {
             "no response header",
 }
 ABLATE_CONNECTIONS = 16
+GEMINI = "google/gemini-2.0-flash"
+# The OpenAI front door's body reading, priced on envoy-1w with one chat body: only the path differs.
+BODY_READING = {
+    "vertex-native": ("/v1/models/gemini:generateContent", "Vertex-native path to the gemini cluster: the route "
+                                                           "is chosen on the path, the body is not parsed"),
+    "openai": ("/v1/chat/completions", "OpenAI path: json_to_metadata parses the body (model, stream), the route "
+                                       "is chosen again on them; then the same cluster"),
+}
 BENCH_TOKEN = "ya29.bench-static-token"
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -188,8 +211,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
         proc.wait(10)
 
 
-def _post(url: str, body: bytes, timeout: float = 5) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+def _post(url: str, body: bytes, timeout: float = 5, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read()
@@ -207,9 +231,14 @@ def ablated_builder(variant_by_port: dict[int, str]):
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 
     def build(config, group):
-        built = build_resources(config, group)
         variant = variant_by_port.get(group.listen_port, "full")
-        level = list(VARIANTS).index(variant)
+        if variant.startswith("+jwt"):
+            built = build_resources(with_jwt_clients(config), group)
+            if variant == "+jwt (no cache)":
+                without_jwt_cache(built)
+            return built
+        built = build_resources(config, group)
+        level = list(VARIANTS).index(variant) - 2  # 0: full
         if level == 0:
             return built
         for cluster in built[CLUSTER_TYPE]:
@@ -250,6 +279,49 @@ def ablated_builder(variant_by_port: dict[int, str]):
     return build
 
 
+BENCH_ISSUER = "https://issuer.bench.test"
+BENCH_AUDIENCE = "vertex-gateway-bench"
+_JWT: dict = {}
+
+
+def bench_jwt(workdir: Path) -> tuple[str, str]:
+    """(JWKS file, a 1-hour RS256 token) from a local issuer, made once per run."""
+    if not _JWT:
+        from tests.jwt_issuer import Issuer
+        issuer = Issuer(BENCH_ISSUER)
+        _JWT["jwks"] = issuer.write_jwks(workdir / "bench-jwks.json")
+        _JWT["token"] = issuer.token(BENCH_AUDIENCE, lifetime=3600, sub="bench-client")
+    return _JWT["jwks"], _JWT["token"]
+
+
+def without_jwt_cache(built: dict) -> None:
+    from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+    for listener in built[LISTENER_TYPE]:
+        for chain in listener.filter_chains:
+            for flt in chain.filters:
+                manager = hcm_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(manager)
+                for http_filter in manager.http_filters:
+                    if http_filter.name == "envoy.filters.http.jwt_authn":
+                        jwt = jwt_pb2.JwtAuthentication()
+                        http_filter.typed_config.Unpack(jwt)
+                        for provider in jwt.providers.values():
+                            provider.ClearField("jwt_cache_config")
+                        http_filter.typed_config.Pack(jwt)
+                flt.typed_config.Pack(manager)
+
+
+def with_jwt_clients(config):
+    """The config with a `clients:` section: one issuer (JWKS file), any authenticated client."""
+    from control_plane.config import RegionConfig
+    jwks = _JWT["jwks"]
+    return config.memo(("bench-jwt",), lambda: RegionConfig.model_validate({
+        **config.model_dump(), "clients": {
+            "jwt": {"bench": {"issuer": BENCH_ISSUER, "audiences": [BENCH_AUDIENCE], "jwks_file": jwks}},
+            "allow": {"all": {"identities": ["*"]}}}}))
+
+
 # --------------------------------------------------------------------------- load generators
 
 
@@ -274,15 +346,23 @@ class Wrk:
 
     def __init__(self, binary: str, body: bytes, workdir: Path):
         self.binary = binary
+        self.body, self.workdir = body, workdir
         self.script = workdir / "post.lua"
         assert b"]==]" not in body
         self.script.write_text(WRK_SCRIPT % body.decode())
         self.version = (subprocess.run([binary, "-v"], capture_output=True, text=True).stdout
                         + subprocess.run([binary, "-v"], capture_output=True, text=True).stderr).split("\n")[0]
 
-    def run(self, url: str, connections: int, duration: float) -> dict:
+    def run(self, url: str, connections: int, duration: float, headers: dict | None = None) -> dict:
+        script = self.script
+        if headers:  # a script that also sends these headers (e.g. the +jwt target's token)
+            script = self.workdir / "post-headers.lua"
+            extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+            script.write_text(WRK_SCRIPT.replace('wrk.headers["Content-Type"] = "application/json"\n',
+                                                 'wrk.headers["Content-Type"] = "application/json"\n' + extra)
+                              % self.body.decode())
         cmd = [self.binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
-               "-s", str(self.script), url]
+               "-s", str(script), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
         if line is None:
@@ -296,9 +376,9 @@ class Wrk:
                 "rps": r["requests"] / (r["duration_us"] / 1e6)}
 
 
-def _python_load(url: str, connections: int, duration: float, body: bytes, queue) -> None:
+def _python_load(url: str, connections: int, duration: float, body: bytes, queue, headers=None) -> None:
     from tests.loadgen import percentile, run_load
-    result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration))
+    result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration, headers=headers))
     lat = [s.latency * 1000 for s in result.samples]
     queue.put({"requests": len(lat), "duration_s": result.duration,
                "errors": sum(s.status != 200 for s in result.samples), "error_detail": {},
@@ -315,10 +395,10 @@ class PythonLoad:
     def __init__(self, body: bytes):
         self.body = body
 
-    def run(self, url: str, connections: int, duration: float) -> dict:
+    def run(self, url: str, connections: int, duration: float, headers: dict | None = None) -> dict:
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        proc = ctx.Process(target=_python_load, args=(url, connections, duration, self.body, queue))
+        proc = ctx.Process(target=_python_load, args=(url, connections, duration, self.body, queue, headers))
         proc.start()
         try:
             return queue.get(timeout=duration + 60)
@@ -332,8 +412,9 @@ class PythonLoad:
 
 
 class Target:
-    def __init__(self, name: str, url: str, pids_fn, describe: str):
+    def __init__(self, name: str, url: str, pids_fn, describe: str, headers: dict | None = None):
         self.name, self.url, self._pids, self.describe = name, url, pids_fn, describe
+        self.headers = headers or {}  # sent with every request (the +jwt target's token)
 
     @property
     def pids(self) -> list[int]:
@@ -362,9 +443,30 @@ def start_envoy(stack: Stack, name: str, workers: int, port: int) -> EnvoyProces
     return envoy
 
 
-def check_rewrite(target: str, url: str, body: bytes, backend: Backend) -> dict:
+def chat_body(target: int = 1024) -> bytes:
+    """An OpenAI Chat Completions body of about `target` bytes, as the SDK orders it."""
+    body = {"messages": [{"role": "user", "content": ""}], "model": GEMINI, "max_tokens": 64, "stream": False}
+    filler = target - len(json.dumps(body, separators=(",", ":")))
+    body["messages"][0]["content"] = ("Summarise the quarterly housing report. " * 40)[:max(0, filler)]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def check_openai(url: str, body: bytes) -> dict:
+    """Both body-reading paths reach the local region's gemini cluster, with its upstream path."""
+    out = {}
+    for cell, (path, _) in BODY_READING.items():
+        status, headers = _post(url + path, body)
+        want = f"/v1/projects/{PROJECT}/locations/{LOCAL}/" + (
+            "endpoints/openapi/chat/completions" if cell == "openai" else "publishers/google/models/gemini-2.0-flash"
+                                                                          ":generateContent")
+        out[cell] = {"status": status, "uri": headers.get("x-seen-uri"),
+                     "ok": status == 200 and headers.get("x-seen-uri") == want}
+    return out
+
+
+def check_rewrite(target: str, url: str, body: bytes, backend: Backend, send: dict | None = None) -> dict:
     """One request: did the backend see the local region's Vertex path, host and a token?"""
-    status, headers = _post(url + MODEL_PATH, body)
+    status, headers = _post(url + MODEL_PATH, body, headers=send)
     seen = {k: headers.get(f"x-seen-{k}", "") for k in ("uri", "host", "auth")}
     ok = status == 200
     if target != "direct" and not target.startswith("ablate:"):
@@ -410,13 +512,13 @@ def perf_summary(workdir: Path) -> dict:
 
 
 def measure(load, target: Target, connections: int, duration: float, warmup: float,
-            perf_dir: Path | None = None) -> dict:
+            perf_dir: Path | None = None, path: str = MODEL_PATH) -> dict:
     if warmup > 0:
-        load.run(target.url + MODEL_PATH, connections, warmup)
+        load.run(target.url + path, connections, warmup, headers=target.headers)
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
     profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
-    r = load.run(target.url + MODEL_PATH, connections, duration)
+    r = load.run(target.url + path, connections, duration, headers=target.headers)
     if profiler is not None:
         profiler.wait(60)
         r["perf"] = perf_summary(perf_dir)
@@ -438,12 +540,16 @@ def run(args: argparse.Namespace) -> dict:
     answer = backend_answer(body)
     workdir = Path(tempfile.mkdtemp(prefix="bench-dataplane-"))
     wrk = None if args.python_load else ensure_debian_package("wrk", "wrk")
+    chat = chat_body()
     if wrk:
         load = Wrk(wrk, body, workdir)
+        (workdir / "chat").mkdir()
+        chat_load = Wrk(wrk, chat, workdir / "chat")
     else:
         print("WARNING: wrk unavailable; falling back to the Python load generator (tests/loadgen.py) in its own "
               "process. Its CPU cost, not the proxies', bounds requests/s; compare ratios only.", file=sys.stderr)
         load = PythonLoad(body)
+        chat_load = PythonLoad(chat)
     backend_kind = args.backend
     try:
         backend = Backend(backend_kind, answer, workdir).start()
@@ -452,8 +558,10 @@ def run(args: argparse.Namespace) -> dict:
         backend_kind = "envoy"
         backend = Backend(backend_kind, answer, workdir).start()
 
-    ablate = [] if args.no_ablate else list(VARIANTS)
+    ablate = [] if args.no_ablate else [v for v in VARIANTS if v in args.variants]
     variant_ports = {v: free_port() for v in ablate}
+    _, token = bench_jwt(workdir)  # before any Envoy asks for the +jwt variant's config
+    jwt_headers = {"authorization": f"Bearer {token}"}
     routers: list[subprocess.Popen] = []
     stack = None
     targets: dict[str, Target] = {}
@@ -461,7 +569,8 @@ def run(args: argparse.Namespace) -> dict:
     checks: dict[str, dict] = {}
     try:
         stack = Stack(regions=(LOCAL, REMOTE), envoys=(), extra={
-            "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)}},
+            "regions": {r: {"address": "127.0.0.1", "port": backend.port, "tls": False} for r in (LOCAL, REMOTE)},
+            "models": {"gemini": {"publisher_model": GEMINI, "regions": [LOCAL, REMOTE]}}},
             plane_options={"builder": ablated_builder({p: v for v, p in variant_ports.items()})})
         targets["direct"] = Target("direct", backend.url, lambda: [],
                                    f"{backend_kind} backend, no proxy")
@@ -474,9 +583,14 @@ def run(args: argparse.Namespace) -> dict:
         for name, envoy in envoys.items():
             envoy.wait_ready()
             url = f"http://{envoy.listen}"
-            wait_until(lambda: _post(url + MODEL_PATH, body)[0] == 200, 30, f"{name} routes")
+            send = jwt_headers if name.startswith("ablate:+jwt") else {}
+            wait_until(lambda: _post(url + MODEL_PATH, body, headers=send)[0] == 200, 30, f"{name} routes")
             targets[name] = Target(name, url, (lambda e=envoy: [e.proc.pid]),
-                                   f"Envoy {envoy.node_id}, pid {envoy.proc.pid}")
+                                   f"Envoy {envoy.node_id}, pid {envoy.proc.pid}", headers=send)
+        for name in [n for n in targets if n.startswith("ablate:+jwt")]:  # they really refuse a tokenless request
+            refused = _post(targets[name].url + MODEL_PATH, body)[0]
+            if refused != 401:
+                raise RuntimeError(f"{name}: a request without a token got {refused}, not 401")
         router_config = workdir / "router.json"
         router_config.write_text(json.dumps({
             "project": PROJECT, "local": LOCAL, "failover": [REMOTE], "default_model": "housing",
@@ -489,9 +603,14 @@ def run(args: argparse.Namespace) -> dict:
                 targets[name] = Target(name, url, (lambda ps=procs: [p.pid for p in ps]),
                                        f"bench/smart_router.py x{processes}")
         for name, target in targets.items():
-            checks[name] = check_rewrite(name, target.url, body, backend)
+            checks[name] = check_rewrite(name, target.url, body, backend, target.headers)
             if not checks[name]["ok"]:
                 raise RuntimeError(f"{name}: the backend did not see a rewritten request: {checks[name]}")
+        body_reading = args.openai and "envoy-1w" in targets
+        if body_reading:
+            checks["openai"] = check_openai(targets["envoy-1w"].url, chat)
+            if not all(c["ok"] for c in checks["openai"].values()):
+                raise RuntimeError(f"the OpenAI paths did not reach the gemini cluster: {checks['openai']}")
         print(f"  all targets up; backend {backend_kind} on {backend.url}; load generator {load.name}",
               file=sys.stderr)
         main_targets = [t for t in args.targets if t in targets]
@@ -511,6 +630,12 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"  [{rnd}] ablate {v:30s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
                       f"{r['proxy_cpu_us_per_req']:.1f} us (user {r['proxy_user_us_per_req']:.1f}, sys "
                       f"{r['proxy_sys_us_per_req']:.1f})", file=sys.stderr)
+            for cell, (path, _) in BODY_READING.items() if body_reading else ():
+                r = measure(chat_load, targets["envoy-1w"], ABLATE_CONNECTIONS, args.duration, args.warmup, path=path)
+                r.update(round=rnd, target=f"body:{cell}")
+                results.append(r)
+                print(f"  [{rnd}] body reading {cell:14s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "
+                      f"{r['proxy_cpu_us_per_req']:.1f} us  errors {r['errors']}", file=sys.stderr)
         perf = None
         if args.perf and "envoy-1w" in targets and shutil.which("perf"):
             # An extra, unmeasured cell: sampling would perturb the CPU figures of a measured one.
@@ -529,6 +654,7 @@ def run(args: argparse.Namespace) -> dict:
         backend.stop()
     return {"results": results, "checks": checks, "backend": backend_kind, "load": load.name,
             "load_version": getattr(load, "version", ""), "body_bytes": len(body), "answer_bytes": len(answer),
+            "chat_body_bytes": len(chat),
             "envoy_stats": envoy_stats, "targets": {n: t.describe for n, t in targets.items()}, "perf": perf}
 
 
@@ -610,8 +736,8 @@ def markdown(doc: dict) -> str:
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
     if ablation:
-        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; each row drops one more "
-                      "part):", "",
+        lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; the +jwt rows add client "
+                      "authentication, each row after `full` drops one more part):", "",
                   "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
                   "|---|---|---:|---:|---:|---:|"]
         prev = None
@@ -622,6 +748,22 @@ def markdown(doc: dict) -> str:
                          f"{c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
                          f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
                          + f" | {saved} |")
+            prev = c["proxy_cpu_us_per_req"]
+    reading = [(cell, cells.get((f"body:{cell}", ABLATE_CONNECTIONS))) for cell in BODY_READING]
+    reading = [(cell, c) for cell, c in reading if c]
+    if reading:
+        lines += ["", f"The OpenAI front door's body reading (envoy-1w, {ABLATE_CONNECTIONS} connections, the same "
+                      f"{doc['settings'].get('chat_body_bytes', '~1 KB')} B chat body to the same gemini cluster):", "",
+                  "| path | what Envoy does | req/s | p50 ms | CPU us/req (user + sys) | extra vs the row above |",
+                  "|---|---|---:|---:|---:|---:|"]
+        prev = None
+        for cell, c in reading:
+            extra = f"{c['proxy_cpu_us_per_req'] - prev:+.1f} us" if prev is not None else "–"
+            spread = c.get("proxy_cpu_us_per_req_range")
+            lines.append(f"| `{BODY_READING[cell][0]}` | {BODY_READING[cell][1]} | {c['rps']:,.0f} | "
+                         f"{c['p50_ms']:.3f} | {c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
+                         f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
+                         + f" | {extra} |")
             prev = c["proxy_cpu_us_per_req"]
     perf = doc.get("perf")
     if perf:
@@ -639,7 +781,7 @@ def plot(doc: dict, path: Path) -> str:
         return NO_MATPLOTLIB
 
     cells = doc["cells"]
-    conns = sorted({c for (t, c) in cells if not t.startswith("ablate:")})
+    conns = sorted({c for (t, c) in cells if t in TARGETS})
     names = [t for t in TARGETS if any((t, c) in cells for c in conns)]
     colors = {"direct": "tab:gray", "envoy-1w": "tab:blue", "envoy-2w": "tab:cyan", "router-1p": "tab:orange",
               "router-2p": "tab:red"}
@@ -702,6 +844,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--backend", choices=("nginx", "envoy"), default="nginx")
     parser.add_argument("--no-ablate", action="store_true", help="skip the filter-chain ablation")
+    parser.add_argument("--variants", default=";".join(VARIANTS),
+                        help="ablation rows to run, separated by ';' (default all), e.g. '+jwt (no cache);+jwt;full'")
+    parser.add_argument("--no-openai", dest="openai", action="store_false",
+                        help="skip the two cells pricing the OpenAI path's body reading")
     parser.add_argument("--no-perf", dest="perf", action="store_false",
                         help="skip the extra perf-profiled cell (Envoy 1 worker, 16 connections)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
@@ -711,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    if [v for v in args.variants if v not in VARIANTS]:
+        parser.error(f"unknown variants; choose from {'; '.join(VARIANTS)}")
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
@@ -737,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
                      "rounds": args.rounds, "targets": args.targets, "body_bytes": out["body_bytes"],
                      "answer_bytes": out["answer_bytes"], "path": MODEL_PATH, "ablate": not args.no_ablate,
+                     "chat_body_bytes": out["chat_body_bytes"], "openai": args.openai,
                      "wrk_threads": 1},
         "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],

@@ -80,7 +80,9 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     endpoints = sum(len(m.endpoints) or len(m.regions) for m in config.models.values())
-    print(f"{args.config}: OK: project {config.project}, {len(config.regions)} region(s), "
+    custom = len(config.regions) - len(config.vertex_regions)
+    print(f"{args.config}: OK: project {config.project}, {len(config.vertex_regions)} region(s), "
+          + (f"{custom} custom backend(s), " if custom else "") +
           f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
           f"default model {config.default_model}, version {config.version}",
           file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON document alone
@@ -156,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
                        help="bearer token the admin endpoints require (needed when not on loopback); "
                             "or set VERTEX_GATEWAY_ADMIN_TOKEN")
     serve.add_argument("--insecure-xds", action="store_true",
-                       help="allow plaintext xDS on a non-loopback address (logs a warning)")
+                       help="allow plaintext xDS, or TLS without --xds-tls-client-ca, on a non-loopback "
+                            "address (logs a warning)")
     serve.add_argument("--max-config-bytes", type=_positive_int, metavar="N",
                        help=f"refuse a config file larger than this (default {MAX_BYTES:,})")
     serve.add_argument("--max-streams", type=_positive_int, metavar="N",

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from google.protobuf import json_format
 
 from .cache import UnknownRegion, node_group
+from .dryrun import upstream
+from .exposure import client_authentication
 from .resources import members
 from .xds_types import PUSH_ORDER, SECRET_TYPE
 
@@ -64,16 +67,22 @@ def admin_app(plane: ControlPlane) -> web.Application:
                  json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
                 for r in plane.cache.select(group, type_url)]
         config_now = plane.cache.config
-        models = {name: {"strategy": spec.strategy, "weights": spec.weights or None,
-                         "regions": members(config_now, name, group.region)}
-                  for name, spec in config_now.models.items()}
+        models = {}
+        for name, spec in config_now.models.items():
+            chain = members(config_now, name, group.region)
+            models[name] = {"strategy": spec.strategy, "weights": spec.weights or None, "regions": chain,
+                            "upstreams": {r: {k: v for k, v in asdict(upstream(config_now, name, r)).items()
+                                              if k != "region"} for r in chain}}
         return _json({"node_id": node_id, "region": group.region, "models": models,
                       "listener": f"{group.listen_address}:{group.listen_port}",
                       "config_version": plane.cache.config.version, "resources": resources})
 
     async def regions(_: web.Request) -> web.Response:
         config = plane.cache.config
+        listens = [s.node.metadata.fields["listen"].string_value for s in plane.clients.streams()
+                   if "listen" in s.node.metadata.fields]
         return _json({"config_file": str(plane.config_path), "version": config.version,
+                      "client_authentication": client_authentication(config, listens),
                       "config": config.model_dump(mode="json"), "last_reload": plane.last_reload})
 
     async def metrics(_: web.Request) -> web.Response:

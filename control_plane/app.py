@@ -21,13 +21,14 @@ from watchfiles import awatch
 from . import loading
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
-from .config import AuthProfile, ConfigError, RegionConfig
+from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
 from .csds import CsdsServer
+from .exposure import open_listener_warning
 from .metrics import Metrics
 from .resources import build_resources
 from .server import AdsServer
 from .status import ClientRegistry
-from .tokens import TokenRefresher
+from .tokens import HeaderFileSource, IdTokenSource, Source, TokenRefresher
 from .yamlsafe import Limits
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,15 @@ class ControlPlane:
                     "(and --xds-tls-client-ca for mTLS), or --insecure-xds on a trusted network")
             log.warning("serving xDS in PLAINTEXT on %s: any host that reaches it can read config and "
                         "access tokens; use --xds-tls-* outside a trusted network", xds_host)
+        elif xds_tls is not None and not xds_tls.client_ca_file and not is_loopback(xds_host):
+            # TLS alone authenticates the control plane, not the Envoys: anyone who connects would
+            # be served config and access tokens, exactly as with plaintext.
+            if not insecure_xds:
+                raise PlaintextRefused(
+                    f"xDS over TLS without --xds-tls-client-ca on non-loopback address {xds_host} authenticates "
+                    "no Envoy: give --xds-tls-client-ca (mTLS), or --insecure-xds on a trusted network")
+            log.warning("serving xDS over TLS WITHOUT client certificates on %s: any host that reaches it can "
+                        "read config and access tokens", xds_host)
         admin_host = admin_address.rpartition(":")[0]
         if not is_loopback(admin_host) and not admin_token:
             raise PlaintextRefused(f"admin endpoints on non-loopback address {admin_host} need a bearer token "
@@ -99,7 +109,11 @@ class ControlPlane:
                                      self.metrics)
         self.last_reload: dict = {"time": _now(), "ok": True, "reason": "start", "version": config.version,
                                   "file_sha256": loaded.sha256, "errors": []}
+        self._open_warning = open_listener_warning(config)
+        if self._open_warning:
+            log.warning("%s", self._open_warning)
         self.metrics.config_ok.set(1)
+        self.metrics.describe_backends(config)
         self.xds_port = 0
         self.admin_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -177,9 +191,17 @@ class ControlPlane:
                                                     "cannot build Envoy resources", lambda: self.cache.prepare(config))
                 self.cache.apply(config, snapshots)
                 self.tokens.update(_profiles(config), config.auth.refresh_margin)
+                self._warn_if_open(config)
+                self.metrics.describe_backends(config)
         except ConfigError as exc:
             return self._record_reload(reason, digest, [str(p) for p in exc.problems])
         return self._record_reload(reason, digest, [])
+
+    def _warn_if_open(self, config: RegionConfig) -> None:
+        warning = open_listener_warning(config)
+        if warning and warning != self._open_warning:
+            log.warning("%s", warning)
+        self._open_warning = warning
 
     def _record_reload(self, reason: str, digest: str | None, errors: list[str]) -> bool:
         ok = not errors
@@ -221,8 +243,18 @@ class ControlPlane:
                     pass
 
 
-def _profiles(config: RegionConfig) -> dict[str, AuthProfile]:
-    return {name: config.auth.profile(name) for name in config.profiles_in_use()}
+def _profiles(config: RegionConfig) -> dict[str, Source]:
+    """What the token refresher keeps fresh: access tokens per profile, custom backends' own credentials."""
+    return {**{name: config.auth.profile(name) for name in config.profiles_in_use()},
+            **{f"backend/{b}": _backend_source(config, b) for b in config.backends_in_use()}}
+
+
+def _backend_source(config: RegionConfig, backend: str) -> Source:
+    credential = config.backend_credential(backend)
+    if credential.type == "id_token":
+        return IdTokenSource(config.auth.profile(config.regions[backend].auth or DEFAULT_PROFILE),
+                             config.audience_of(backend))
+    return HeaderFileSource(credential.file or "", credential.header, credential.prefix)
 
 
 def _now() -> str:

@@ -3,10 +3,11 @@ beyond the node's region is baked in; all routing config arrives over xDS."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import yaml
+
+from .config import is_ip
 
 # Route regexes list every endpoint id and verb; RE2's default program-size cap (100) is
 # far below what a config with many models needs.
@@ -24,14 +25,6 @@ def _socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class XdsTls:
     """mTLS to the control plane: the CA that signed its certificate, and this Envoy's own."""
@@ -43,10 +36,10 @@ class XdsTls:
 
     def transport_socket(self, xds_host: str) -> dict:
         name = self.server_name or xds_host
-        san = {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+        san = {"san_type": "IP_ADDRESS" if is_ip(name) else "DNS", "matcher": {"exact": name}}
         return {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            **({} if _is_ip(name) else {"sni": name}),
+            **({} if is_ip(name) else {"sni": name}),
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
                 "tls_certificates": [{"certificate_chain": {"filename": self.cert_file},
@@ -121,7 +114,7 @@ def _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_
         "static_resources": {"clusters": [{
             "name": "xds_cluster",
             **({"transport_socket": xds_tls.transport_socket(xds_host)} if xds_tls else {}),
-            "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+            "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
             "connect_timeout": "1s",
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

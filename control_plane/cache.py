@@ -14,7 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import NodeGroup, build_resources, members, token_secret, token_secret_name
+from .resources import NodeGroup, build_resources, credential_secret, credential_secret_name, members
 from .snapshot import Interner, Resource, Snapshot, type_version
 from .xds_cache import NodeRefused
 from .xds_types import SECRET_TYPE
@@ -37,7 +37,10 @@ def node_group(node: base_pb2.Node, config: RegionConfig) -> NodeGroup:
         raise UnknownRegion(f"node {node.id!r} has no region (bootstrap metadata 'region')")
     if region not in config.regions:
         raise UnknownRegion(f"node {node.id!r} is in region {region!r}, which the config does not define "
-                            f"(defined: {', '.join(config.regions)})")
+                            f"(defined: {', '.join(config.vertex_regions)})")
+    if config.regions[region].custom:
+        raise UnknownRegion(f"node {node.id!r} is in region {region!r}, which is a custom backend: "
+                            f"Envoys run in Vertex regions ({', '.join(config.vertex_regions)})")
     address, port = config.listener.address, config.listener.port
     listen = fields["listen"].string_value if "listen" in fields else ""
     if listen:
@@ -63,9 +66,10 @@ class SnapshotCache:
         return self._config
 
     def set_tokens(self, tokens: Mapping[str, str]) -> None:
-        """The current access token per auth profile, served as SDS secrets. Only a change of
-        some token's value makes a new generation (and so a push)."""
-        secrets = {token_secret_name(p): self._interner.intern(SECRET_TYPE, token_secret(p, t))
+        """The current access token per auth profile (and header value per custom backend,
+        keyed backend/{name}), served as SDS secrets. Only a change of some value makes a new
+        generation (and so a push)."""
+        secrets = {credential_secret_name(p): self._interner.intern(SECRET_TYPE, credential_secret(p, t))
                    for p, t in tokens.items() if t}  # never an empty secret: Envoy would 401 everything
         if {n: r.version for n, r in secrets.items()} == {n: r.version for n, r in self._secrets.items()}:
             return
@@ -87,10 +91,20 @@ class SnapshotCache:
         arrived: such an Envoy is served nothing until then."""
         def compute() -> list[str]:
             config = self._config
-            needed = config.profiles_in_use() if group is None else sorted(
-                {config.profile_for(m, r) for m in config.models for r in members(config, m, group.region)})
-            return [p for p in needed if token_secret_name(p) not in self._secrets]
+            needed = [*config.profiles_in_use(), *(f"backend/{b}" for b in config.backends_in_use())] \
+                if group is None else self.credentials_needed(group)
+            return [p for p in needed if credential_secret_name(p) not in self._secrets]
         return self._per_generation(("missing_tokens", group), compute)
+
+    def credentials_needed(self, group: NodeGroup) -> list[str]:
+        """The credentials an Envoy of this group injects (auth profiles' access tokens, custom
+        backends' own): those of the regions its routes can reach. It is served those secrets
+        and no others."""
+        def compute() -> list[str]:
+            config = self._config
+            return sorted({config.credential_for(m, r) for m in config.models
+                           for r in members(config, m, group.region)} - {None})
+        return self._per_generation(("credentials_needed", group), compute)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
@@ -111,7 +125,9 @@ class SnapshotCache:
 
     def select(self, group: NodeGroup, type_url: str, names: Iterable[str] | None = None) -> list[Resource]:
         if type_url == SECRET_TYPE:
-            secrets = self._secrets
+            # Only its own region's tokens: a node that names another region's secret gets nothing.
+            allowed = {credential_secret_name(p) for p in self.credentials_needed(group)}
+            secrets = {n: r for n, r in self._secrets.items() if n in allowed}
             wanted = sorted(secrets) if names is None else sorted(n for n in set(names) if n in secrets)
             return [secrets[n] for n in wanted]
         return self.snapshot(group).select(type_url, names)
@@ -149,6 +165,6 @@ class SnapshotCache:
         # Each region's default group is built too, so a config that cannot be built for some
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
-                                      for r in config.regions}
+                                      for r in config.vertex_regions}
         return {g: Snapshot.build(self._builder(config, g), self._interner)
-                for g in wanted if g.region in config.regions}
+                for g in wanted if g.region in config.vertex_regions}

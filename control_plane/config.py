@@ -75,7 +75,7 @@ def _is_hostname(text: str) -> bool:
         and not labels[-1].isdigit()
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
         return True
@@ -88,14 +88,14 @@ def check_address(value: Any) -> str:
     if not isinstance(value, str):  # `address:` (null) or `true` must not become the hostname "None"/"True"
         raise ValueError(f"bad address {_shown(value)}: expected an IP address or a hostname")
     text = value.strip()
-    if not (_is_ip(text) or _is_hostname(text)):
+    if not (is_ip(text) or _is_hostname(text)):
         raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
     return text
 
 
 def check_ip(value: Any) -> str:
     """An address Envoy binds: an IP literal (Envoy does not resolve listener addresses)."""
-    if not isinstance(value, str) or not _is_ip(value.strip()):
+    if not isinstance(value, str) or not is_ip(value.strip()):
         raise ValueError(f"bad listener address {_shown(value)}: expected an IP address such as 0.0.0.0 or 10.0.0.5")
     return value.strip()
 
@@ -211,7 +211,47 @@ class Listener(_Strict):
     port: int = Field(8080, ge=1, le=65535)
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an HTTP token (RFC 9110)
+# Headers Envoy or the per-attempt rewrite own; a credential may not name them.
+_RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
+PATH_PLACEHOLDERS = ("{verb}", "{model}")
+
+
+def check_upstream_path(value: Any) -> str:
+    """A custom backend's path: absolute, no query or fragment, only {verb} and {model} as placeholders."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"bad path {value!r}: expected an absolute path such as /v1/chat/completions "
+                         "or /v1/models/{model}:{verb}")
+    rest = value
+    for placeholder in PATH_PLACEHOLDERS:
+        rest = rest.replace(placeholder, "")
+    if any(ch in rest for ch in "{}?#%\\") or any(ch.isspace() or not ch.isprintable() for ch in rest):
+        raise ValueError(f"bad path {value!r}: no query, fragment, escapes or whitespace; "
+                         f"placeholders allowed: {', '.join(PATH_PLACEHOLDERS)}")
+    return value
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME.match(value) or value.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"bad header name {value!r}")
+    return value.lower()
+
+
+class BackendCredential(_Strict):
+    """What a custom backend is sent on every attempt. Never the gateway's Google access token
+    unless asked for (`access_token`): a backend outside Google must not receive it."""
+
+    type: Literal["none", "header", "id_token", "access_token"] = "none"
+    header: Annotated[str, AfterValidator(_check_header_name)] = "authorization"  # type header
+    file: str | None = None  # type header: the file holding the header's value (re-read on SIGHUP)
+    prefix: str = ""  # type header: put before the file's content, e.g. "Bearer "
+    audience: str | None = None  # type id_token: default https://{host} (what Cloud Run expects)
+
+
 class Region(_Strict):
+    # vertex: a Vertex AI region. custom: any HTTP(S) backend (vLLM on GKE, Cloud Run...) that
+    # models name like a region; its path comes from the model's endpoints: entry or `path`.
+    kind: Literal["vertex", "custom"] = "vertex"
     address: Address
     port: int = Field(443, ge=1, le=65535)
     tls: bool = True
@@ -222,6 +262,12 @@ class Region(_Strict):
     failover: list[str] = []
     policy: PolicyOverride | None = None
     auth: str | None = None  # a profile under auth.profiles (a different producer project)
+    path: Annotated[str, AfterValidator(check_upstream_path)] | None = None  # custom: default upstream path
+    credential: BackendCredential | None = None  # custom only; default none
+
+    @property
+    def custom(self) -> bool:
+        return self.kind == "custom"
 
 
 class Model(_Strict):
@@ -266,6 +312,141 @@ class Auth(AuthProfile):
         return self if name == DEFAULT_PROFILE else self.profiles[name]
 
 
+# ---------------------------------------------------------------------- clients (who may call)
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
+# Identities end up in Envoy header matchers: no commas (the certificate list separator), no spaces.
+_IDENTITY = re.compile(r"^[A-Za-z0-9._@+:/=~%-]+$")
+
+
+def _check_identity(value: str) -> str:
+    if value != "*" and not _IDENTITY.match(value):
+        raise ValueError(f"bad identity {value!r}: a JWT claim value or certificate SAN (letters, digits and "
+                         "._@+:/=~%-), or '*' for any authenticated client")
+    return value
+
+
+def check_jwks_file(value: Any) -> str:
+    """A JWKS document that exists here and has keys: Envoy rejects the listener otherwise."""
+    import json
+
+    try:
+        with open(value, "rb") as handle:
+            document = json.loads(handle.read(4 * 1024 * 1024))
+    except OSError as exc:
+        raise ValueError(f"cannot read jwks_file {value!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"jwks_file {value!r} is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
+        raise ValueError(f'jwks_file {value!r} is not a JWKS: expected {{"keys": [...]}} with at least one key')
+    return value
+
+
+def check_pem_file(value: Any) -> str:
+    """The listener's certificate or key: a PEM file that exists here."""
+    try:
+        with open(value, "rb") as handle:
+            head = handle.read(1024 * 1024)
+    except OSError as exc:
+        raise ValueError(f"cannot read {value!r}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{value!r} holds no PEM block (-----BEGIN ...)")
+    return value
+
+
+CaFile = Annotated[str, AfterValidator(check_ca_file)]
+PemFile = Annotated[str, AfterValidator(check_pem_file)]
+
+
+class JwtIssuer(_Strict):
+    """An issuer whose tokens (Authorization: Bearer) Envoy verifies with jwt_authn."""
+
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)  # a token's `aud` must be one of these
+    jwks_uri: str | None = None  # fetched by Envoy (cluster jwks/{name}); default for Google's issuer
+    jwks_file: Annotated[str, AfterValidator(check_jwks_file)] | None = None  # instead of jwks_uri
+    jwks_ca_file: CaFile | None = None  # TLS to jwks_uri; default the system bundle
+    claim: str = Field("sub", min_length=1)  # the claim that names the caller (e.g. email)
+
+    @property
+    def jwks_source(self) -> str | None:
+        if self.jwks_uri or self.jwks_file:
+            return self.jwks_uri
+        return GOOGLE_JWKS_URI if self.issuer in (GOOGLE_ISSUER, "accounts.google.com") else None
+
+
+class ClientTls(_Strict):
+    """Client certificates on the listener (which then speaks HTTPS)."""
+
+    # Files Envoy reads; like a region's ca_file they must exist where validate/serve run.
+    ca_file: CaFile  # client certificates must chain to this CA
+    cert_file: PemFile  # the listener's own certificate and key
+    key_file: PemFile
+
+
+class ClientGrant(_Strict):
+    identities: list[Annotated[str, AfterValidator(_check_identity)]] = Field(min_length=1)
+    models: list[str] | None = None  # default: every model
+    regions: list[str] | None = None  # default: every region; never served (or failed over) elsewhere
+
+
+class Clients(_Strict):
+    jwt: dict[str, JwtIssuer] = {}
+    mtls: ClientTls | None = None
+    allow: dict[str, ClientGrant] = Field(min_length=1)
+
+
+def _client_problems(raw: dict) -> list[tuple[tuple, str]]:
+    """clients: cross-references (models and regions named by grants, a JWKS per issuer)."""
+    clients = raw.get("clients")
+    if not isinstance(clients, dict):
+        return []
+    out: list[tuple[tuple, str]] = []
+    if not clients.get("jwt") and not clients.get("mtls"):
+        out.append((("clients",), "give `jwt:` issuers and/or `mtls:`: how clients prove who they are"))
+    for name, issuer in (clients.get("jwt") or {}).items() if isinstance(clients.get("jwt"), dict) else []:
+        if not _NAME.match(str(name)):
+            out.append((("clients", "jwt", name), f"bad issuer name {name!r}: use letters, digits, '-', '_', '.'"))
+        if not isinstance(issuer, dict):
+            continue
+        uri, file = issuer.get("jwks_uri"), issuer.get("jwks_file")
+        if uri and file:
+            out.append((("clients", "jwt", name), "give either `jwks_uri:` or `jwks_file:`, not both"))
+        elif not uri and not file and issuer.get("issuer") not in (GOOGLE_ISSUER, "accounts.google.com"):
+            out.append((("clients", "jwt", name), "needs `jwks_uri:` or `jwks_file:` (the issuer's signing keys)"))
+        if isinstance(uri, str) and not re.match(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$", uri):
+            out.append((("clients", "jwt", name, "jwks_uri"), f"bad jwks_uri {uri!r}: expected http(s)://host[:port]/path"))
+    models, regions = raw.get("models"), raw.get("regions")
+    model_names = list(models) if isinstance(models, dict) else []
+    region_names = list(regions) if isinstance(regions, dict) else []
+    allow = clients.get("allow")
+    for name, grant in allow.items() if isinstance(allow, dict) else []:
+        if not _NAME.match(str(name)):
+            out.append((("clients", "allow", name), f"bad grant name {name!r}: use letters, digits, '-', '_', '.'"))
+        if not isinstance(grant, dict):
+            continue
+        for key, known in (("models", model_names), ("regions", region_names)):
+            items = grant.get(key)
+            for i, item in enumerate(items) if isinstance(items, list) else []:
+                if item not in known:
+                    out.append((("clients", "allow", name, key, i),
+                                f"unknown {key[:-1]} {item!r} (defined: {', '.join(map(str, known)) or 'none'})"))
+            if isinstance(items, list) and not items:
+                out.append((("clients", "allow", name, key), f"empty list: leave `{key}` out to allow every {key[:-1]}"))
+    return out
+class OpenAI(_Strict):
+    """The OpenAI-compatible front door (POST /v1/chat/completions). Its regions, their order
+    and policy are each listed model's own: the door only says which models a client may name."""
+
+    # Keys under `models:` of publisher models; a client names one in the body by its
+    # publisher_model ("google/gemini-2.0-flash"). None: every publisher model; []: none.
+    models: list[str] | None = None
+    # Keys under `models:` of endpoint models whose container speaks the OpenAI API (vLLM, TGI):
+    # served at /v1/models/{model}/chat/completions, /completions, /embeddings.
+    endpoint_models: list[str] = []
+
+
 class RegionConfig(_Strict):
     # "id or number": an unquoted project number arrives as an int
     project: Annotated[str, BeforeValidator(check_project)]
@@ -274,9 +455,43 @@ class RegionConfig(_Strict):
     models: dict[str, Model]
     policy: Policy = Policy()
     auth: Auth = Auth()
+    clients: Clients | None = None  # None: no client authentication (serve warns off loopback)
+    openai: OpenAI = OpenAI()
 
     def host_of(self, region: str) -> str:
-        return self.regions[region].host or f"{region}-aiplatform.googleapis.com"
+        spec = self.regions[region]
+        if spec.custom:
+            return spec.host or spec.address  # an IP with TLS needs `host` (a rule says so)
+        return spec.host or f"{region}-aiplatform.googleapis.com"
+
+    @property
+    def vertex_regions(self) -> list[str]:
+        """Regions an Envoy can be in (custom backends have no Envoy of their own)."""
+        return [name for name, spec in self.regions.items() if not spec.custom]
+
+    def backend_credential(self, region: str) -> BackendCredential:
+        return self.regions[region].credential or BackendCredential()
+
+    def credential_for(self, model: str, region: str) -> str | None:
+        """The credential an attempt to `region` for `model` carries: an auth profile's name (its
+        access token), `backend/{name}` (a custom backend's own header or ID token), or None."""
+        if not self.regions[region].custom:
+            return self.profile_for(model, region)
+        kind = self.backend_credential(region).type
+        if kind == "none":
+            return None
+        if kind == "access_token":
+            return self.regions[region].auth or DEFAULT_PROFILE
+        return f"backend/{region}"
+
+    def backends_in_use(self) -> list[str]:
+        """Custom backends some model uses whose credential is their own (a header or an ID token)."""
+        return self.memo(("backends",), lambda: sorted(
+            {r for spec in self.models.values() for r in spec.served_regions
+             if self.regions[r].custom and self.backend_credential(r).type in ("header", "id_token")}))
+
+    def audience_of(self, region: str) -> str:
+        return self.backend_credential(region).audience or f"https://{self.host_of(region)}"
 
     @property
     def default_model(self) -> str:
@@ -300,8 +515,11 @@ class RegionConfig(_Strict):
         return self.models[model].auth or self.regions[region].auth or DEFAULT_PROFILE
 
     def profiles_in_use(self) -> list[str]:
-        return self.memo(("profiles",), lambda: sorted(
-            {self.profile_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}))
+        """Profiles whose access token some attempt carries (a backend's ID token is its own)."""
+        def compute() -> list[str]:
+            used = {self.credential_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}
+            return sorted(c for c in used if c is not None and not c.startswith("backend/"))
+        return self.memo(("profiles",), compute)
 
     def policy_for(self, model: str, region: str) -> Policy:
         """Defaults, then the region's overrides, then the model's (the most specific wins).
@@ -310,6 +528,22 @@ class RegionConfig(_Strict):
         region_override, model_override = self.regions[region].policy, self.models[model].policy
         return self.memo(("policy", id(region_override), id(model_override)),
                          lambda: self.policy.merged(region_override, model_override))
+
+    def openai_models(self) -> dict[str, str]:
+        """What POST /v1/chat/completions serves: the body's "model" -> the model key."""
+        names = self.openai.models
+        if names is None:
+            names = [m for m, spec in self.models.items() if spec.publisher_model]
+        return {self.models[m].publisher_model: m for m in names}  # type: ignore[misc]
+
+    def openai_endpoint_models(self) -> list[str]:
+        return list(self.openai.endpoint_models)
+
+    def serves_openai(self, model: str) -> bool:
+        """Whether the model is reachable on an OpenAI-compatible path (its clusters rewrite those)."""
+        served = self.memo(("openai_served",), lambda: set(self.openai_models().values())
+                           | set(self.openai_endpoint_models()))
+        return model in served
 
     @property
     def version(self) -> str:
@@ -367,7 +601,7 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
         config = RegionConfig.model_validate(raw)
     except ValidationError as exc:
         found += [(tuple(error["loc"]), _message(error)) for error in exc.errors()]
-    found += _cross_reference_problems(raw)
+    found += _cross_reference_problems(raw) + _openai_problems(raw)
     if found:
         line_of = yamlsafe.line_finder(text)  # the slow, line-numbered parse: only to report
         problems = [Problem(file, _key_path(loc), message, line_of(loc)) for loc, message in found]
@@ -378,7 +612,7 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
 
 def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     """Rules that relate keys to each other; tolerant of a structurally broken file."""
-    out: list[tuple[tuple, str]] = []
+    out: list[tuple[tuple, str]] = _client_problems(raw)
     regions = raw.get("regions")
     models = raw.get("models")
     region_names = list(regions) if isinstance(regions, dict) else []
@@ -386,9 +620,13 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
 
     if "regions" in raw and isinstance(regions, dict) and not regions:
         out.append((("regions",), "no regions defined"))
+    custom = {name for name, region in (regions or {}).items() if isinstance(regions, dict)
+              and isinstance(region, dict) and region.get("kind") == "custom"}
     for name, region in (regions or {}).items() if isinstance(regions, dict) else []:
         if not _NAME.match(str(name)):
             out.append((("regions", name), f"bad region name {name!r}"))
+        if isinstance(region, dict):
+            out += _backend_kind_problems(name, region, name in custom)
         failover = region.get("failover") if isinstance(region, dict) else None
         if not isinstance(failover, list):
             continue
@@ -462,16 +700,90 @@ def _cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
             if region not in region_names:
                 out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))
+        listed = model.get("regions") if publisher and isinstance(model.get("regions"), list) else []
+        for i, region in enumerate(listed):
+            if isinstance(region, str) and region in custom and not regions[region].get("path"):
+                out.append((("models", name, "regions", i), f"custom backend {region!r} serves this publisher model "
+                                                            f"but has no `path:` (regions.{region}.path)"))
         for region, endpoint_id in (endpoints or {}).items() if isinstance(endpoints, dict) else []:
             loc = ("models", name, "endpoints", region)
             if region not in region_names:
                 out.append((loc, f"unknown region {region!r} (defined: {known})"))
-            if not re.match(r"^\d{1,19}$", str(endpoint_id)):
+            if region in custom:  # a custom backend is given its path here, not an endpoint id
+                try:
+                    check_upstream_path(endpoint_id)
+                except ValueError as exc:
+                    out.append((loc, f"custom backend {region!r}: {exc}"))
+            elif not re.match(r"^\d{1,19}$", str(endpoint_id)):
                 out.append((loc, f"bad endpoint id {endpoint_id!r}: expected the numeric Vertex endpoint id"))
             elif str(endpoint_id) in owner_of_id and owner_of_id[str(endpoint_id)] != name:
                 out.append((loc, f"endpoint id {endpoint_id} is also used by model {owner_of_id[str(endpoint_id)]!r}"))
             else:
                 owner_of_id[str(endpoint_id)] = name
+    return out
+
+
+def _backend_kind_problems(name: Any, region: dict, custom: bool) -> list[tuple[tuple, str]]:
+    """What a Vertex region and a custom backend may and must have."""
+    out: list[tuple[tuple, str]] = []
+    if not custom:
+        for key in ("path", "credential"):
+            if key in region:
+                out.append((("regions", name, key), f"`{key}` applies only to `kind: custom` backends"))
+        return out
+    if region.get("failover"):
+        out.append((("regions", name, "failover"), "a custom backend has no Envoy of its own, so no failover "
+                                                   "list: name it in the Vertex regions' failover lists"))
+    address = region.get("address")
+    if region.get("tls", True) is not False and not region.get("host") and isinstance(address, str) \
+            and is_ip(address.strip()):
+        out.append((("regions", name, "host"), "a custom backend at an IP address with TLS needs `host:` "
+                                               "(the name its certificate is checked against, and the SNI)"))
+    credential = region.get("credential")
+    if isinstance(credential, dict):
+        kind = credential.get("type", "none")
+        if kind == "header" and not credential.get("file"):
+            out.append((("regions", name, "credential", "file"), "credential type header needs `file:` "
+                                                                 "(the file holding the header's value)"))
+        for key, only in (("file", "header"), ("prefix", "header"), ("header", "header"), ("audience", "id_token")):
+            if key in credential and kind != only:
+                out.append((("regions", name, "credential", key), f"`{key}` applies only to credential type {only}"))
+    return out
+
+
+def _openai_problems(raw: dict) -> list[tuple[tuple, str]]:
+    """`openai.models` names publisher models, each body "model" naming exactly one of them."""
+    out: list[tuple[tuple, str]] = []
+    openai, models = raw.get("openai"), raw.get("models")
+    if not isinstance(models, dict):
+        return out
+    listed = openai.get("models") if isinstance(openai, dict) else None
+    names = listed if isinstance(listed, list) else \
+        [m for m, spec in models.items() if isinstance(spec, dict) and spec.get("publisher_model")]
+    owner: dict[str, str] = {}
+    for i, name in enumerate(names):
+        loc = ("openai", "models", i) if isinstance(listed, list) else ("models", name, "publisher_model")
+        spec = models.get(name) if isinstance(name, str) else None
+        if not isinstance(spec, dict):
+            out.append((loc, f"unknown model {name!r} (defined: {', '.join(map(str, models)) or 'none'})"))
+        elif not spec.get("publisher_model"):
+            out.append((loc, f"model {name!r} has no `publisher_model:`; an endpoint model is served at "
+                             f"/v1/models/{name}/chat/completions instead"))
+        elif str(spec["publisher_model"]) in owner:
+            out.append((loc, f"models {owner[str(spec['publisher_model'])]!r} and {name!r} are both "
+                             f"{spec['publisher_model']}: POST /v1/chat/completions could not tell them apart "
+                             f"(list one under openai.models)"))
+        else:
+            owner[str(spec["publisher_model"])] = name
+    served = openai.get("endpoint_models") if isinstance(openai, dict) else None
+    for i, name in enumerate(served if isinstance(served, list) else []):
+        spec = models.get(name) if isinstance(name, str) else None
+        if not isinstance(spec, dict):
+            out.append((("openai", "endpoint_models", i),
+                        f"unknown model {name!r} (defined: {', '.join(map(str, models)) or 'none'})"))
+        elif not spec.get("endpoints"):
+            out.append((("openai", "endpoint_models", i), f"model {name!r} has no `endpoints:`; a publisher model "
+                                                          f"is served at POST /v1/chat/completions (openai.models)"))
     return out
 
 

@@ -6,6 +6,8 @@ Envoy's Node and one GenericXdsConfig per (type, resource name) it was sent, car
 resource's version and whether the Envoy ACKed or NACKed the response that carried it.
 (grpcio-csds would report this process's own gRPC xDS client, i.e. nothing.)
 
+Node matchers' regexes are evaluated with RE2 (google-re2), never Python's backtracking `re`.
+
 Resource contents are never included: the registry keeps names and versions only, and
 leaving `xds_config` out means an access token (an SDS Secret) can never leak through CSDS.
 
@@ -20,17 +22,18 @@ Mapping from a type's state (status.SyncStatus) to the CSDS enums:
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+import re2
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from .status import ClientRegistry, ClientStream, Subscription, SyncStatus
+from .status import ClientRegistry, ClientStream, Subscription, SyncStatus, printable
 from .xds_types import push_rank
 
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
@@ -150,8 +153,7 @@ def node_matches(matcher: node_pb2.NodeMatcher, node) -> bool:
 def string_matches(matcher: string_pb2.StringMatcher, value: str) -> bool:
     kind = matcher.WhichOneof("match_pattern")
     if kind == "safe_regex":
-        flags = re.IGNORECASE if matcher.ignore_case else 0
-        return re.fullmatch(matcher.safe_regex.regex, value, flags) is not None
+        return _re2(matcher.safe_regex.regex, matcher.ignore_case).fullmatch(value) is not None
     pattern = getattr(matcher, kind)
     if matcher.ignore_case:
         pattern, value = pattern.lower(), value.lower()
@@ -217,10 +219,27 @@ def _check_string_matcher(matcher: string_pb2.StringMatcher, where: str) -> None
     if kind not in ("exact", "prefix", "suffix", "contains", "safe_regex"):
         raise UnsupportedMatcher(f"{where}: unsupported string matcher {kind or '(none set)'}")
     if kind == "safe_regex":
+        regex = matcher.safe_regex.regex
+        if len(regex) > MAX_REGEX_LENGTH:
+            raise UnsupportedMatcher(f"{where}: regex longer than {MAX_REGEX_LENGTH} characters")
         try:
-            re.compile(matcher.safe_regex.regex)
-        except re.error as exc:
-            raise UnsupportedMatcher(f"{where}: bad regex {matcher.safe_regex.regex!r}: {exc}") from None
+            _re2(regex, matcher.ignore_case)
+        except re2.error as exc:
+            raise UnsupportedMatcher(f"{where}: bad regex {printable(regex, 256)!r}: {printable(str(exc), 256)}") from None
+
+
+# Client-supplied regexes run with RE2 semantics, as Envoy's own safe_regex does: linear time,
+# no backtracking, so `(a+)+$` cannot stall the event loop; the length and memory are capped.
+MAX_REGEX_LENGTH = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _re2(regex: str, ignore_case: bool):
+    options = re2.Options()
+    options.case_sensitive = not ignore_case
+    options.max_mem = 1 << 20
+    options.log_errors = False
+    return re2.compile(regex, options)
 
 
 def _check_value_matcher(matcher: value_pb2.ValueMatcher, where: str) -> None:

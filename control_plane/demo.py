@@ -1,7 +1,8 @@
 """`python -m control_plane demo`: the whole stack on one machine.
 
 Per region in the demo config: a Vertex emulator (standing in for the region's PSC
-endpoint) and an Envoy; one control plane programs every Envoy over ADS. Everything
+endpoint) and an Envoy; per custom backend, a plain JSON server that answers its paths;
+one control plane programs every Envoy over ADS. Everything
 binds 127.0.0.x; Ctrl-C stops every process this started.
 """
 
@@ -19,10 +20,12 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from .app import ControlPlane
-from .config import load_config
+from .config import PUBLISHER_VERBS, VERBS, RegionConfig, load_config
+from .custom_emulator import CustomBackendEmulator
 from .emulator import VertexEmulator
 from .envoy_process import EnvoyProcess
 from .fake_oauth import FakeTokenServer, write_service_account_key
+from .resources import upstream_path
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ async def _run(args: argparse.Namespace) -> None:
     plane = ControlPlane(config_path, xds_address=f"{prefix}.1:{args.xds_port}",
                          admin_address=f"{prefix}.1:{args.admin_port}")
     emulators: list[VertexEmulator] = []
+    backends: list[CustomBackendEmulator] = []
     envoys: list[EnvoyProcess] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +73,14 @@ async def _run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await plane.start()
-        for index, (name, region) in enumerate(config.regions.items()):
+        for name in config.regions:
+            if config.regions[name].custom:  # no Envoy of its own: a server that answers its paths
+                backend = CustomBackendEmulator(name, _custom_paths(config, name), host=config.regions[name].address,
+                                                port=config.regions[name].port)
+                await backend.start()
+                backends.append(backend)
+        for index, name in enumerate(config.vertex_regions):
+            region = config.regions[name]
             ids = {m.endpoints[name]: model for model, m in config.models.items() if name in m.endpoints}
             publishers = [m.publisher_model for m in config.models.values()
                           if m.publisher_model and name in m.regions]
@@ -82,20 +93,27 @@ async def _run(args: argparse.Namespace) -> None:
             envoys.append(envoy.start())
         for envoy in envoys:
             await asyncio.to_thread(envoy.wait_ready)
-        _print_banner(config, envoys, emulators, plane, config_path)
+        _print_banner(config, envoys, emulators, plane, config_path, backends)
         await stop.wait()
     finally:
         print("\nstopping: Envoys, emulators, control plane ...", flush=True)
         for envoy in envoys:
             await asyncio.to_thread(envoy.stop)
-        for emulator in emulators:
+        for emulator in [*emulators, *backends]:
             await emulator.stop()
         await plane.stop()
         await token_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _print_banner(config, envoys, emulators, plane, config_path) -> None:
+def _custom_paths(config: RegionConfig, backend: str) -> list[str]:
+    """Every path the gateway may send to a custom backend: each model's path, each verb."""
+    return sorted({upstream_path(config, model, backend).replace("{verb}", verb)
+                   for model, spec in config.models.items() if backend in spec.served_regions
+                   for verb in (PUBLISHER_VERBS if spec.publisher_model else VERBS)})
+
+
+def _print_banner(config, envoys, emulators, plane, config_path, backends=()) -> None:
     first, first_emulator = envoys[0], emulators[0]
     model = config.default_model
     lines = [
@@ -118,6 +136,8 @@ def _print_banner(config, envoys, emulators, plane, config_path) -> None:
         "     # or 429, 500, reset, hang, down",
         f"  curl -s {first_emulator.control_url}/_emulator/fail -d '{{\"mode\": \"none\"}}'    # heal",
         f"  curl -s {first_emulator.control_url}/_emulator/requests      # what the region received",
+        *([f"Make every region fail the same way and the custom backend {backends[0].name} "
+           f"(http://{backends[0].host}:{backends[0].port}) answers last."] if backends else []),
         "",
         "See what each Envoy runs:",
         f"  curl -s http://{plane.admin_address.rpartition(':')[0]}:{plane.admin_port}/debug/clients",

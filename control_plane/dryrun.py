@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from .config import ConfigError, RegionConfig, load_config
-from .resources import NodeGroup, build_resources, endpoint_path, members, token_secret_name
+from .resources import NodeGroup, build_resources, credential_secret_name, members, upstream_path
+from .resources.clients import grant_members
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
 from .xds_types import PUSH_ORDER, SECRET_TYPE, short
 
@@ -39,7 +40,28 @@ class Upstream:
     port: int
     tls: bool
     host: str
-    path: str  # the Vertex path an attempt in this region is rewritten to
+    path: str  # the path an attempt in this region is rewritten to ({verb}: the client's)
+    kind: str = "vertex"  # or custom (a custom backend)
+    credential: str = ""  # what an attempt carries, described (never a value)
+
+
+def upstream(config: RegionConfig, model: str, region: str) -> Upstream:
+    """Where an attempt for `model` in `region` (a Vertex region or a custom backend) goes."""
+    spec = config.regions[region]
+    return Upstream(region, spec.address, spec.port, spec.tls, config.host_of(region),
+                    upstream_path(config, model, region), spec.kind, describe_credential(config, model, region))
+
+
+def describe_credential(config: RegionConfig, model: str, region: str) -> str:
+    key = config.credential_for(model, region)
+    if key is None:
+        return "none"
+    if not key.startswith("backend/"):
+        return f"access_token {key}"
+    credential = config.backend_credential(region)
+    if credential.type == "header":
+        return f"header {credential.header}"
+    return f"id_token for {config.audience_of(region)}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,9 @@ class ModelPlan:
     upstreams: list[Upstream]
     strategy: str = "failover"
     weights: dict[str, int] | None = None
+    # `clients:` grants that may call the model -> the regions they are served in (None: no
+    # `clients:`, anyone who reaches the listener may call)
+    callers: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -74,7 +99,7 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
     """region -> what an Envoy of that region (default listener) is served."""
     interner = Interner()
     out: dict[str, EnvoyPlan] = {}
-    for region in config.regions:
+    for region in config.vertex_regions:  # custom backends have no Envoy of their own
         group = NodeGroup(region, config.listener.address, config.listener.port)
         try:
             snapshot = Snapshot.build(build_resources(config, group), interner)
@@ -87,14 +112,20 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
         profiles: set[str] = set()
         for model, spec in config.models.items():
             chain = members(config, model, region)
-            profiles.update(config.profile_for(model, r) for r in chain)
+            profiles.update(config.credential_for(model, r) for r in chain)
             envoy.models[model] = ModelPlan(default=spec.default, chain=chain, upstreams=[
-                Upstream(r, config.regions[r].address, config.regions[r].port, config.regions[r].tls,
-                         config.host_of(r), endpoint_path(config, model, r) + ":{verb}") for r in chain],
-                strategy=spec.strategy, weights=dict(spec.weights) or None)
-        envoy.secrets = sorted(token_secret_name(p) for p in profiles)
+                upstream(config, model, r) for r in chain],
+                strategy=spec.strategy, weights=dict(spec.weights) or None, callers=_callers(config, model, region))
+        envoy.secrets = sorted(credential_secret_name(p) for p in profiles if p is not None)
         out[region] = envoy
     return out
+
+
+def _callers(config: RegionConfig, model: str, region: str) -> dict[str, list[str]] | None:
+    if config.clients is None:
+        return None
+    return {name: grant_members(config, grant, model, region) for name, grant in config.clients.allow.items()
+            if grant.models is None or model in grant.models}
 
 
 @dataclass
@@ -188,6 +219,7 @@ def to_json(path: str, config: RegionConfig, new_plan: dict[str, EnvoyPlan], aga
             "resources": envoy.resources if envoy else {},
             "secrets": envoy.secrets if envoy else [],
             "models": {m: {"default": p.default, "chain": p.chain, "strategy": p.strategy, "weights": p.weights,
+                           **({"callers": p.callers} if p.callers is not None else {}),
                            "upstreams": {u.region: {k: v for k, v in asdict(u).items() if k != "region"}
                                          for u in p.upstreams}}
                        for m, p in (envoy.models if envoy else {}).items()},
@@ -260,7 +292,8 @@ def _listing(envoy: EnvoyPlan) -> list[str]:
     lines = [f"Envoy in {envoy.region} (listener {envoy.listener}): {envoy.count()} resources"]
     rows = [[LABELS[kind], name, version] for kind, of_type in envoy.resources.items()
             for name, version in sorted(of_type.items())]
-    rows += [["SDS", name, "(access token, fetched at run time; not shown)"] for name in envoy.secrets]
+    rows += [["SDS", name, "(access token, fetched at run time; not shown)" if name.startswith("token/") else
+              "(custom backend credential, read at run time; not shown)"] for name in envoy.secrets]
     return lines + _table(rows, "  ")
 
 
@@ -304,17 +337,24 @@ def _models(envoy: EnvoyPlan, old: EnvoyPlan | None) -> list[str]:
             f"{p.strategy} over " + (", ".join(f"{r}={p.weights.get(r, 0)}" for r in p.weights) if p.weights
                                      else ", ".join(p.chain))
         lines.append(f"    {model}{' (default)' if p.default else ''}: {how}{note}")
+        if p.callers is not None:
+            who = "; ".join(f"{g} -> {_chain(r) if r else 'no region here (403)'}" for g, r in p.callers.items())
+            lines.append(f"      callers: {who or 'nobody (every identity gets 403)'}")
         rows = []
         old_upstreams = {u.region: u for u in was.upstreams} if was else {}
         for u in p.upstreams:
-            rows.append([u.region, f"{u.address}:{u.port}", "tls" if u.tls else "plaintext", f"host {u.host}",
-                         f"path {u.path}"])
+            rows.append(_upstream_row(u.region, u))
             previous = old_upstreams.get(u.region)
             if previous is not None and previous != u:
-                rows.append(["  was", f"{previous.address}:{previous.port}",
-                             "tls" if previous.tls else "plaintext", f"host {previous.host}", f"path {previous.path}"])
+                rows.append(_upstream_row("  was", previous))
         lines.extend(_table(rows, "      "))
     if old is not None:
         lines.extend(f"    {model}: removed" for model in old.models if model not in envoy.models)
     return lines
 
+
+
+def _upstream_row(label: str, u: Upstream) -> list[str]:
+    custom = f"custom backend, credential {u.credential}" if u.kind == "custom" else ""
+    return [label, f"{u.address}:{u.port}", "tls" if u.tls else "plaintext", f"host {u.host}", f"path {u.path}",
+            custom]

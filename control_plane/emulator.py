@@ -62,6 +62,9 @@ FAILURE_MESSAGES = {
 }
 _PREFIX = r"^/v1(?:beta1)?/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
 _ENDPOINT_PATH = re.compile(_PREFIX + r"/endpoints/(?P<id>[^/:]+):(?P<verb>[A-Za-z]+)$")
+# Vertex's OpenAI-compatible API: publisher models at endpoints/openapi (the model named in the
+# body), models deployed on an endpoint at endpoints/{id} (vLLM/TGI containers).
+_OPENAI_PATH = re.compile(_PREFIX + r"/endpoints/(?P<id>[^/:]+)/(?P<op>chat/completions|completions|embeddings)$")
 _PUBLISHER_PATH = re.compile(_PREFIX + r"/publishers/(?P<publisher>[^/]+)/models/(?P<model>[^/:]+)"
                                        r":(?P<verb>[A-Za-z]+)$")
 
@@ -324,6 +327,8 @@ class VertexEmulator:
         return await self._route(request, body)
 
     async def _route(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method == "POST" and (o := _OPENAI_PATH.match(request.path)) is not None:
+            return await self._openai(request, body, o)
         m = _ENDPOINT_PATH.match(request.path) or _PUBLISHER_PATH.match(request.path)
         if request.method != "POST" or m is None:
             return self._error(404, f"The requested URL {request.path} was not found on this server "
@@ -408,6 +413,60 @@ class VertexEmulator:
         if request.query.get("alt") == "sse":
             return await self._stream(request, [_sse(e) for e in events], "text/event-stream")
         return await self._stream_json_array(request, events)
+
+    async def _openai(self, request: web.Request, body: bytes, m: re.Match[str]) -> web.StreamResponse:
+        """Chat Completions (non-streamed, or SSE with `"stream": true` ending in `data: [DONE]`),
+        Completions and Embeddings, shaped like OpenAI's answers; the content names the region."""
+        endpoint_id, op = m["id"], m["op"]
+        what = f"Endpoint `projects/{m['project']}/locations/{m['region']}/endpoints/{endpoint_id}`"
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return self._error(400, "Invalid JSON payload received. Unexpected token.")
+        if m["region"] != self.region:
+            return self._error(404, f"{what} not found.")
+        if endpoint_id == "openapi":
+            model = parsed.get("model")
+            if op != "chat/completions":
+                return self._error(404, f"Method `{op}` not found for {what}.")
+            if model not in self.publisher_models:
+                return self._error(404, f"Publisher Model `{model}` not found.")
+        elif endpoint_id in self.endpoints:
+            model = parsed.get("model") or self.endpoints[endpoint_id]
+        else:
+            return self._error(404, f"{what} not found.")
+        made, ident = int(time.time()), "cmpl-" + hashlib.sha256(body).hexdigest()[:24]
+        usage = {"prompt_tokens": (len(body) + 3) // 4, "completion_tokens": 8, "total_tokens": (len(body) + 3) // 4 + 8}
+        if op == "embeddings":
+            inputs = parsed.get("input")
+            inputs = inputs if isinstance(inputs, list) else [inputs]
+            return self._json(200, {"object": "list", "model": model, "usage": usage, "data": [
+                {"object": "embedding", "index": i, "embedding": [float(len(str(x))), float(i), 0.5]}
+                for i, x in enumerate(inputs)]})
+        if op == "chat/completions" and not isinstance(parsed.get("messages"), list):
+            return self._error(400, 'Invalid request: "messages" must be a list.')
+        pieces = ["Hello ", "from the Vertex emulator ", f"in {self.region} ", f"({model})."]
+        chat = op == "chat/completions"
+        kind = "chat.completion" if chat else "text_completion"
+
+        def choice(text: str, final: bool, delta: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {"index": 0, "finish_reason": "stop" if final else None}
+            if not chat:
+                out.update(text=text, logprobs=None)
+            elif delta:
+                out["delta"] = {"role": "assistant", "content": text}
+            else:
+                out["message"] = {"role": "assistant", "content": text}
+            return out
+
+        if not parsed.get("stream"):
+            return self._json(200, {"id": ident, "object": kind, "created": made, "model": model,
+                                    "choices": [choice("".join(pieces), True, False)], "usage": usage})
+        events = [_sse({"id": ident, "object": kind + (".chunk" if chat else ""), "created": made, "model": model,
+                        "choices": [choice(p, i == len(pieces) - 1, True)]}) for i, p in enumerate(pieces)]
+        return await self._stream(request, [*events, b"data: [DONE]\n\n"], "text/event-stream")
 
     # ---- response helpers ----
     def _json(self, status: int, obj: Any) -> web.Response:

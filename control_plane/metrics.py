@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from .config import RegionConfig
 
 
 class Metrics:
@@ -29,6 +34,16 @@ class Metrics:
                                        ["credential", "result"], registry=r)
         self.token_expiry = Gauge("vertex_gateway_token_expiry_seconds",
                                   "Seconds until the current access token expires", ["credential"], registry=r)
+
+        self.backends = Gauge("vertex_gateway_backends", "Vertex regions and custom backends in the config in "
+                              "force (1 each), by kind and the credential attempts to it carry",
+                              ["backend", "kind", "credential"], registry=r)
+
+    def describe_backends(self, config: RegionConfig) -> None:
+        self.backends.clear()
+        for name, spec in config.regions.items():
+            credential = config.backend_credential(name).type if spec.custom else "access_token"
+            self.backends.labels(name, spec.kind, credential).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,8 +17,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
 from .sessions import DeltaSession, Session, SotwSession
-from .status import ClientRegistry
+from .status import ClientRegistry, printable
 from .xds_cache import XdsCache
+from .xds_identity import certificate_names, node_region, refusal
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,14 @@ class AdsServer:
         if first is None:
             reader.cancel()
             return
+        refused = refusal(certificate_names(context.auth_context()), first.node.id, node_region(first.node))
+        if refused:  # mTLS: this certificate was not issued for that node or region
+            reader.cancel()
+            log.warning("xDS stream refused from %s: %s", context.peer(), printable(refused))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         stream = self.clients.open(first.node, context.peer(), session_type.MODE)
         self.metrics.connected.labels(stream.mode).inc()
-        log.info("xDS stream opened: node=%s mode=%s peer=%s", stream.node_id, stream.mode, stream.peer)
+        log.info("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
         session = session_type(self.cache, stream, self.metrics, self.next_nonce)
 
         def on_change() -> None:
@@ -137,7 +143,7 @@ class AdsServer:
             reader.cancel()
             self.clients.close(stream)
             self.metrics.connected.labels(stream.mode).dec()
-            log.info("xDS stream closed: node=%s mode=%s", stream.node_id, stream.mode)
+            log.info("xDS stream closed: node=%s mode=%s", printable(stream.node_id, 256), stream.mode)
 
 
 async def _next(inbox: asyncio.Queue, closed: asyncio.Event):

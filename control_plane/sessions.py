@@ -32,7 +32,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
 from .snapshot import type_version
-from .status import ClientStream
+from .status import ClientStream, printable
 from .subscription import Answer, Subscription
 from .xds_cache import NodeRefused, Selection, XdsCache
 from .xds_types import (
@@ -159,11 +159,15 @@ class Session:
             self.stream.region, self.stream.error = self.group.region, ""
         except NodeRefused as exc:
             if str(exc) != self.stream.error:
-                log.error("serving nothing to node %s: %s", self.stream.node_id, exc)
+                log.error("serving nothing to node %s: %s", printable(self.stream.node_id, 256), printable(str(exc)))
             self.group, self.stream.error = None, str(exc)
 
     def record_answer(self, state: Subscription, nonce: str, version: str, error: str | None) -> Answer:
         """Apply an ACK or NACK to `state` (see Answer), with its metrics and log line."""
+        if error is not None:
+            # Envoy's text is untrusted: a few KB at most, control characters escaped, before it
+            # reaches a log line, /debug/clients or CSDS.
+            error = printable(error)
         acked_before = state.acked_version
         answer = state.answer(nonce, version, error)
         if answer is not Answer.ANSWER:
@@ -171,8 +175,8 @@ class Session:
         kind = short(state.type_url)
         if error is not None:
             self.metrics.nacks.labels(kind).inc()
-            log.warning("node %s NACKed %s version %s (it keeps running %s): %s", self.stream.node_id, kind,
-                        state.sent_version, version or "its previous config", error)
+            log.warning("node %s NACKed %s version %s (it keeps running %s): %s", printable(self.stream.node_id),
+                        kind, state.sent_version, printable(version) or "its previous config", error)
         elif acked_before != version and state.sent_at is not None:
             self.metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
             self.metrics.acks.labels(kind).inc()

@@ -68,3 +68,18 @@ class ClientRegistry:
     def by_node(self, node_id: str) -> list[ClientStream]:
         return [s for s in self.streams() if s.node_id == node_id]
 
+
+
+NACK_TEXT_LIMIT = 4096  # characters of an Envoy's NACK error kept, logged and shown
+
+
+def printable(text: str, limit: int = NACK_TEXT_LIMIT) -> str:
+    """Untrusted text (a NACK's error, a node id) made safe for one log line or a debug view:
+    at most `limit` characters, backslashes and control characters escaped, so it can neither
+    forge a log line nor make a 100 KB one."""
+    cut = text[:limit]
+    out = "".join("\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                  for ch in cut)
+    if len(text) > limit:
+        out += f"... [{len(text) - limit} more characters]"
+    return out

@@ -51,7 +51,7 @@ def summary(samples: list[Sample]) -> dict:
 
 async def run_load(url: str, total: int, concurrency: int, body: bytes,
                    events: dict[int, Callable[[], None]] | None = None, deadline_s: float = 120.0,
-                   request_timeout_s: float = 30.0) -> LoadResult:
+                   request_timeout_s: float = 30.0, headers: dict[str, str] | None = None) -> LoadResult:
     """Send `total` POSTs with `concurrency` in flight; events[i]() runs before request i is sent."""
     events = dict(events or {})
     result = LoadResult()
@@ -68,7 +68,8 @@ async def run_load(url: str, total: int, concurrency: int, body: bytes,
                 await asyncio.to_thread(events.pop(index))
             start = time.monotonic()
             try:
-                async with session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+                async with session.post(url, data=body, headers={"content-type": "application/json",
+                                                                  **(headers or {})}) as resp:
                     await resp.read()
                     sample = Sample(start - begin, time.monotonic() - start, resp.status,
                                     resp.headers.get("x-vertex-region", ""),

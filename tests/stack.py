@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+import yaml
 
 from control_plane.emulator import EmulatorThread, VertexEmulator
 from control_plane.envoy_process import EnvoyProcess
 from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
 
-from .harness import ControlPlaneThread, free_port, wait_for, write_config
+from .harness import ConfigMapVolume, ControlPlaneThread, free_port, wait_for, write_config
 
 PROJECT = "p-e2e"
 GEMINI = ["google/gemini-2.0-flash"]  # publisher models every emulator serves
@@ -27,8 +28,10 @@ DEFAULT_FAILOVER = {"us-central1": ["us-east4", "europe-west4"], "us-east4": ["u
 class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
                  delta: bool = False, token_lifetime: int = 3600, tls: dict | None = None,
-                 ca_file: str | None = None, plane_options: dict | None = None, envoy_xds_tls=None):
-        """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file)."""
+                 ca_file: str | None = None, plane_options: dict | None = None, envoy_xds_tls=None,
+                 configmap: bool = False):
+        """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file).
+        configmap: regions.yaml lives in a directory laid out and updated as kubelet does."""
         tls = tls or {}
         self.dir = Path(tempfile.mkdtemp(prefix="vertex-e2e-"))
         self.emulators = {r: VertexEmulator(r, PROJECT, {ENDPOINT_IDS[r]: "housing", str(int(ENDPOINT_IDS[r]) + 1): "churn"},
@@ -53,7 +56,12 @@ class Stack:
             },
         }
         _merge(self.config, extra or {})
-        self.config_path = write_config(self.dir / "regions.yaml", self.config)
+        self.configmap = ConfigMapVolume(self.dir / "config") if configmap else None
+        if self.configmap:
+            self.configmap.write({"regions.yaml": yaml.safe_dump(self.config, sort_keys=False)})
+            self.config_path = self.configmap.path("regions.yaml")
+        else:
+            self.config_path = write_config(self.dir / "regions.yaml", self.config)
         self.plane_options = plane_options or {}
         self.plane = ControlPlaneThread(self.config_path, **self.plane_options)
         self.envoys: dict[str, EnvoyProcess] = {}

@@ -81,6 +81,11 @@ def test_demo_serves_fails_over_and_stops_everything_on_ctrl_c():
         requests.post(f"http://{prefix}.11:8001/_emulator/fail", json={"mode": "503"}, timeout=5)
         moved = requests.post(f"{url}/predict", json={"instances": [[1, 2]]}, timeout=10)
         assert moved.status_code == 200 and moved.headers["x-vertex-region"] == "us-east4"
+        # both regions out: the demo's custom backend answers last
+        requests.post(f"http://{prefix}.12:8001/_emulator/fail", json={"mode": "503"}, timeout=5)
+        last = requests.post(f"{url}/v1/models/housing:rawPredict", json={"prompt": "hi"}, timeout=10)
+        assert last.status_code == 200 and last.headers["x-vertex-region"] == "fallback", last.text
+        assert last.json()["path"] == "/v1/completions"
         envoy_pids = subprocess.run(["pgrep", "-f", f"{prefix}"], capture_output=True, text=True).stdout.split()
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(30) == 0

@@ -208,3 +208,45 @@ async def test_secrets_are_listed_without_their_content(plane, csds, envoys, tok
     await call.done_writing()
     assert token.encode() not in streamed.SerializeToString()
     assert "Bearer" not in str(streamed)
+
+
+async def test_a_backtracking_regex_is_evaluated_in_linear_time(plane, csds, envoys):
+    """RE2 semantics: `(a+)+$` against a 26-character node id froze the loop for seconds with `re`."""
+    stub, _ = csds
+    client = envoys("a" * 26 + "!")
+    client.send(CLUSTER_TYPE)
+    client.ack(await client.recv())
+    await fetch_until(stub, lambda r: len(r.config) == 1)
+    started = asyncio.get_running_loop().time()
+    response = await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(node_matchers=[
+        node_id_matcher(safe_regex=regex_pb2.RegexMatcher(regex="(a+)+$"))]), timeout=5)
+    assert list(response.config) == []
+    assert asyncio.get_running_loop().time() - started < 1.0
+    # what RE2 cannot compile (a backreference) is refused, like a malformed regex
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(node_matchers=[
+            node_id_matcher(safe_regex=regex_pb2.RegexMatcher(regex=r"(a)\1"))]), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_nack_text_is_truncated_and_escaped_everywhere(plane, csds, envoys, caplog):
+    """A NACK's error is the Envoy's (or an impostor's) text: a newline must not forge a log
+    line, and 100 KB must not make a 100 KB one, in the log, /debug/clients or CSDS."""
+    stub, _ = csds
+    client = envoys()
+    await sync(client)
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 6}}})
+    assert await plane.reload()
+    bad = await client.recv()
+    forged = "bad cluster\n2026-01-01 00:00:00 INFO control_plane.app: config reloaded\x1b[31m" + "x" * 100_000
+    client.send(CLUSTER_TYPE, nonce=bad.nonce, error=forged)
+    response = await fetch_until(stub, lambda r: all(
+        g.client_status == NACKED for g in entries(r, "envoy-test", CLUSTER_TYPE).values()))
+    for entry in entries(response, "envoy-test", CLUSTER_TYPE).values():
+        details = entry.error_state.details
+        assert details.startswith("bad cluster\\n2026-01-01 00:00:00 INFO") and "\x1b" not in details
+        assert "\n" not in details and len(details) < 5000 and "more characters]" in details
+    shown = plane.clients.by_node("envoy-test")[0].to_dict()["types"]["Cluster"]["nack_error"]
+    assert shown == details
+    nack_lines = [r.getMessage() for r in caplog.records if "NACKed" in r.getMessage()]
+    assert nack_lines and all("\n" not in line and len(line) < 5000 for line in nack_lines)

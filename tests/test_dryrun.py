@@ -192,7 +192,8 @@ def test_json(tmp_path, old):
     assert housing["default"] is True and housing["chain"] == ["us-central1", "us-east4"]
     assert housing["upstreams"]["us-east4"] == {
         "address": "10.0.0.2", "port": 443, "tls": True, "host": "us-east4-aiplatform.googleapis.com",
-        "path": "/v1/projects/p-1/locations/us-east4/endpoints/999:{verb}"}
+        "path": "/v1/projects/p-1/locations/us-east4/endpoints/999:{verb}", "kind": "vertex",
+        "credential": "access_token default"}
     diff = central["diff"]
     assert diff["status"] == "changed"
     assert [(c["type"], c["name"]) for c in diff["changed"]] == [

@@ -86,3 +86,25 @@ def test_a_broken_edit_is_rejected_and_a_later_good_edit_applies(stack):
     stack.update_config({"policy": {"timeout": "45s"}})
     wait_for(lambda: requests.get(stack.plane.admin_url + "/debug/regions", timeout=5).json()["last_reload"]["ok"])
     stack.wait_synced()
+
+
+def test_kubelet_configmap_updates_each_reach_the_envoys():
+    """A mounted ConfigMap is updated by swapping its `..data` symlink: every update, not only
+    the first, reaches the Envoys through the product's own file watcher."""
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",), configmap=True)
+    try:
+        stack.wait_synced()
+        local = stack.emulators["us-central1"]
+        for i in range(5):
+            endpoint_id = str(1100 + i)  # the model redeployed to a new endpoint, five times
+            local.endpoints[endpoint_id] = "housing"
+            stack.config["models"]["housing"]["endpoints"]["us-central1"] = endpoint_id
+            stack.configmap.write({"regions.yaml": json.dumps(stack.config)})  # JSON is YAML
+            wait_for(lambda: stack.post("/predict", json={"instances": [1]}).json()["predictions"][0]["endpoint_id"]
+                     == endpoint_id,
+                     10, what=f"update {i + 1} served by the Envoy")
+        regions = requests.get(stack.plane.admin_url + "/debug/regions", timeout=5).json()
+        assert regions["last_reload"]["ok"] and regions["last_reload"]["reason"] == "file changed"
+        stack.wait_synced(timeout=5)
+    finally:
+        stack.close()

@@ -35,7 +35,7 @@ def pki(tmp_path_factory):
 
 
 def test_envoy_with_a_client_certificate_is_served_over_mtls(pki):
-    stack = Stack(regions=("us-central1",), envoys=("us-central1",),
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",),
                   plane_options={"xds_tls": ServerTls(pki["server"], pki["server_key"], pki["ca"])},
                   envoy_xds_tls=XdsTls(pki["ca"], pki["client"], pki["client_key"], server_name="control-plane.test"))
     try:
@@ -43,12 +43,23 @@ def test_envoy_with_a_client_certificate_is_served_over_mtls(pki):
         stack.wait_synced()
         # a client without a certificate gets no stream
         assert asyncio.run(_try_ads(stack.plane.xds_address, pki["ca"])) == grpc.StatusCode.UNAVAILABLE
+        # us-central1's certificate names its node and region: it may ask as that node ...
+        cert = (pki["client"], pki["client_key"])
+        assert asyncio.run(_try_ads(stack.plane.xds_address, pki["ca"], cert, "envoy-us-central1",
+                                    "us-central1")) == grpc.StatusCode.OK
+        # ... but never as another region's Envoy (whose config and tokens it would get)
+        for node_id, region in (("envoy-us-east4", "us-east4"), ("envoy-us-central1", "us-east4")):
+            assert asyncio.run(_try_ads(stack.plane.xds_address, pki["ca"], cert, node_id, region)) == \
+                grpc.StatusCode.PERMISSION_DENIED
     finally:
         stack.close()
 
 
-async def _try_ads(address: str, ca_file: str) -> grpc.StatusCode:
-    credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read())
+async def _try_ads(address: str, ca_file: str, cert: tuple[str, str] | None = None, node_id: str = "envoy-test",
+                   region: str = "us-central1") -> grpc.StatusCode:
+    key_pair = {"certificate_chain": open(cert[0], "rb").read(), "private_key": open(cert[1], "rb").read()} \
+        if cert else {}
+    credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read(), **key_pair)
     async with grpc.aio.secure_channel(address, credentials, options=[
             ("grpc.ssl_target_name_override", "control-plane.test")]) as channel:
         call = channel.stream_stream("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
@@ -56,7 +67,11 @@ async def _try_ads(address: str, ca_file: str) -> grpc.StatusCode:
                                      response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
 
         async def requests():
-            yield discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+            request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+            request.node.id = node_id
+            request.node.metadata.fields["region"].string_value = region
+            yield request
+            await asyncio.sleep(10)  # keep the stream open until the answer (bounded by the call timeout)
 
         try:
             async for _ in call(requests(), timeout=5):
@@ -75,3 +90,19 @@ def test_plaintext_off_loopback_is_refused_unless_asked(tmp_path, caplog):
     ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0", insecure_xds=True)
     assert "PLAINTEXT" in caplog.text
     ControlPlane(config, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0")  # loopback: fine
+
+
+def test_tls_without_client_ca_off_loopback_is_refused_unless_asked(tmp_path, pki, caplog):
+    """TLS authenticates the control plane only; without client certificates anyone who connects
+    would be served config and tokens, so off loopback it is refused like plaintext."""
+    config = tmp_path / "regions.yaml"
+    config.write_text("project: p\nregions: {us-central1: {address: 10.0.0.1}}\n"
+                      "models: {m: {default: true, endpoints: {us-central1: '1'}}}\n")
+    tls = ServerTls(pki["server"], pki["server_key"])
+    with pytest.raises(PlaintextRefused, match="--xds-tls-client-ca"):
+        ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0", xds_tls=tls)
+    ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0", xds_tls=tls, insecure_xds=True)
+    assert "WITHOUT client certificates" in caplog.text
+    ControlPlane(config, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", xds_tls=tls)  # loopback: fine
+    ControlPlane(config, xds_address="0.0.0.0:0", admin_address="127.0.0.1:0",  # mTLS: fine
+                 xds_tls=ServerTls(pki["server"], pki["server_key"], pki["ca"]))

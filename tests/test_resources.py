@@ -197,7 +197,9 @@ def test_listener_scrubs_client_control_headers_before_routing(config):
     mutations = hcm["earlyHeaderMutationExtensions"][0]["typedConfig"]["mutations"]
     assert {"removeOnMatch": {"keyMatcher": {"prefix": "x-envoy-"}}} in mutations
     assert {m.get("remove") for m in mutations} >= {"x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region"}
-    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.buffer", "envoy.filters.http.router"]
+    assert [f["name"] for f in hcm["httpFilters"]] == ["envoy.filters.http.buffer", "vertex.openai.body",
+                                                     "envoy.filters.http.router"]
+    assert hcm["httpFilters"][1]["disabled"]  # the OpenAI body reader runs only where a route enables it
 
 
 def test_building_is_pure_and_versions_are_content_hashes(config):
@@ -214,9 +216,8 @@ def test_building_is_pure_and_versions_are_content_hashes(config):
     assert a.resources[CLUSTER_TYPE]["model/housing"].version != b.resources[CLUSTER_TYPE]["model/housing"].version
 
 
-@pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
-def test_envoy_accepts_the_generated_config(config, region, tmp_path):
-    static = static_config(build_resources(config, NodeGroup(region, "127.0.0.1", 8080)))
+def assert_envoy_accepts(resources: dict, tmp_path) -> None:
+    static = static_config(resources)
     static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
         "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
     path = tmp_path / "static.json"
@@ -224,6 +225,11 @@ def test_envoy_accepts_the_generated_config(config, region, tmp_path):
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
+def test_envoy_accepts_the_generated_config(config, region, tmp_path):
+    assert_envoy_accepts(build_resources(config, NodeGroup(region, "127.0.0.1", 8080)), tmp_path)
 
 
 def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
@@ -237,11 +243,4 @@ def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
   outlier_detection: {consecutive_5xx: 4294967295, interval: 2562047h, base_ejection_time: 2562047h,
                       max_ejection_percent: 100}
 models:""", 1))
-    static = static_config(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)))
-    static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
-        "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
-    path = tmp_path / "static.json"
-    path.write_text(json.dumps(static))
-    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_envoy_accepts(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)

@@ -303,3 +303,49 @@ async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, 
     assert plane.metrics.reloads.labels("failed")._value.get() == 1
     broken["on"] = False  # the same file, buildable again: the next reload applies it
     assert await plane.reload() and plane.cache.config.version != version
+
+
+async def test_a_node_is_served_only_its_own_regions_token_secrets(tmp_path, token_server):
+    """us-east4 calls Vertex with other credentials (profile b) and no us-central1 route reaches
+    it: an Envoy in us-central1 that asks for token/b by name gets nothing."""
+    from control_plane.resources import SECRET_TYPE, token_secret_name
+
+    key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
+    key_b = write_service_account_key(tmp_path / "key-b.json", token_server.token_uri)
+    config = {**BASE, "auth": {"credentials": f"service_account:{key}",
+                               "profiles": {"b": {"credentials": f"service_account:{key_b}"}}},
+              "regions": {"us-central1": {"address": "127.0.0.1", "port": 9001, "tls": False},
+                          "us-east4": {"address": "127.0.0.2", "port": 9001, "tls": False, "auth": "b"}}}
+    plane = ControlPlane(write_config(tmp_path / "regions.yaml", config), xds_address="127.0.0.1:0",
+                         admin_address="127.0.0.1:0", watch=False)
+    await plane.start()
+    central = AdsClient(f"127.0.0.1:{plane.xds_port}", region="us-central1", node_id="envoy-us-central1")
+    east = AdsClient(f"127.0.0.1:{plane.xds_port}", region="us-east4", node_id="envoy-us-east4")
+    try:
+        both = [token_secret_name("default"), token_secret_name("b")]
+        central.send(SECRET_TYPE, both)
+        assert [r.name for r in _secrets(await central.recv())] == [token_secret_name("default")]
+        east.send(SECRET_TYPE, both)
+        assert [r.name for r in _secrets(await east.recv())] == [token_secret_name("b")]
+        # asking for only the other region's secret: an empty answer, never the token
+        stranger = AdsClient(f"127.0.0.1:{plane.xds_port}", region="us-central1", node_id="envoy-x")
+        try:
+            stranger.send(SECRET_TYPE, [token_secret_name("b")])
+            assert list((await stranger.recv()).resources) == []
+        finally:
+            await stranger.close()
+    finally:
+        await central.close()
+        await east.close()
+        await plane.stop()
+
+
+def _secrets(response):
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+    out = []
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        packed.Unpack(secret)
+        out.append(secret)
+    return out

@@ -39,7 +39,7 @@ def validate_online(config: RegionConfig, file: str, *, credentials: Any = None,
     def profile_path(profile: str) -> str:
         return "auth" if profile == DEFAULT_PROFILE else f"auth.profiles.{profile}"
 
-    for region in config.regions:
+    for region in config.vertex_regions:  # a custom backend is not Vertex: nothing to ask the API
         wanted = [(model, spec.endpoints[region]) for model, spec in config.models.items() if region in spec.endpoints]
         if not wanted:
             continue

@@ -6,6 +6,7 @@ Shape (DESIGN-NOTES, "Per-attempt double rewrite"):
      route per model --> aggregate cluster "model/{m}"  (local region first, then its failover list)
                            +- cluster "model/{m}@{region}" per region, EDS endpoints whose
                               metadata vertex.{region, host, endpoint_path} says where to send
+                              (a custom backend: upstream_path instead of endpoint_path)
   Upstream HTTP filters on the *aggregate* run once per attempt after the host is picked:
   header_mutation copies that host's metadata into temporary headers, Lua rewrites :path and
   :authority from them. So a retry in another region carries that region's path and host.
@@ -14,7 +15,8 @@ A `weighted` or `least_request` model's route names one "spread" cluster instead
 every region's endpoint in one priority; the same upstream filters do the rewrite.
 
 Modules: names (type URLs, names, which regions serve what), clusters, upstream (per-attempt
-filters, token secrets), routes, listener, proto (message helpers).
+filters, token secrets), routes, listener, clients (who may call: authentication and
+per-identity routes, applied on top of the others), proto (message helpers).
 Everything here is a pure function of (config, node group): no I/O, no clock.
 """
 
@@ -25,6 +27,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from ..config import RegionConfig
+from .clients import authorize_routes, client_clusters, secure_listener
 from .clusters import aggregate_cluster, load_assignment, region_cluster, spread_cluster, spread_load_assignment
 from .listener import listener
 from .names import (
@@ -45,10 +48,19 @@ from .names import (
     failover_chain,
     members,
     region_cluster_name,
+    upstream_path,
 )
 from .proto import _is_ip
 from .routes import route_configuration
-from .upstream import REWRITE_LUA, token_secret, token_secret_name, upstream_filters
+from .upstream import (
+    REWRITE_LUA,
+    Injection,
+    credential_secret,
+    credential_secret_name,
+    token_secret,
+    token_secret_name,
+    upstream_filters,
+)
 
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "LISTENER_NAME", "LISTENER_TYPE", "METADATA_NAMESPACE", "PIN_HEADER",
@@ -56,6 +68,7 @@ __all__ = [
     "aggregate_cluster", "build_resources", "cluster_name", "endpoint_path", "failover_chain", "listener",
     "load_assignment", "members", "region_cluster", "region_cluster_name", "route_configuration",
     "spread_cluster", "spread_load_assignment", "token_secret", "token_secret_name", "upstream_filters",
+    "Injection", "credential_secret", "credential_secret_name", "upstream_path",
 ]
 
 
@@ -80,12 +93,14 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             if _is_ip(config.regions[region].address):
                 endpoints.append(config.memo(("load_assignment", model, region),
                                              lambda: load_assignment(config, model, region)))
+    # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
+    extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
     return {
         SECRET_TYPE: [],
-        CLUSTER_TYPE: clusters,
-        ENDPOINT_TYPE: endpoints,
-        LISTENER_TYPE: [listener(group)],
-        ROUTE_TYPE: [route_configuration(config, group.region)],
+        CLUSTER_TYPE: clusters + extra_clusters,
+        ENDPOINT_TYPE: endpoints + extra_endpoints,
+        LISTENER_TYPE: [secure_listener(config, listener(group))],
+        ROUTE_TYPE: [authorize_routes(config, group.region, route_configuration(config, group.region))],
     }
 
 

@@ -29,11 +29,13 @@ from .names import (
     HTTP_OPTIONS,
     METADATA_NAMESPACE,
     SOCKET_MATCH,
+    backend_secret_name,
     cluster_name,
     endpoint_path,
     failover_chain,
     members,
     region_cluster_name,
+    upstream_path,
 )
 from .proto import (
     _ads,
@@ -45,8 +47,28 @@ from .proto import (
     _struct,
 )
 from .upstream import (
+    Injection,
     upstream_filters,
 )
+
+
+def injections(config: RegionConfig, model: str, regions: list[str]) -> tuple[list[str | Injection], bool]:
+    """The credentials attempts to these regions carry (auth profiles by name, custom backends'
+    own as Injections), and whether some attempt carries none."""
+    profiles: set[str] = set()
+    own: list[Injection] = []
+    uncredentialed = False
+    for region in regions:
+        key = config.credential_for(model, region)
+        if key is None:
+            uncredentialed = True
+        elif key.startswith("backend/"):
+            credential = config.backend_credential(region)
+            own.append(Injection(key, backend_secret_name(region),
+                                 credential.header if credential.type == "header" else "authorization"))
+        else:
+            profiles.add(key)
+    return [*sorted(profiles), *sorted(own, key=lambda i: i.key)], uncredentialed
 
 
 def region_cluster(config: RegionConfig, model: str, region: str) -> cluster_pb2.Cluster:
@@ -124,21 +146,24 @@ def _http_options(config: RegionConfig, model: str, regions: list[str], policy: 
                   http2: bool = False) -> any_pb2.Any:
     """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
     error; packed, and built once per config for each distinct set of inputs."""
-    profiles = tuple(sorted({config.profile_for(model, r) for r in regions}))
+    credentials, uncredentialed = injections(config, model, regions)
+    profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
-    return config.memo(("http_options", profiles, eject_on_429, http2),
-                       lambda: _any(_build_http_options(profiles, eject_on_429, http2)))
+    openai = config.serves_openai(model)  # its clusters also rewrite OpenAI-compatible paths
+    return config.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai),
+                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai)))
 
 
-def _build_http_options(profiles: tuple[str, ...], eject_on_429: bool,
-                        http2: bool) -> http_protocol_options_pb2.HttpProtocolOptions:
+def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool, http2: bool,
+                        uncredentialed: bool = False, openai: bool = False
+                        ) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
         http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options=protocol_pb2.Http1ProtocolOptions())
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
-        http_filters=upstream_filters(list(profiles)))
+        http_filters=upstream_filters(list(profiles), uncredentialed, openai))
     if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher
@@ -163,9 +188,15 @@ def load_assignment(config: RegionConfig, model: str, region: str) -> endpoint_p
 
 def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0) -> endpoint_components_pb2.LbEndpoint:
     spec = config.regions[region]
-    metadata = {METADATA_NAMESPACE: _struct({
-        "region": region, "host": config.host_of(region), "endpoint_path": endpoint_path(config, model, region),
-        "credential": config.profile_for(model, region)})}
+    fields = {"region": region, "host": config.host_of(region)}
+    if spec.custom:  # its whole path ({verb} filled in per attempt); no credential key: none is sent
+        fields["upstream_path"] = upstream_path(config, model, region)
+        credential = config.credential_for(model, region)
+        if credential is not None:
+            fields["credential"] = credential
+    else:
+        fields.update(endpoint_path=endpoint_path(config, model, region), credential=config.profile_for(model, region))
+    metadata = {METADATA_NAMESPACE: _struct(fields)}
     if spec.tls:  # a spread cluster picks each region's TLS settings by this key
         metadata[SOCKET_MATCH] = _struct({"region": region})
     endpoint = endpoint_components_pb2.LbEndpoint(

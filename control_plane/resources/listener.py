@@ -29,6 +29,7 @@ from .names import (
     TEMP_HEADERS,
     NodeGroup,
 )
+from .openai import body_reader_filter, local_reply_mappers
 from .proto import (
     _ads,
     _any,
@@ -62,6 +63,7 @@ def _local_replies() -> hcm_pb2.LocalReplyConfig:
                                        "(policy max_request_bytes)"}}),
         content_type="application/json")
     return hcm_pb2.LocalReplyConfig(mappers=[
+        *local_reply_mappers(),  # OpenAI paths answer in OpenAI's error shape
         hcm_pb2.ResponseMapper(
             filter=accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(
                 comparison=accesslog_pb2.ComparisonFilter(
@@ -87,6 +89,8 @@ def listener(group: NodeGroup) -> listener_pb2.Listener:
             # the limit per route comes from the policy (BufferPerRoute).
             hcm_pb2.HttpFilter(name=BUFFER_FILTER, typed_config=_any(buffer_pb2.Buffer(
                 max_request_bytes=wrappers_pb2.UInt32Value(value=Policy().max_request_bytes)))),
+            # Reads "model" and "stream" from a whole body on the OpenAI routes only (off elsewhere).
+            body_reader_filter(),
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router",
                 # Vertex need not see Envoy's own x-envoy-* request headers.

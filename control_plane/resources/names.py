@@ -20,8 +20,11 @@ ROUTE_CONFIG_NAME = "vertex"
 METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
 # Each is copied from the chosen endpoint's metadata key of the same position.
-TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential")
-METADATA_KEYS = ("endpoint_path", "host", "region", "credential")
+TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential",
+                "x-vertex-upstream-path")
+# upstream_path: a custom backend's whole path, "{verb}" standing for the client's verb (Vertex
+# regions have endpoint_path instead, the verb appended as ":{verb}").
+METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path")
 CREDENTIAL_HEADER = "x-vertex-credential"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
@@ -70,8 +73,10 @@ def _members(config: RegionConfig, model: str, local_region: str) -> list[str]:
 
 
 def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
-    """Vertex path without the ':verb' suffix."""
+    """Vertex path without the ':verb' suffix; for a custom backend, its path template."""
     spec = config.models[model]
+    if config.regions[region].custom:
+        return upstream_path(config, model, region)
     base = f"/v1/projects/{config.project}/locations/{region}"
     if spec.publisher_model:
         publisher, name = spec.publisher_model.split("/", 1)
@@ -79,3 +84,17 @@ def endpoint_path(config: RegionConfig, model: str, region: str) -> str:
     return f"{base}/endpoints/{spec.endpoints[region]}"
 
 
+def upstream_path(config: RegionConfig, model: str, region: str) -> str:
+    """The path an attempt in `region` is sent to, "{verb}" standing for the client's verb."""
+    spec = config.models[model]
+    if not config.regions[region].custom:
+        return endpoint_path(config, model, region) + ":{verb}"
+    # the model's own path for this backend, else the backend's; validation ensures one exists
+    template = spec.endpoints.get(region) or config.regions[region].path or ""
+    return template.replace("{model}", model)
+
+
+def backend_secret_name(backend: str) -> str:
+    """The SDS secret holding a custom backend's header value or ID token ("Bearer ..."),
+    named like the credential key that selects it."""
+    return f"backend/{backend}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
 
 from envoy.config.core.v3 import (
@@ -15,6 +14,8 @@ from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.protobuf.message import Message
+
+from ..config import is_ip
 
 
 def _any(message: Message) -> any_pb2.Any:
@@ -66,13 +67,8 @@ def _re_escape(text: str) -> str:
 
 
 
-@functools.lru_cache(maxsize=4096)  # pure; asked for every (model, region) of every build
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        return False
+# pure; asked for every (model, region) of every build
+_is_ip = functools.lru_cache(maxsize=4096)(is_ip)
 
 
 def _percent(value: float) -> percent_pb2.Percent:

@@ -18,6 +18,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
+from . import openai
 from .names import (
     BUFFER_FILTER,
     METADATA_NAMESPACE,
@@ -129,6 +130,7 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
         routes += _pin_routes(config, model, local_region)
         routes += [_model_route(config, model, local_region, name, match, streaming)
                    for name, match, streaming in _model_matches(config, model)]
+    routes += _openai_routes(config, local_region)
     routes.append(_model_route(config, config.default_model, local_region, "predict",
                                route_components_pb2.RouteMatch(path="/predict")))
     routes.append(route_components_pb2.Route(
@@ -136,7 +138,8 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
         match=route_components_pb2.RouteMatch(prefix="/"),
         direct_response=_json_response(
             404, "no such path on this gateway",
-            paths=["POST /v1/models/{model}:{verb}", "POST /predict",
+            paths=["POST /v1/models/{model}:{verb}", "POST /predict", "POST /v1/chat/completions",
+                   "POST /v1/models/{model}/chat/completions",
                    "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}",
                    "POST /v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model}:{verb}"],
             models=sorted(config.models), verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
@@ -155,9 +158,10 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     )
 
 
-def _patterns(config: RegionConfig, model: str) -> tuple[str, str, tuple[str, ...]]:
-    """The model's client path, its Vertex-native path (regexes) and its verbs; once per config."""
-    def compute() -> tuple[str, str, tuple[str, ...]]:
+def _patterns(config: RegionConfig, model: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """The model's client path, its Vertex-native path (regexes; None when only custom backends
+    serve it) and its verbs; once per config."""
+    def compute() -> tuple[str, str | None, tuple[str, ...]]:
         spec = config.models[model]
         model_path = f"/v1/models/{_re_escape(model)}"
         if spec.publisher_model:
@@ -165,7 +169,9 @@ def _patterns(config: RegionConfig, model: str) -> tuple[str, str, tuple[str, ..
             native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
                       f"/models/{_re_escape(name)}")
         else:
-            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(sorted(set(spec.endpoints.values())))})"
+            # Vertex endpoint ids only: a custom backend's entry is a path, not an id a client could name.
+            ids = sorted({v for r, v in spec.endpoints.items() if not config.regions[r].custom})
+            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})" if ids else None
         return model_path, native, PUBLISHER_VERBS if spec.publisher_model else VERBS
     return config.memo(("patterns", model), compute)
 
@@ -180,7 +186,8 @@ def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_co
             suffix = ":stream" if streaming else ""
             verb_re = f":({_alternation(group)})$"
             out.append((f"model:{model}{suffix}", _regex_match(f"^{model_path}{verb_re}"), streaming))
-            out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
+            if native:
+                out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
         return out
     return config.memo(("matches", model), compute)
 
@@ -189,7 +196,10 @@ def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_co
     """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
     def compute() -> route_components_pb2.RouteMatch:
         model_path, native, verbs = _patterns(config, model)
-        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})"
+        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
+            f"{model_path}:({_alternation(list(verbs))})"
+        if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
+            paths = f"(?:{paths}|{openai.endpoint_model_path(model)[1:-1]})"
         if model == config.default_model:
             paths = f"(?:{paths}|/predict)"
         header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
@@ -219,3 +229,77 @@ def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
     return route_components_pb2.RouteMatch(safe_regex=_regex(pattern))
 
 
+
+
+def _openai_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+    """The OpenAI-compatible paths (resources/openai.py). Each model's routes name its own
+    cluster, so failover and pinning are those of the Vertex-native paths. They match on the
+    body's model (publisher models) and `"stream": true` (idle timeout instead of a whole-request
+    timeout), which the body reader these routes enable has read. Endpoint models are pinned by
+    their Vertex-native pin routes (_pin_routes), which also match their OpenAI paths."""
+    publisher = config.openai_models()
+    endpoint_models = config.openai_endpoint_models()
+    # The buffer filter takes its limit from the route matched before the body is read (the
+    # unknown-model route), so every model on /v1/chat/completions shares the largest limit.
+    chat_limit = max((config.policy_for(m, local_region).max_request_bytes for m in publisher.values()),
+                     default=Policy().max_request_bytes)
+
+    def reading_body(route: route_components_pb2.Route, model: bool) -> route_components_pb2.Route:
+        route.typed_per_filter_config[openai.BODY_READER].CopyFrom(openai.read_body(model))
+        if model:
+            _limit_body(route, chat_limit)
+        return route
+
+    def to(model: str, name: str, match: route_components_pb2.RouteMatch, streaming: bool, body_model: str | None,
+           pinned: str | None = None) -> route_components_pb2.Route:
+        route = route_components_pb2.Route()
+        route.CopyFrom(_model_route(config, model, local_region, name, match, streaming, pinned))  # memoized: shared
+        if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
+            route.direct_response.CopyFrom(openai.error(
+                503, f"model {model!r} is not served from region {local_region} or its failover regions",
+                "server_error", "model_not_served_here"))
+            route.ClearField("response_headers_to_add")
+        return reading_body(route, body_model is not None)
+
+    routes: list[route_components_pb2.Route] = []
+    for body_model, model in publisher.items():
+        allowed = members(config, model, local_region)
+        routes += [to(model, f"openai:{model}@{region}", openai.match(openai.CHAT_PATH, body_model, pin={
+            "name": PIN_HEADER, "string_match": string_pb2.StringMatcher(exact=region)}), True, body_model, region)
+            for region in allowed]
+        routes.append(reading_body(route_components_pb2.Route(
+            name=f"openai:{model}:pin-refused",
+            match=openai.match(openai.CHAT_PATH, body_model, pin={"name": PIN_HEADER, "present_match": True}),
+            direct_response=openai.error(400, f"x-vertex-pin-region names a region that does not serve model "
+                                              f"{body_model} from this gateway (allowed: {', '.join(allowed)})",
+                                         code="region_not_allowed")), True))
+    for name, path, body_model, model in [
+            *[(f"openai:{m}", openai.CHAT_PATH, b, m) for b, m in publisher.items()],
+            *[(f"openai-endpoint:{m}", openai.endpoint_model_path(m), None, m) for m in endpoint_models]]:
+        routes.append(to(model, f"{name}:stream", openai.match(path, body_model, stream=True), True, body_model))
+        routes.append(to(model, name, openai.match(path, body_model), False, body_model))
+    routes.append(reading_body(route_components_pb2.Route(
+        name="openai:unknown-model", match=openai.match(openai.CHAT_PATH),
+        direct_response=openai.unknown_model(sorted(publisher))), True))
+    routes.append(route_components_pb2.Route(
+        name="openai:models", match=route_components_pb2.RouteMatch(
+            safe_regex=_regex(f"^{openai.VERSION}/models$"), headers=[route_components_pb2.HeaderMatcher(
+                name=":method", string_match=string_pb2.StringMatcher(exact="GET"))]),
+        direct_response=openai.model_list(sorted(publisher), endpoint_models),
+        response_headers_to_add=[_header("content-type", "application/json")],
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
+    routes.append(route_components_pb2.Route(
+        name="openai:not-found", match=route_components_pb2.RouteMatch(safe_regex=_regex(openai.OPENAI_PATHS)),
+        direct_response=openai.error(
+            404, "Unknown path %REQ(:PATH)% on this gateway: POST /v1/chat/completions (models: "
+                 f"{', '.join(sorted(publisher)) or 'none'}), or POST /v1/models/{{model}}/chat/completions, "
+                 f"/completions, /embeddings (models: {', '.join(endpoint_models) or 'none'})",
+            code="unknown_url"),
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
+    return routes
+
+
+def _limit_body(route: route_components_pb2.Route, limit: int) -> None:
+    route.request_body_buffer_limit.value = limit
+    route.typed_per_filter_config[BUFFER_FILTER].CopyFrom(_any(buffer_pb2.BufferPerRoute(
+        buffer=buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=limit)))))

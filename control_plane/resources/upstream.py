@@ -5,6 +5,7 @@ metadata into temporary headers, inject that region's token, rewrite :path and
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
@@ -43,27 +44,93 @@ from .proto import (
 )
 
 # Runs once per attempt, after the host is chosen. :path may already hold the previous
-# attempt's rewrite (header edits persist across attempts), so only the verb and the query
-# are taken from it; the rest comes from the chosen host's metadata.
+# attempt's rewrite (header edits persist across attempts), so the client's verb and query
+# are kept in the request's dynamic metadata on the first attempt (a custom backend's path
+# need not end in ":verb"); failing that, they are taken from :path as before. The rest
+# comes from the chosen host's metadata: a Vertex region's endpoint_path + ":" + verb, or a
+# custom backend's upstream_path with "{verb}" replaced.
 REWRITE_LUA = """
 function envoy_on_request(h)
   local hd = h:headers()
   local ep, authority = hd:get("x-vertex-endpoint-path"), hd:get("x-vertex-host")
+  local up = hd:get("x-vertex-upstream-path")
   hd:remove("x-vertex-endpoint-path"); hd:remove("x-vertex-host"); hd:remove("x-vertex-region")
-  hd:remove("x-vertex-credential")
-  if ep == nil or ep == "" or authority == nil or authority == "" then
+  hd:remove("x-vertex-credential"); hd:remove("x-vertex-upstream-path")
+  if up == "" then up = nil end
+  if ((ep == nil or ep == "") and up == nil) or authority == nil or authority == "" then
     h:respond({[":status"] = "502", ["content-type"] = "application/json"},
       '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
     return
   end
-  local path = hd:get(":path")
-  local query = string.match(path, "%?.*$") or ""
-  local verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
-  hd:replace(":path", ep .. ":" .. verb .. query)
+  local meta = h:streamInfo():dynamicMetadata()
+  local client = meta:get("vertex.client")
+  local verb, query
+  if client ~= nil and client["verb"] ~= nil then
+    verb, query = client["verb"], client["query"]
+  else
+    local path = hd:get(":path")
+    query = string.match(path, "%?.*$") or ""
+    verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
+    meta:set("vertex.client", "verb", verb)
+    meta:set("vertex.client", "query", query)
+  end
+  if up ~= nil then
+    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
+  else
+    hd:replace(":path", ep .. ":" .. verb .. query)
+  end
   hd:replace(":authority", authority)
 end
 """
 
+# For a model also served on an OpenAI-compatible path (resources/openai.py): such a path ends in
+# an operation instead of a verb; the operation goes after the region's endpoint path, a
+# publisher model's being that region's endpoints/openapi, and the API version (v1, v1beta1)
+# stays the client's. Other models keep the shorter script.
+_CLIENT_VERB = """  if client ~= nil and client["verb"] ~= nil then
+    verb, query = client["verb"], client["query"]
+  else
+    local path = hd:get(":path")
+    query = string.match(path, "%?.*$") or ""
+    verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
+    meta:set("vertex.client", "verb", verb)
+    meta:set("vertex.client", "query", query)
+  end
+  if up ~= nil then
+    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
+  else
+    hd:replace(":path", ep .. ":" .. verb .. query)
+  end
+"""
+assert _CLIENT_VERB in REWRITE_LUA  # the OpenAI variant below replaces exactly this block
+OPENAI_REWRITE_LUA = REWRITE_LUA.replace(_CLIENT_VERB, """  local op, beta
+  if client ~= nil and client["verb"] ~= nil then
+    verb, query, op, beta = client["verb"], client["query"], client["op"], client["beta"]
+  else
+    local path = hd:get(":path")
+    query = string.match(path, "%?.*$") or ""
+    local base = string.sub(path, 1, #path - #query)
+    verb = string.match(base, ":(%a+)$")
+    if not verb then
+      op = base:match("/chat/completions$") or base:match("/completions$") or base:match("/embeddings$")
+    end
+    beta = (base:sub(1, 9) == "/v1beta1/") and "1" or "0"
+    verb = verb or "predict"
+    meta:set("vertex.client", "verb", verb)
+    meta:set("vertex.client", "query", query)
+    meta:set("vertex.client", "beta", beta)
+    if op then meta:set("vertex.client", "op", op) end
+  end
+  if up ~= nil then
+    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
+  elseif op then
+    ep = ep:gsub("/publishers/.*$", "/endpoints/openapi")
+    if beta == "1" then ep = "/v1beta1" .. ep:sub(4) end
+    hd:replace(":path", ep .. op .. query)
+  else
+    hd:replace(":path", ep .. ":" .. verb .. query)
+  end
+""")
 
 
 def token_secret_name(profile: str) -> str:
@@ -77,14 +144,38 @@ def token_secret(profile: str, token: str) -> secret_pb2.Secret:
         secret=base_pb2.DataSource(inline_string=f"Bearer {token}")))
 
 
-def _credential_injector(profile: str) -> credential_injector_pb2.CredentialInjector:
+@dataclass(frozen=True)
+class Injection:
+    """One credential an attempt may carry: chosen by the endpoint's `credential` metadata
+    (`key`), its value an SDS secret, set as `header`."""
+
+    key: str
+    secret: str
+    header: str = "authorization"
+
+
+def credential_secret(key: str, value: str) -> secret_pb2.Secret:
+    """The SDS secret for a credential key: an auth profile's access token (token/{profile},
+    "Bearer " added), or a custom backend's header value as it is sent (backend/{name})."""
+    if key.startswith("backend/"):
+        return secret_pb2.Secret(name=key, generic_secret=secret_pb2.GenericSecret(
+            secret=base_pb2.DataSource(inline_string=value)))
+    return token_secret(key, value)
+
+
+def credential_secret_name(key: str) -> str:
+    return key if key.startswith("backend/") else token_secret_name(key)
+
+
+def _credential_injector(profile: str | Injection) -> credential_injector_pb2.CredentialInjector:
+    injection = profile if isinstance(profile, Injection) else Injection(profile, token_secret_name(profile))
     return credential_injector_pb2.CredentialInjector(
         overwrite=True,  # the client's own Authorization is replaced, never forwarded
         credential=core_extension_pb2.TypedExtensionConfig(
             name="envoy.http.injected_credentials.generic",
             typed_config=_any(generic_credential_pb2.Generic(
-                header="authorization",
-                credential=secret_pb2.SdsSecretConfig(name=token_secret_name(profile), sds_config=_ads())))))
+                header=injection.header,
+                credential=secret_pb2.SdsSecretConfig(name=injection.secret, sds_config=_ads())))))
 
 
 def _only_for_profile(profile: str, injector: credential_injector_pb2.CredentialInjector) -> Message:
@@ -105,13 +196,18 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
                 predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is_profile),
                 on_match=skip)])))
 
-
-def upstream_filters(profiles: list[str]) -> list[hcm_pb2.HttpFilter]:
-    return list(_upstream_filters(tuple(profiles)))
+def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False,
+                     openai: bool = False) -> list[hcm_pb2.HttpFilter]:
+    """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
+    Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
+    backend with `credential: none`), so no injector may run unconditionally. openai: the
+    cluster's model is also served on OpenAI-compatible paths (a longer rewrite)."""
+    return list(_upstream_filters(tuple(profiles), uncredentialed, openai))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
-def _upstream_filters(profiles: tuple[str, ...]) -> tuple[hcm_pb2.HttpFilter, ...]:
+def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False,
+                      openai: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
@@ -119,19 +215,26 @@ def _upstream_filters(profiles: tuple[str, ...]) -> tuple[hcm_pb2.HttpFilter, ..
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
         mutation_rules_pb2.HeaderMutation(remove="authorization"),
+        # Nor a custom backend's own credential header to the next attempt.
+        *[mutation_rules_pb2.HeaderMutation(remove=p.header) for p in profiles
+          if isinstance(p, Injection) and p.header != "authorization"],
         *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
     ])
     filters = [hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
                                   typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))]
-    if len(profiles) == 1:  # the common case: one token for every region, no matcher needed
-        filters.append(hcm_pb2.HttpFilter(name=f"credential/{profiles[0]}",
+
+    def key(p: str | Injection) -> str:
+        return p.key if isinstance(p, Injection) else p
+
+    if len(profiles) == 1 and not uncredentialed:  # the common case: one token for every region
+        filters.append(hcm_pb2.HttpFilter(name=f"credential/{key(profiles[0])}",
                                           typed_config=_any(_credential_injector(profiles[0]))))
     else:
-        filters += [hcm_pb2.HttpFilter(name=f"credential/{p}", typed_config=_any(
-            _only_for_profile(p, _credential_injector(p)))) for p in profiles]
+        filters += [hcm_pb2.HttpFilter(name=f"credential/{key(p)}", typed_config=_any(
+            _only_for_profile(key(p), _credential_injector(p)))) for p in profiles]
     filters += [
         hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=REWRITE_LUA)))),
+            default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]

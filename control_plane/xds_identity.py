@@ -1,0 +1,64 @@
+"""Who an Envoy is on an mTLS xDS channel: its client certificate must name the node.
+
+The rule (docs/SPEC.md, "A locked xDS channel"): a certificate *name* is its subject CN or
+any subject alternative name; each name is also read as its first DNS label
+(`envoy-us-central1.gw.internal` -> `envoy-us-central1`) and, for a URI, its last path
+segment (`spiffe://td/ns/gw/sa/envoy-us-central1` -> `envoy-us-central1`). A node is
+accepted when one of those names
+
+- is the node's region, or
+- is the node id, and the node id contains the node's region (the bootstrap's default
+  `envoy-{region}` does).
+
+So a certificate issued to one region's Envoy can never be used to ask for another
+region's config and access tokens. Connections without a client certificate (plaintext on
+loopback, or TLS without a client CA) are not checked here: app.py refuses those off
+loopback unless --insecure-xds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+
+
+def node_region(node: base_pb2.Node) -> str:
+    fields = node.metadata.fields
+    return fields["region"].string_value if "region" in fields else node.locality.region
+
+
+def certificate_names(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[str]:
+    """The names grpc's auth context holds for the peer certificate (empty: no certificate)."""
+    if not auth_context:
+        return []
+    raw = [*auth_context.get("x509_common_name", ()), *auth_context.get("x509_subject_alternative_name", ())]
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
+
+
+def _readings(name: str) -> set[str]:
+    out = {name}
+    if "://" in name:  # a URI SAN: its last path segment
+        out.add(name.rstrip("/").rsplit("/", 1)[-1])
+    else:
+        out.add(name.split(".", 1)[0])
+    return out
+
+
+def certificate_matches(names: list[str], node_id: str, region: str) -> bool:
+    readings = set().union(*(_readings(n) for n in names)) if names else set()
+    if region and region in readings:
+        return True
+    return bool(region) and node_id in readings and region in node_id
+
+
+def refusal(names: list[str], node_id: str, region: str) -> str | None:
+    """None when the node may be served; else why not (for the log and the gRPC status)."""
+    if not names:
+        return None
+    if certificate_matches(names, node_id, region):
+        return None
+    shown = ", ".join(sorted(names))[:512]
+    return (f"client certificate ({shown}) does not name node {node_id[:128]!r} or its region "
+            f"{region[:64]!r} (a certificate name must be the region, or the node id when the node id "
+            f"contains the region)")
