@@ -47,23 +47,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import NO_MATPLOTLIB, cpu_seconds, machine, pyplot, rss_bytes, verdict_rows, wait_until, write_json  # noqa: E402,E501
+from bench.sim_envoy import DeltaSimEnvoy, SimEnvoy  # noqa: E402
+from control_plane.xds_types import CLUSTER_TYPE, ROUTE_TYPE  # noqa: E402
+from control_plane.xds_types import short as _short  # noqa: E402
 from tests.loadgen import percentile  # noqa: E402
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 SIZES = ((10, 5), (10, 20), (10, 40), (100, 5), (100, 20), (100, 40), (1000, 5), (1000, 20), (1000, 40))
 CLIENTS = (10, 100, 1000)
 # Two policies an edit toggles between: a route change and a cluster change at once.
 EDIT_POLICIES = ({"timeout": "30s", "outlier_detection": {"consecutive_5xx": 5}},
                  {"timeout": "31s", "outlier_detection": {"consecutive_5xx": 6}})
-
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
 
 
 def _ms(seconds: float | None, spec: str = ".1f") -> str:
@@ -196,137 +189,21 @@ def fanout_config(models: int, regions: int, key_path: str) -> dict:
     }
 
 
-class SimEnvoy:
-    """One simulated Envoy on an ADS SotW stream: the request order and ACKs of a real one."""
-
-    def __init__(self, channel, node_id: str, region: str, parsed: dict, sds: bool):
-        from envoy.config.core.v3 import base_pb2
-        from envoy.service.discovery.v3 import discovery_pb2
-        from google.protobuf import struct_pb2
-
-        self._req_type = discovery_pb2.DiscoveryRequest
-        self.node = base_pb2.Node(id=node_id, cluster="vertex-gateway", metadata=struct_pb2.Struct(
-            fields={"region": struct_pb2.Value(string_value=region)}))
-        self.node.locality.region = region
-        self.parsed = parsed  # shared cache: CDS version -> (EDS cluster names, per-cluster digests)
-        self.sds = sds
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.first = True
-        self.version: dict[str, str] = {}  # type -> last ACKed version
-        self.nonce: dict[str, str] = {}  # type -> last nonce answered
-        self.eds_names: list[str] = []
-        self.cluster_digests: dict[str, bytes] = {}
-        self.pending: set[str] = set()  # types asked for and not yet answered
-        self.responses = 0
-        self.acks = 0
-        self.last_ack_at = 0.0
-        self.synced = asyncio.Event()
-        self.error = ""
-        call = channel.stream_stream(ADS_METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                                     response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
-        self.call = call(self._requests())
-
-    async def _requests(self):
-        while True:
-            request = await self.queue.get()
-            if request is None:
-                return
-            yield request
-
-    def send(self, type_url: str, names=(), version: str = "", nonce: str = "") -> None:
-        request = self._req_type(type_url=type_url, resource_names=list(names), version_info=version,
-                                 response_nonce=nonce)
-        if self.first:
-            request.node.CopyFrom(self.node)
-            self.first = False
-        self.queue.put_nowait(request)
-
-    def _clusters(self, response) -> tuple[list[str], dict[str, bytes]]:
-        found = self.parsed.get(response.version_info)
-        if found is None:
-            from envoy.config.cluster.v3 import cluster_pb2
-            names, digests = [], {}
-            for res in response.resources:
-                cluster = cluster_pb2.Cluster()
-                res.Unpack(cluster)
-                digests[cluster.name] = res.value
-                if cluster.type == cluster_pb2.Cluster.EDS:
-                    names.append(cluster.eds_cluster_config.service_name or cluster.name)
-            found = self.parsed[response.version_info] = (sorted(names), digests)
-        return found
-
-    async def run(self) -> None:
-        try:
-            self.send(CLUSTER_TYPE)
-            self.pending.add(CLUSTER_TYPE)
-            async for response in self.call:
-                self.on_response(response)
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # noqa: BLE001  (grpc.aio raises AioRpcError on a cancelled/closed stream)
-            self.error = repr(exc)[:300]
-
-    def on_response(self, response) -> None:
-        t = response.type_url
-        self.responses += 1
-        self.pending.discard(t)
-        names: list[str] = []
-        follow: list[tuple] = []
-        if t == CLUSTER_TYPE:
-            eds_names, digests = self._clusters(response)
-            changed = [n for n, d in digests.items() if n in self.cluster_digests and self.cluster_digests[n] != d]
-            first = not self.cluster_digests
-            self.cluster_digests = digests
-            if first or eds_names != self.eds_names or any(n in eds_names for n in changed):
-                # a new or updated EDS cluster warms only on a fresh EDS response: (re)subscribe
-                self.eds_names = eds_names
-                follow.append((ENDPOINT_TYPE, eds_names))
-            if first and self.sds:
-                follow.append((SECRET_TYPE, ["token/default"]))
-        elif t == ENDPOINT_TYPE:
-            names = self.eds_names
-            if LISTENER_TYPE not in self.version and LISTENER_TYPE not in self.pending:
-                follow.append((LISTENER_TYPE, []))
-        elif t == SECRET_TYPE:
-            names = ["token/default"]
-        elif t == LISTENER_TYPE:
-            if ROUTE_TYPE not in self.version and ROUTE_TYPE not in self.pending:
-                follow.append((ROUTE_TYPE, ["vertex"]))
-        elif t == ROUTE_TYPE:
-            names = ["vertex"]
-        self.send(t, names, response.version_info, response.nonce)  # ACK
-        self.version[t], self.nonce[t] = response.version_info, response.nonce
-        self.acks += 1
-        self.last_ack_at = time.monotonic()
-        for type_url, follow_names in follow:
-            self.send(type_url, follow_names, self.version.get(type_url, ""), self.nonce.get(type_url, ""))
-            self.pending.add(type_url)
-        if ROUTE_TYPE in self.version and not self.pending:
-            self.synced.set()
-
-    def settled_on(self, base: dict[str, str]) -> bool:
-        """ACKed clusters and routes different from `base`, nothing outstanding."""
-        return (not self.pending and self.version.get(CLUSTER_TYPE) != base.get(CLUSTER_TYPE)
-                and self.version.get(ROUTE_TYPE) != base.get(ROUTE_TYPE))
-
-    async def close(self) -> None:
-        self.queue.put_nowait(None)
-        self.call.cancel()
-
-
-async def _fanout_clients(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn) -> None:
+async def _fanout_clients(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn,
+                          delta: bool = False) -> None:
     import grpc
 
     loop = asyncio.get_running_loop()
     channels = []
-    clients: list[SimEnvoy] = []
+    clients: list[SimEnvoy | DeltaSimEnvoy] = []
     parsed: dict = {}
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
     t0 = time.monotonic()
     for i in range(n):
         if i % per_channel == 0:
             channels.append(grpc.aio.insecure_channel(address, options=options))
-        clients.append(SimEnvoy(channels[-1], f"sim-{i:04d}", regions[i % len(regions)], parsed, sds))
+        kind = DeltaSimEnvoy if delta else SimEnvoy
+        clients.append(kind(channels[-1], f"sim-{i:04d}", regions[i % len(regions)], parsed, sds))
     tasks = [asyncio.create_task(c.run()) for c in clients]
 
     def recv():  # commands from the orchestrator, read off the loop
@@ -375,15 +252,18 @@ async def _fanout_clients(address: str, n: int, regions: list[str], per_channel:
         await channel.close()
 
 
-def _fanout_process(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn) -> None:
+def _fanout_process(address: str, n: int, regions: list[str], per_channel: int, sds: bool, conn,
+                    delta: bool = False) -> None:
     gc.disable()  # as Envoy has no GC pauses; a few thousand objects per client, bounded run
     try:
-        asyncio.run(_fanout_clients(address, n, regions, per_channel, sds, conn))
+        asyncio.run(_fanout_clients(address, n, regions, per_channel, sds, conn, delta))
     finally:
         conn.close()
 
 
-def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
+def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "product", mode: str = "sotw") -> dict:
+    """server: "product" (`python -m control_plane serve`) or "floor" (bench/xds_floor.py);
+    mode: the simulated Envoys' xDS variant, "sotw" or "delta"."""
     from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
     from tests.harness import LoopThread, free_port, write_config
 
@@ -397,14 +277,16 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
     log = open(workdir / f"control-plane-{n}.log", "ab")
     profile = ["-m", "cProfile", "-o", f"{args.profile_cp}-{n}.prof"] if args.profile_cp else []
     started_at = time.monotonic()
-    plane = subprocess.Popen([sys.executable, *profile, "-m", "control_plane", "--log-level", "INFO", "serve", "--config",
+    command = ["-m", "control_plane", "--log-level", "INFO", "serve"] if server == "product" else \
+        ["-m", "bench.xds_floor"]
+    plane = subprocess.Popen([sys.executable, *profile, *command, "--config",
                               str(config_path), "--xds-port", str(xds_port), "--admin-port", str(admin_port)],
                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = None
-    out: dict = {"clients": n}
+    out: dict = {"clients": n, "server": server, "mode": mode}
     try:
         def healthy() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
@@ -416,7 +298,8 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path) -> dict:
         rss0 = rss_bytes(plane.pid)
         cpu0 = sum(cpu_seconds([plane.pid]))
         proc = ctx.Process(target=_fanout_process, args=(f"127.0.0.1:{xds_port}", n, list(config["regions"]),
-                                                          args.streams_per_channel, not args.no_sds, child))
+                                                          args.streams_per_channel, not args.no_sds, child,
+                                                          mode == "delta"))
         proc.start()
         if not parent.poll(180):
             raise TimeoutError(f"{n} simulated clients did not sync in 180 s")
@@ -587,6 +470,16 @@ def part_build(args: argparse.Namespace) -> list[dict]:
 # =========================================================================== output
 
 
+def _floor_ratios(product: dict, floor: dict) -> dict:
+    edit = (product["edit_all_s_median"] / floor["edit_all_s_median"]
+            if product.get("edit_all_s_median") and floor.get("edit_all_s_median") else None)
+    return {"sync": product["sync"]["sync_all_s"] / floor["sync"]["sync_all_s"], "edit": edit}
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def verdicts(doc: dict) -> list[dict]:
     rows = []
     for r in doc.get("edit_to_ack", []):
@@ -594,7 +487,7 @@ def verdicts(doc: dict) -> list[dict]:
             rows.append({"target": f"config edit -> both Envoys ACK, p99 ({r['mode']}, {r['count']} edits)",
                          "goal": "< 250 ms", "text": f"{r['p99_s'] * 1000:.0f} ms (p50 {r['p50_s'] * 1000:.0f})",
                          "met": r["p99_s"] < 0.25 and r["complete"] == r["count"]})
-    fan = {f["clients"]: f for f in doc.get("fanout", [])}
+    fan = {f["clients"]: f for f in doc.get("fanout", []) if f.get("mode", "sotw") == "sotw"}
     if 1000 in fan or fan:
         big = fan.get(1000) or fan[max(fan)]
         v = big["edit_all_s_max"]
@@ -607,6 +500,22 @@ def verdicts(doc: dict) -> list[dict]:
         rows.append({"target": f"control-plane RSS per connected client ({big['clients']:,} clients)",
                      "goal": "< 64 KB", "text": f"{per:.0f} KB" + (f" ({others})" if others else ""),
                      "met": per < 64})
+    products = {(f["clients"], f.get("mode", "sotw")): f for f in doc.get("fanout", [])}
+    floors = {(f["clients"], f.get("mode", "sotw")): f for f in doc.get("floor", [])}
+    for mode in ("sotw", "delta"):
+        n = max((c for c, m in set(products) & set(floors) if m == mode), default=None)
+        if n is None:
+            continue
+        product = products[n, mode]
+        r = _floor_ratios(product, floors[n, mode])
+        rows.append({"target": f"edit -> all {n:,} ACKed ({mode}), against the trivial floor server (median)",
+                     "goal": "≤ 1.2x", "text": _fmt_ratio(r["edit"]), "met": r["edit"] is not None and r["edit"] <= 1.2})
+        rows.append({"target": f"first full set to all {n:,} ({mode}), against the trivial floor server",
+                     "goal": "≤ 1.2x", "text": _fmt_ratio(r["sync"]), "met": r["sync"] <= 1.2})
+        if mode == "delta":
+            per = product["rss_per_client_kb"]
+            rows.append({"target": f"control-plane RSS per connected client ({n:,} {mode} clients)",
+                         "goal": "< 64 KB", "text": f"{per:.0f} KB", "met": per < 64})
     for g in doc.get("big", []):
         size = f"{g['models']:,} models x {g['regions']} regions"
         rows.append({"target": f"validate, {size}", "goal": "< 1 s", "text": f"{g['validate_s']:.2f} s",
@@ -639,10 +548,10 @@ def markdown(doc: dict) -> str:
         lines += ["", "(the last four columns: medians over the edits, ms)", ""]
     if doc.get("fanout"):
         lines += ["(ii) Simulated ADS clients (separate process; one connection each):", "",
-                  "| clients | initial sync of all | edit -> all ACKed (median / worst) | client p50 / p99 | "
+                  "| xDS | clients | initial sync of all | edit -> all ACKed (median / worst) | client p50 / p99 | "
                   "control-plane CPU per edit | CP CPU busy | responses per edit | RSS before -> synced | "
                   "RSS per client |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for f in doc["fanout"]:
             e = f.get("edits", [])
             p50 = statistics.median([x["p50_s"] for x in e if x.get("p50_s") is not None] or [float("nan")])
@@ -650,10 +559,27 @@ def markdown(doc: dict) -> str:
             share = statistics.median([x["cp_cpu_share"] for x in e if x.get("cp_cpu_share")] or [float("nan")])
             responses = statistics.median([x["responses"] for x in e] or [0])
             lines.append(
-                f"| {f['clients']:,} | {f['sync']['sync_all_s']:.2f} s | {_ms(f['edit_all_s_median'], '.0f')} / "
+                f"| {f.get('mode', 'sotw')} | {f['clients']:,} | {f['sync']['sync_all_s']:.2f} s | "
+                f"{_ms(f['edit_all_s_median'], '.0f')} / "
                 f"{_ms(f['edit_all_s_max'], '.0f')} ms | {_ms(p50, '.0f')} / {_ms(p99, '.0f')} ms | "
                 f"{_ms(f['cp_cpu_s_median'], '.0f')} ms | {100 * share:.0f}% | {responses:,.0f} | "
                 f"{f['rss_before_mb']:.1f} -> {f['rss_synced_mb']:.1f} MB | {f['rss_per_client_kb']:.1f} KB |")
+        lines.append("")
+    floors = {(f["clients"], f.get("mode", "sotw")): f for f in doc.get("floor", [])}
+    if floors:
+        lines += ["(ii) The product against the trivial floor server (bench/xds_floor.py), same run, same clients:",
+                  "", "| xDS | clients | initial sync: product / floor | ratio | edit -> all ACKed (median): product / "
+                  "floor | ratio | RSS per client: product / floor |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for f in doc["fanout"]:
+            fl = floors.get((f["clients"], f.get("mode", "sotw")))
+            if fl is None:
+                continue
+            r = _floor_ratios(f, fl)
+            lines.append(f"| {f.get('mode', 'sotw')} | {f['clients']:,} | "
+                         f"{f['sync']['sync_all_s']:.2f} / {fl['sync']['sync_all_s']:.2f} s | "
+                         f"{r['sync']:.2f}x | {_ms(f['edit_all_s_median'], '.0f')} / "
+                         f"{_ms(fl['edit_all_s_median'], '.0f')} ms | {_fmt_ratio(r['edit'])} | "
+                         f"{f['rss_per_client_kb']:.1f} / {fl['rss_per_client_kb']:.1f} KB |")
         lines.append("")
     if doc.get("big"):
         lines += ["(iv) Large configs (wall clock; one simulated Envoy per region):", "",
@@ -707,7 +633,7 @@ def plot(doc: dict, path: Path) -> str:
             ax.set_ylabel("ms from the file write")
             ax.set_title("(i) edit -> both real Envoys ACKed", fontsize=10)
         elif panel == "fanout":
-            fan = doc["fanout"]
+            fan = [f for f in doc["fanout"] if f.get("mode", "sotw") == "sotw"]
             xs = [f["clients"] for f in fan]
             ax.plot(xs, [(f["edit_all_s_max"] or float("nan")) * 1000 for f in fan], "o-", label="edit -> all ACKed (worst)")
             ax.plot(xs, [(f["edit_all_s_median"] or float("nan")) * 1000 for f in fan], "o--", label="(median)")
@@ -768,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="(ii) ADS streams per gRPC channel (1: one TCP connection per client, as Envoys)")
     parser.add_argument("--profile-cp", metavar="PREFIX",
                         help="(ii) run the control plane under cProfile, writing PREFIX-<clients>.prof (slows it)")
+    parser.add_argument("--fanout-modes", default="sotw,delta", help="(ii) xDS variants of the simulated clients")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="(ii) skip the trivial floor server (bench/xds_floor.py) measured beside the product")
     parser.add_argument("--no-sds", action="store_true", help="(ii) clients do not subscribe to the token secret")
     parser.add_argument("--sizes", default=",".join(f"{m}x{r}" for m, r in SIZES), help="(iii) MODELSxREGIONS,...")
     parser.add_argument("--failover", type=int, default=2, help="(iii) failover regions per region")
@@ -809,15 +738,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (i) {mode}: {r['complete']}/{r['count']} edits complete, p50 {_ms(r['p50_s'])} ms, "
                   f"p99 {_ms(r['p99_s'])} ms", file=sys.stderr)
     if "ii" in parts:
-        doc["fanout"] = []
+        doc["fanout"], doc["floor"] = [], []
         workdir = Path(tempfile.mkdtemp(prefix="bench-controlplane-"))
-        for n in clients:
-            f = part_fanout(args, n, workdir)
-            doc["fanout"].append(f)
-            print(f"  (ii) {n:5d} clients: sync {f['sync']['sync_all_s']:.2f} s, edit -> all ACKed "
-                  f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
-                  f"RSS/client {f['rss_per_client_kb']:.1f} KB, CP CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
-                  file=sys.stderr)
+        modes = [m.strip() for m in args.fanout_modes.split(",") if m.strip()]
+        for mode, n in [(m, n) for m in modes for n in clients]:
+            for server in ("product", "floor") if not args.no_floor else ("product",):
+                f = part_fanout(args, n, workdir, server, mode)
+                doc["fanout" if server == "product" else "floor"].append(f)
+                print(f"  (ii) {server:7s} {mode:5s} {n:5d} clients: sync {f['sync']['sync_all_s']:.2f} s, edit -> all ACKed "
+                      f"{_ms(f['edit_all_s_median'], '.0f')} / {_ms(f['edit_all_s_max'], '.0f')} ms (median/worst), "
+                      f"RSS/client {f['rss_per_client_kb']:.1f} KB, CPU/edit {_ms(f['cp_cpu_s_median'], '.0f')} ms",
+                      file=sys.stderr)
     if "iv" in parts:
         doc["big"] = part_big(args, Path(tempfile.mkdtemp(prefix="bench-controlplane-big-")))
     info["loadavg_end"] = list(os.getloadavg())

@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
                              if args.xds_tls_cert else None,
                              insecure_xds=args.insecure_xds, admin_token=_admin_token(args),
                              max_config_bytes=args.max_config_bytes)
+        plane.ads.max_streams = args.max_streams
         await plane.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -168,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
                             "address (logs a warning)")
     serve.add_argument("--max-config-bytes", type=_positive_int, metavar="N",
                        help=f"refuse a config file larger than this (default {MAX_BYTES:,})")
+    serve.add_argument("--max-streams", type=_positive_int, metavar="N",
+                       help="serve at most N xDS streams (Envoys) on this replica; more are refused with "
+                            "RESOURCE_EXHAUSTED and retry, reaching another replica (default: no cap)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a regions.yaml; exit 1 listing every problem")

@@ -13,7 +13,8 @@ from google.protobuf import json_format
 from .cache import UnknownRegion, node_group
 from .dryrun import upstream, upstream_fields
 from .exposure import client_authentication
-from .resources import PUSH_ORDER, SECRET_TYPE, members
+from .resources import members
+from .xds_types import PUSH_ORDER, SECRET_TYPE
 
 if TYPE_CHECKING:
     from .app import ControlPlane

@@ -1,7 +1,7 @@
 """The snapshot cache: the config in force and one snapshot per node group.
 
-Apart from the server (as in go-control-plane): the server asks for a node's snapshot
-and waits for the next generation; the cache knows nothing about streams.
+Apart from the server (as in go-control-plane): it implements xds_cache.XdsCache, the
+only thing the server knows of it; the cache knows nothing about streams.
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import (
-    SECRET_TYPE,
-    NodeGroup,
-    build_resources,
-    credential_secret,
-    credential_secret_name,
-    members,
-)
+from .resources import NodeGroup, build_resources, credential_secret, credential_secret_name, members
 from .snapshot import Interner, Resource, Snapshot, type_version
+from .xds_cache import NodeRefused
+from .xds_types import SECRET_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +25,7 @@ Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message]]]
 T = TypeVar("T")
 
 
-class UnknownRegion(LookupError):
+class UnknownRegion(NodeRefused):
     pass
 
 
@@ -81,6 +76,16 @@ class SnapshotCache:
             return
         self._secrets = secrets
         self._bump()
+
+    def node_group(self, node: base_pb2.Node) -> NodeGroup:
+        try:
+            return node_group(node, self._config)
+        except ValueError as exc:  # e.g. a malformed 'listen' in the bootstrap metadata
+            raise NodeRefused(str(exc)) from None
+
+    def not_ready(self, group: NodeGroup) -> str:
+        missing = self.missing_tokens(group)
+        return f"waiting for the first access token of auth profile(s) {', '.join(missing)}" if missing else ""
 
     def missing_tokens(self, group: NodeGroup | None = None) -> list[str]:
         """Profiles the config (or one node group's Envoys) needs whose first token has not

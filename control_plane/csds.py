@@ -33,8 +33,8 @@ from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
 from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from .resources import PUSH_ORDER
-from .status import ClientRegistry, ClientStream, SyncStatus, TypeState, printable
+from .status import ClientRegistry, ClientStream, Subscription, SyncStatus, printable
+from .xds_types import push_rank
 
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 
@@ -104,18 +104,17 @@ class CsdsServer:
 
 def client_config(stream: ClientStream) -> csds_pb2.ClientConfig:
     config = csds_pb2.ClientConfig(node=stream.node)
-    order = {t: i for i, t in enumerate(PUSH_ORDER)}
-    for state in sorted(stream.types.values(), key=lambda s: (order.get(s.type_url, 99), s.type_url)):
+    for state in sorted(stream.types.values(), key=lambda s: (push_rank(s.type_url), s.type_url)):
         config.generic_xds_configs.extend(generic_configs(state))
     return config
 
 
-def generic_configs(state: TypeState) -> Iterable[csds_pb2.ClientConfig.GenericXdsConfig]:
+def generic_configs(state: Subscription) -> Iterable[csds_pb2.ClientConfig.GenericXdsConfig]:
     status = state.status
     updated = state.acked_at if status == SyncStatus.SYNCED else state.sent_at
-    for name in sorted(state.sent_resources):
+    for name in sorted(state.sent):
         entry = csds_pb2.ClientConfig.GenericXdsConfig(
-            type_url=state.type_url, name=name, version_info=state.sent_resources[name],
+            type_url=state.type_url, name=name, version_info=state.sent[name].version,
             config_status=_CONFIG_STATUS[status], client_status=_CLIENT_STATUS[status])
         if updated is not None:
             entry.last_updated.CopyFrom(_timestamp(updated))
@@ -128,7 +127,7 @@ def generic_configs(state: TypeState) -> Iterable[csds_pb2.ClientConfig.GenericX
         yield entry
     # Names asked for explicitly that were never sent (not there yet, or nothing sent at all).
     if state.subscribed and state.names and not state.sent_version:
-        for name in sorted(state.names - set(state.sent_resources)):
+        for name in sorted(state.names - state.sent.keys()):
             yield csds_pb2.ClientConfig.GenericXdsConfig(
                 type_url=state.type_url, name=name, config_status=csds_pb2.NOT_SENT,
                 client_status=config_dump_shared_pb2.REQUESTED)

@@ -21,28 +21,16 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from .config import ConfigError, RegionConfig, load_config
-from .resources import (
-    PUSH_ORDER,
-    SECRET_TYPE,
-    NodeGroup,
-    attempts,
-    build_resources,
-    credential_secret_name,
-    members,
-    upstream_path,
-)
+from .resources import NodeGroup, attempts, build_resources, credential_secret_name, members, upstream_path
 from .resources.clients import grant_members
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
+from .xds_types import PUSH_ORDER, SECRET_TYPE, short
 
 # The types the snapshot holds (secrets are per auth profile, added at run time), in push order.
 TYPES = tuple(t for t in PUSH_ORDER if t != SECRET_TYPE)
 LABELS = {  # short type name -> the xDS API that carries it
     "Secret": "SDS", "Cluster": "CDS", "ClusterLoadAssignment": "EDS", "Listener": "LDS", "RouteConfiguration": "RDS",
 }
-
-
-def short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True)

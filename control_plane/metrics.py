@@ -23,6 +23,9 @@ class Metrics:
                              ["type"], registry=r)
         self.connected = Gauge("vertex_gateway_xds_connected_clients", "Connected xDS streams", ["mode"],
                                registry=r)
+        self.refused = Counter("vertex_gateway_xds_streams_refused",
+                               "xDS streams refused because this replica serves --max-streams already",
+                               registry=r)
         self.reloads = Counter("vertex_gateway_config_reloads", "Config reloads by result", ["result"],
                                registry=r)
         self.config_ok = Gauge("vertex_gateway_config_last_reload_ok",

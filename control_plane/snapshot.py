@@ -20,7 +20,7 @@ from google.protobuf import any_pb2
 from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import Message
 
-from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
+from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
 
 _RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
 

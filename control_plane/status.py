@@ -9,60 +9,16 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 
 from envoy.config.core.v3 import base_pb2
 
-from .resources import PUSH_ORDER
+from .subscription import Subscription, SyncStatus, iso
+from .xds_types import push_rank, short
+
+__all__ = ["ClientRegistry", "ClientStream", "Subscription", "SyncStatus"]
 
 
-class SyncStatus(str, Enum):
-    NOT_SENT = "NOT_SENT"
-    SYNCED = "SYNCED"  # the last version sent was ACKed
-    STALE = "STALE"  # sent, no answer yet
-    NACKED = "NACKED"  # the last version sent was rejected; Envoy runs the one before
-
-
-@dataclass
-class TypeState:
-    type_url: str
-    subscribed: bool = False
-    names: frozenset[str] | None = None  # None = wildcard
-    sent_version: str = ""
-    sent_nonce: str = ""
-    answered_nonce: str = ""  # the last nonce an ACK or NACK referred to
-    sent_at: float | None = None
-    sent_resources: dict[str, str] = field(default_factory=dict)  # name -> resource version
-    acked_version: str = ""
-    acked_at: float | None = None
-    nack_error: str = ""
-    nacked_version: str = ""
-
-    @property
-    def status(self) -> SyncStatus:
-        if not self.sent_version:  # (a reconnecting Delta client may be up to date with no response)
-            return SyncStatus.NOT_SENT
-        if self.nacked_version and self.nacked_version == self.sent_version:
-            return SyncStatus.NACKED
-        if self.acked_version == self.sent_version:
-            return SyncStatus.SYNCED
-        return SyncStatus.STALE
-
-    def to_dict(self) -> dict:
-        return {
-            "status": self.status.value,
-            "version_sent": self.sent_version,
-            "version_acked": self.acked_version,
-            "nonce": self.sent_nonce,
-            "sent_at": _iso(self.sent_at),
-            "acked_at": _iso(self.acked_at),
-            "resources": len(self.sent_resources),
-            "nack_error": self.nack_error or None,
-            "nacked_version": self.nacked_version or None,
-        }
-
-
-@dataclass
+@dataclass(slots=True, eq=False)
 class ClientStream:
     stream_id: int
     node_id: str
@@ -72,12 +28,12 @@ class ClientStream:
     region: str = ""
     connected_at: float = field(default_factory=time.time)
     error: str = ""  # why this node is served nothing (e.g. unknown region)
-    types: dict[str, TypeState] = field(default_factory=dict)
+    types: dict[str, Subscription] = field(default_factory=dict)  # type URL -> its one record
 
-    def type_state(self, type_url: str) -> TypeState:
+    def subscription(self, type_url: str) -> Subscription:
         state = self.types.get(type_url)
         if state is None:
-            state = self.types[type_url] = TypeState(type_url)
+            state = self.types[type_url] = Subscription(type_url)
         return state
 
     @property
@@ -93,16 +49,15 @@ class ClientStream:
         return "SYNCED"
 
     def to_dict(self) -> dict:
-        order = {t: i for i, t in enumerate(PUSH_ORDER)}
-        types = sorted(self.types.values(), key=lambda s: order.get(s.type_url, 99))
+        types = sorted(self.types.values(), key=lambda s: push_rank(s.type_url))
         return {
             "node_id": self.node_id,
             "region": self.region,
             "peer": self.peer,
             "mode": self.mode,
-            "connected_since": _iso(self.connected_at),
+            "connected_since": iso(self.connected_at),
             "error": self.error or None,
-            "types": {_short(s.type_url): s.to_dict() for s in types},
+            "types": {short(s.type_url): s.to_dict() for s in types},
         }
 
 
@@ -126,6 +81,7 @@ class ClientRegistry:
         return [s for s in self.streams() if s.node_id == node_id]
 
 
+
 NACK_TEXT_LIMIT = 4096  # characters of an Envoy's NACK error kept, logged and shown
 
 
@@ -139,13 +95,3 @@ def printable(text: str, limit: int = NACK_TEXT_LIMIT) -> str:
     if len(text) > limit:
         out += f"... [{len(text) - limit} more characters]"
     return out
-
-
-def _short(type_url: str) -> str:
-    return type_url.rsplit(".", 1)[-1]
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

@@ -187,3 +187,13 @@ def test_stats_listener_serves_prometheus_and_nothing_else(tmp_path):
     fixed = cli("bootstrap", "--region", "r", "--xds-address", "a:1", "--admin-address", "127.0.0.1:0",
                 "--stats-listen", "0.0.0.0:9102")
     assert fixed.returncode == 2 and "fixed --admin-address" in fixed.stderr
+
+
+def test_serve_takes_a_stream_cap_and_refuses_a_nonsense_one(capsys):
+    from control_plane.__main__ import parser
+
+    assert parser().parse_args(["serve", "--config", "regions.yaml", "--max-streams", "2500"]).max_streams == 2500
+    assert parser().parse_args(["serve", "--config", "regions.yaml"]).max_streams is None  # default: no cap
+    with pytest.raises(SystemExit):
+        parser().parse_args(["serve", "--config", "regions.yaml", "--max-streams", "0"])
+    assert "--max-streams" in capsys.readouterr().err

@@ -272,10 +272,14 @@ async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
     assert plane.cache.config.version == version
     assert not plane.last_reload["ok"] and "invalid YAML" in plane.last_reload["errors"][0]
     assert plane.metrics.reloads.labels("failed")._value.get() == 1
-    write_config(plane.config_path, {**BASE, "policy": {"num_retries": 1}})
+    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert await plane.reload()
     assert plane.last_reload["ok"]
-    assert cds.version_info  # the stream is still open and served
+    # The same stream is still open and served: the next thing it receives is the good
+    # config's clusters (the rejected file pushed nothing).
+    fresh = await client.recv()
+    assert fresh.type_url == CLUSTER_TYPE and fresh.version_info != cds.version_info
+    assert plane.metrics.pushes.labels("Cluster", "sotw")._value.get() == 2
 
 
 async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, token_server):

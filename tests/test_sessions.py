@@ -1,0 +1,349 @@
+"""ADS sessions against a small fake cache (control_plane.xds_cache.XdsCache): the protocol
+(versions, ACK/NACK, make-before-break, Delta reconnects) with no config, no OAuth server
+and no whole control plane."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from control_plane.metrics import Metrics
+from control_plane.server import AdsServer
+from control_plane.sessions import DeltaSession, SotwSession
+from control_plane.snapshot import Interner, type_version
+from control_plane.status import ClientRegistry
+from control_plane.xds_cache import NodeRefused
+from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+from .test_server import AdsClient, until
+
+
+@dataclass(frozen=True)
+class Group:
+    region: str
+
+
+class FakeCache:
+    """Clusters (EDS) and their endpoints by name, one listener and one route config whose
+    content says which clusters the routes name. Implements XdsCache."""
+
+    def __init__(self, clusters=("a", "b"), route_tag: str = "1"):
+        self.interner = Interner()
+        self.generation = 0
+        self.waiting = ""
+        self._watchers: set[Callable[[], None]] = set()
+        self.set(clusters, route_tag)
+
+    def set(self, clusters, route_tag: str = "1", cluster_tag: str = "") -> None:
+        msgs = {
+            CLUSTER_TYPE: [cluster_pb2.Cluster(name=c, type=cluster_pb2.Cluster.EDS, alt_stat_name=cluster_tag)
+                           for c in clusters],
+            ENDPOINT_TYPE: [endpoint_pb2.ClusterLoadAssignment(cluster_name=c) for c in clusters],
+            LISTENER_TYPE: [listener_pb2.Listener(name="ingress")],
+            ROUTE_TYPE: [route_pb2.RouteConfiguration(name="vertex", virtual_hosts=[
+                route_components_pb2.VirtualHost(name=f"{route_tag}:{','.join(clusters)}", domains=["*"])])],
+        }
+        self.resources = {t: {r.name: r for r in (self.interner.intern(t, m) for m in ms)} for t, ms in msgs.items()}
+        self._memo: dict = {}
+        self.generation += 1
+        for notify in list(self._watchers):
+            notify()
+
+    def node_group(self, node: base_pb2.Node) -> Group:
+        region = node.metadata.fields["region"].string_value
+        if region not in ("r1", "r2"):
+            raise NodeRefused(f"node {node.id!r} is in region {region!r}, unknown here")
+        return Group(region)
+
+    def not_ready(self, group: Group) -> str:
+        return self.waiting
+
+    def target(self, group, type_url, names):
+        key = (group, type_url, names)
+        if key not in self._memo:
+            of_type = self.resources.get(type_url, {})
+            chosen = {n: r for n, r in sorted(of_type.items()) if names is None or n in names}
+            self._memo[key] = (chosen, type_version(list(chosen.values())))
+        return self._memo[key]
+
+    def watch(self, notify):
+        self._watchers.add(notify)
+        return lambda: self._watchers.discard(notify)
+
+
+def node(region: str = "r1") -> base_pb2.Node:
+    return base_pb2.Node(id="envoy-1", metadata=struct_pb2.Struct(fields={"region": struct_pb2.Value(string_value=region)}))
+
+
+class Driver:
+    """One session driven request by request, as the server's stream loop would."""
+
+    def __init__(self, cache: FakeCache, delta: bool = False, region: str = "r1"):
+        self.server = AdsServer(cache, ClientRegistry(), Metrics())
+        kind = DeltaSession if delta else SotwSession
+        self.stream = self.server.clients.open(node(region), "test", kind.MODE)
+        self.session = kind(cache, self.stream, self.server.metrics, self.server.next_nonce)
+        self.response_type = discovery_pb2.DeltaDiscoveryResponse if delta else discovery_pb2.DiscoveryResponse
+
+    def request(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str = "", **delta):
+        if self.response_type is discovery_pb2.DiscoveryResponse:
+            req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names), version_info=version,
+                                                 response_nonce=nonce)
+        else:
+            req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=nonce,
+                                                      resource_names_subscribe=list(names), **delta)
+        if error:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        return [self.response_type.FromString(b) for b in self.session.on_request(req)]
+
+    def ack(self, response, names=()):
+        return self.request(response.type_url, names, version=getattr(response, "version_info", ""),
+                            nonce=response.nonce)
+
+    def changed(self):
+        return [self.response_type.FromString(b) for b in self.session.on_change()]
+
+    def status(self, type_url: str) -> str:
+        return self.stream.types[type_url].status.value
+
+
+def cluster_names(response) -> list[str]:
+    out = []
+    for entry in response.resources:
+        any_msg = entry.resource if hasattr(entry, "resource") else entry
+        msg = cluster_pb2.Cluster()
+        any_msg.Unpack(msg)
+        out.append(msg.name)
+    return sorted(out)
+
+
+def sync(d: Driver) -> None:
+    [cds] = d.request(CLUSTER_TYPE)
+    assert d.ack(cds) == []
+    [eds] = d.request(ENDPOINT_TYPE, cluster_names(cds))
+    d.ack(eds, cluster_names(cds))
+    [lds] = d.request(LISTENER_TYPE)
+    d.ack(lds)
+    [rds] = d.request(ROUTE_TYPE, ["vertex"])
+    d.ack(rds, ["vertex"])
+    assert all(d.status(t) == "SYNCED" for t in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE))
+
+
+def test_sotw_walk_acks_and_a_change_pushes_only_what_changed():
+    cache = FakeCache()
+    d = Driver(cache)
+    sync(d)
+    cache.set(("a", "b"), route_tag="2")
+    [rds] = d.changed()
+    assert rds.type_url == ROUTE_TYPE
+    assert d.status(ROUTE_TYPE) == "STALE"
+    d.ack(rds, ["vertex"])
+    assert d.status(ROUTE_TYPE) == "SYNCED"
+    assert d.changed() == []  # nothing differs: nothing sent
+
+
+def test_routes_wait_for_new_clusters_and_old_clusters_wait_for_routes():
+    cache = FakeCache(("a", "b"))
+    d = Driver(cache)
+    sync(d)
+    cache.set(("a", "c"))
+    [cds] = d.changed()
+    assert cluster_names(cds) == ["a", "b", "c"]  # the union: routes still name b
+    assert d.ack(cds) == []  # routes wait for c's endpoints
+    [eds] = d.request(ENDPOINT_TYPE, ["a", "b", "c"])
+    [rds] = d.ack(eds, ["a", "b", "c"])
+    assert rds.type_url == ROUTE_TYPE
+    [cds] = d.ack(rds, ["vertex"])  # only once the new routes run is b removed
+    assert cluster_names(cds) == ["a", "c"]
+
+
+def test_a_nacked_version_is_not_sent_again_and_the_next_one_is():
+    cache = FakeCache()
+    d = Driver(cache)
+    sync(d)
+    cache.set(("a", "b"), route_tag="bad")
+    [rds] = d.changed()
+    assert d.request(ROUTE_TYPE, ["vertex"], version="", nonce=rds.nonce, error="bad route") == []
+    assert d.status(ROUTE_TYPE) == "NACKED"
+    assert d.stream.types[ROUTE_TYPE].nack_error == "bad route"
+    assert d.changed() == []
+    cache.set(("a", "b"), route_tag="good")
+    [fixed] = d.changed()
+    assert fixed.version_info != rds.version_info
+    d.ack(fixed, ["vertex"])
+    assert d.status(ROUTE_TYPE) == "SYNCED"
+
+
+def test_a_stale_nonce_is_ignored():
+    cache = FakeCache()
+    d = Driver(cache)
+    [first] = d.request(CLUSTER_TYPE)
+    cache.set(("a", "b", "c"))
+    [second] = d.changed()
+    assert d.ack(first) == []
+    assert d.status(CLUSTER_TYPE) == "STALE" and d.stream.types[CLUSTER_TYPE].acked_version == ""
+    d.ack(second)
+    assert d.status(CLUSTER_TYPE) == "SYNCED"
+
+
+def test_nothing_is_sent_while_the_cache_is_not_ready_or_the_node_is_refused():
+    cache = FakeCache()
+    cache.waiting = "waiting for the first access token of auth profile(s) default"
+    d = Driver(cache)
+    assert d.request(CLUSTER_TYPE) == []
+    assert d.stream.error == cache.waiting and d.status(CLUSTER_TYPE) == "NOT_SENT"
+    cache.waiting = ""
+    [cds] = d.changed()
+    assert cds.type_url == CLUSTER_TYPE and d.stream.error == ""
+    stranger = Driver(cache, region="mars")
+    assert stranger.request(CLUSTER_TYPE) == []
+    assert "mars" in stranger.stream.error
+
+
+def test_delta_reconnect_holding_everything_is_sent_nothing():
+    cache = FakeCache()
+    d = Driver(cache, delta=True)
+    [cds] = d.request(CLUSTER_TYPE)
+    assert cluster_names(cds) == ["a", "b"]
+    d.ack(cds)
+    held = {r.name: r.version for r in cds.resources}
+    again = Driver(cache, delta=True)
+    assert again.request(CLUSTER_TYPE, initial_resource_versions=held) == []
+    assert again.status(CLUSTER_TYPE) == "SYNCED"
+    cache.set(("a",))
+    [update] = again.changed()
+    assert list(update.removed_resources) == ["b"] and cluster_names(update) == []  # a: held already
+
+
+def test_delta_updated_cluster_gets_its_endpoints_again_and_an_ack_sends_nothing():
+    cache = FakeCache()
+    d = Driver(cache, delta=True)
+    [cds] = d.request(CLUSTER_TYPE)
+    assert d.ack(cds) == []
+    [eds] = d.request(ENDPOINT_TYPE, ["a", "b"])
+    assert d.ack(eds) == []  # nothing new: nothing sent
+    cache.set(("a", "b"), cluster_tag="v2")  # the clusters change, their endpoints do not
+    [cds2, eds2] = d.changed()
+    assert (cds2.type_url, eds2.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE)
+    assert sorted(r.name for r in eds2.resources) == ["a", "b"]  # re-sent: an updated EDS cluster warms on them
+    assert d.ack(cds2) == [] and d.ack(eds2) == []
+    assert d.changed() == []
+
+
+def test_delta_nack_keeps_what_the_client_held():
+    cache = FakeCache()
+    d = Driver(cache, delta=True)
+    [cds] = d.request(CLUSTER_TYPE)
+    d.ack(cds)
+    cache.set(("a", "b", "c"))
+    [bad] = d.changed()
+    assert cluster_names(bad) == ["c"]
+    d.request(CLUSTER_TYPE, nonce=bad.nonce, error="rejected")
+    assert d.status(CLUSTER_TYPE) == "NACKED"
+    cache.set(("a", "b", "d"))
+    [next_] = d.changed()
+    assert cluster_names(next_) == ["d"]  # c was never applied, so it is not removed either
+    assert list(next_.removed_resources) == []
+
+
+GENERIC_LAYERS = ("xds_types", "xds_cache", "snapshot", "subscription", "status", "csds", "sessions", "server")
+
+
+def test_the_generic_xds_layers_do_not_import_the_gateway_domain():
+    """The server, its records and the snapshot know type URLs from xds_types only: nothing
+    of how the gateway's resources are built (control_plane.resources, config, cache)."""
+    import ast
+    import pathlib
+
+    import control_plane
+    root = pathlib.Path(control_plane.__file__).parent
+    for module in GENERIC_LAYERS:
+        tree = ast.parse((root / f"{module}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+        assert not imported & {"resources", "config", "cache", "app"}, (module, imported)
+
+
+def test_the_domain_names_the_same_types_in_the_same_order():
+    from control_plane import resources, xds_types
+    for name in ("LISTENER_TYPE", "ROUTE_TYPE", "CLUSTER_TYPE", "ENDPOINT_TYPE", "SECRET_TYPE", "PUSH_ORDER"):
+        assert getattr(resources, name) == getattr(xds_types, name)
+
+
+# ---------------------------------------------------------------------- over real gRPC
+
+
+@pytest.fixture
+async def served():
+    """An AdsServer on a fake cache, on a real grpc.aio server (127.0.0.1, ephemeral port)."""
+    cache = FakeCache()
+    ads = AdsServer(cache, ClientRegistry(), Metrics())
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((ads.rpc_handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clients: list[AdsClient] = []
+
+    def connect(node_id: str = "envoy-test", region: str = "r1") -> AdsClient:
+        clients.append(AdsClient(f"127.0.0.1:{port}", region=region, node_id=node_id))
+        return clients[-1]
+
+    yield cache, ads, connect
+    for client in clients:
+        await client.close()
+    await server.stop(grace=0)
+
+
+async def test_a_replica_at_its_stream_cap_refuses_the_next_stream_until_one_closes(served):
+    cache, ads, connect = served
+    ads.max_streams = 1
+    first = connect("envoy-1")
+    first.send(CLUSTER_TYPE)
+    assert (await first.recv()).type_url == CLUSTER_TYPE
+    second = connect("envoy-2")
+    second.send(CLUSTER_TYPE)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await second.recv()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "maximum of 1 xDS streams" in refused.value.details()
+    assert ads.metrics.refused._value.get() == 1
+    assert [s.node_id for s in ads.clients.streams()] == ["envoy-1"]
+    await first.close()
+    await until(lambda: ads.open_streams == 0)
+    third = connect("envoy-3")
+    third.send(CLUSTER_TYPE)
+    assert (await third.recv()).type_url == CLUSTER_TYPE  # room again: served
+
+
+async def test_many_changes_reach_a_stream_as_one_push(served):
+    cache, ads, connect = served
+    client = connect()
+    client.send(CLUSTER_TYPE)
+    client.ack(await client.recv())
+    client.send(ENDPOINT_TYPE, ["a", "b"])
+    client.ack(await client.recv(), ["a", "b"])
+    client.send(LISTENER_TYPE)
+    client.ack(await client.recv())
+    client.send(ROUTE_TYPE, ["vertex"])
+    first_routes = await client.recv()
+    client.ack(first_routes, ["vertex"])
+    await until(lambda: ads.clients.streams()[0].types[ROUTE_TYPE].acked_latest)
+    for i in range(50):  # fifty generations before the stream gets to run
+        cache.set(("a", "b"), route_tag=f"edit-{i}")
+    routes = await client.recv()
+    assert routes.type_url == ROUTE_TYPE and "edit-49" in str(routes.resources[0].value)
+    client.ack(routes, ["vertex"])
+    with pytest.raises(asyncio.TimeoutError):
+        await client.recv(timeout=0.3)  # nothing for the 49 generations in between
+    assert ads.metrics.pushes.labels("RouteConfiguration", "sotw")._value.get() == 2
