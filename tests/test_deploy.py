@@ -24,6 +24,7 @@ from control_plane import emulator
 from control_plane.__main__ import parser as cli_parser
 from control_plane.config import parse_config
 from control_plane.envoy_process import envoy_binary
+from control_plane.xds_identity import certificate_matches
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -551,7 +552,9 @@ def test_k8s_envoy_region(region, tmp_path):
     assert [n["matcher"]["exact"] for n in names] == [CONTROL_PLANE]
     files = filenames(bootstrap)
     assert len(files) == 3
-    assert {mount_of(deployment, f)[1]["secret"]["secretName"] for f in files} == {"vertex-gateway-xds-client-tls"}
+    # its own region's client certificate: the control plane refuses a certificate naming another region
+    assert {mount_of(deployment, f)[1]["secret"]["secretName"] for f in files} == {
+        f"vertex-gateway-xds-client-tls-{region}"}
     # the Deployment's own Envoy arguments are accepted (POD_NAME as the downward API would set it)
     envoy_validate([a.replace("$(POD_NAME)", f"{name}-7d9f-abcde") for a in args], tmp_path, bootstrap_file.read_text())
 
@@ -647,9 +650,18 @@ def test_k8s_xds_certificates_match_what_the_bootstraps_check():
     namespace = kustomization()["namespace"]
     assert CONTROL_PLANE in server["dnsNames"] and f"{CONTROL_PLANE}.{namespace}.svc" in server["dnsNames"]
     assert "server auth" in server["usages"]
-    assert "client auth" in certificates["vertex-gateway-xds-client-tls"]["usages"]
     issuer = server["issuerRef"]["name"]
-    assert certificates["vertex-gateway-xds-client-tls"]["issuerRef"]["name"] == issuer  # one CA for both
+    for region in ("us-central1", "us-east4"):
+        client = certificates[f"vertex-gateway-xds-client-tls-{region}"]
+        assert "client auth" in client["usages"]
+        assert client["issuerRef"]["name"] == issuer  # one CA for both
+        # the name the control plane checks: the region as the first DNS label (docs/SPEC.md)
+        assert all(name.split(".")[0] == region for name in [client["commonName"], *client["dnsNames"]])
+        names = [client["commonName"], *client["dnsNames"]]
+        pod = f"vertex-gateway-envoy-{region}-7d9f-abcde"  # --service-node $(POD_NAME)
+        assert certificate_matches(names, pod, region)
+        other = "us-east4" if region == "us-central1" else "us-central1"
+        assert not certificate_matches(names, f"vertex-gateway-envoy-{other}-7d9f-abcde", other)
 
 
 def kustomize_cli() -> list[str] | None:
