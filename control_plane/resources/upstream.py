@@ -49,7 +49,7 @@ from .proto import (
 # need not end in ":verb"); failing that, they are taken from :path as before. The rest
 # comes from the chosen host's metadata: a Vertex region's endpoint_path + ":" + verb, or a
 # custom backend's upstream_path with "{verb}" replaced.
-REWRITE_LUA = """
+_REWRITE_HEAD = """
 function envoy_on_request(h)
   local hd = h:headers()
   local ep, authority = hd:get("x-vertex-endpoint-path"), hd:get("x-vertex-host")
@@ -78,28 +78,8 @@ function envoy_on_request(h)
   local meta = h:streamInfo():dynamicMetadata()
   local client = meta:get("vertex.client")
   local verb, query
-  if client ~= nil and client["verb"] ~= nil then
-    verb, query = client["verb"], client["query"]
-  else
-    local path = hd:get(":path")
-    query = string.match(path, "%?.*$") or ""
-    verb = string.match(string.sub(path, 1, #path - #query), ":(%a+)$") or "predict"
-    meta:set("vertex.client", "verb", verb)
-    meta:set("vertex.client", "query", query)
-  end
-  if up ~= nil then
-    hd:replace(":path", (string.gsub(up, "{verb}", verb)) .. query)
-  else
-    hd:replace(":path", ep .. ":" .. verb .. query)
-  end
-  hd:replace(":authority", authority)
-end
 """
-
-# For a model also served on an OpenAI-compatible path (resources/openai.py): such a path ends in
-# an operation instead of a verb; the operation goes after the region's endpoint path, a
-# publisher model's being that region's endpoints/openapi, and the API version (v1, v1beta1)
-# stays the client's. Other models keep the shorter script.
+# How :path is made from the client's verb (kept in metadata from the first attempt).
 _CLIENT_VERB = """  if client ~= nil and client["verb"] ~= nil then
     verb, query = client["verb"], client["query"]
   else
@@ -115,8 +95,16 @@ _CLIENT_VERB = """  if client ~= nil and client["verb"] ~= nil then
     hd:replace(":path", ep .. ":" .. verb .. query)
   end
 """
-assert _CLIENT_VERB in REWRITE_LUA  # the OpenAI variant below replaces exactly this block
-OPENAI_REWRITE_LUA = REWRITE_LUA.replace(_CLIENT_VERB, """  local op, beta
+_REWRITE_TAIL = """  hd:replace(":authority", authority)
+end
+"""
+REWRITE_LUA = _REWRITE_HEAD + _CLIENT_VERB + _REWRITE_TAIL
+
+# For a model also served on an OpenAI-compatible path (resources/openai.py): such a path ends in
+# an operation instead of a verb; the operation goes after the region's endpoint path, a
+# publisher model's being that region's endpoints/openapi, and the API version (v1, v1beta1)
+# stays the client's. Other models keep the shorter script.
+OPENAI_REWRITE_LUA = _REWRITE_HEAD + """  local op, beta
   if client ~= nil and client["verb"] ~= nil then
     verb, query, op, beta = client["verb"], client["query"], client["op"], client["beta"]
   else
@@ -143,7 +131,7 @@ OPENAI_REWRITE_LUA = REWRITE_LUA.replace(_CLIENT_VERB, """  local op, beta
   else
     hd:replace(":path", ep .. ":" .. verb .. query)
   end
-""")
+""" + _REWRITE_TAIL
 
 
 def token_secret_name(profile: str) -> str:
