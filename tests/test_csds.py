@@ -16,7 +16,7 @@ from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, token_secret_name
 
 from .harness import write_config
-from .test_server import BASE, AdsClient, names, plane, sync, token_server  # noqa: F401 (fixtures)
+from .test_server import BASE, AdsClient, names, plane, sync  # noqa: F401 (fixtures)
 
 FETCH = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
 ACKED, NACKED, REQUESTED = config_dump_shared_pb2.ACKED, config_dump_shared_pb2.NACKED, config_dump_shared_pb2.REQUESTED

@@ -17,7 +17,7 @@ import yaml
 
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
-from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+from control_plane.fake_oauth import write_service_account_key
 from control_plane.resources import build_resources
 
 from .harness import ConfigMapVolume
@@ -33,14 +33,6 @@ BASE = {
 }
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
-
-
-@pytest.fixture
-async def token_server():
-    server = FakeTokenServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

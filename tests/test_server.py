@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from control_plane.app import ControlPlane
-from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+from control_plane.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 from .harness import write_config
@@ -70,14 +70,6 @@ class AdsClient:
         self.requests.put_nowait(None)
         self.call.cancel()
         await self.channel.close()
-
-
-@pytest.fixture
-async def token_server():
-    server = FakeTokenServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
