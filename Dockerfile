@@ -3,7 +3,7 @@
 #   docker build -t vertex-gateway:local .
 #   docker run --rm -v "$PWD/regions.yaml:/etc/vertex-gateway/regions.yaml:ro" vertex-gateway:local validate /etc/vertex-gateway/regions.yaml
 #
-# The same image runs the local Vertex emulator (`--entrypoint python ... -m control_plane.emulator`,
+# The same image runs the local Vertex emulator (`--entrypoint python ... -m control_plane.lab.emulator`,
 # see docker-compose.yml). Envoys run the official envoyproxy/envoy image, not this one.
 # Deploying and operating it: docs/RUNBOOK.md.
 
@@ -30,7 +30,7 @@ COPY control_plane ./control_plane
 # No extras (test, envoy, vertex). --no-deps: every runtime dependency is already in.
 RUN pip install --no-deps . \
     && python -m control_plane --help > /dev/null \
-    && python -c "import control_plane.app, control_plane.emulator, control_plane.fake_oauth"
+    && python -c "import control_plane.app, control_plane.lab.emulator, control_plane.lab.fake_oauth"
 
 # ---- runtime: the virtualenv on a clean base, a non-root user ----
 FROM ${PYTHON_IMAGE}

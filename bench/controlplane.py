@@ -264,7 +264,7 @@ def _fanout_process(address: str, n: int, regions: list[str], per_channel: int, 
 def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "product", mode: str = "sotw") -> dict:
     """server: "product" (`python -m control_plane serve`) or "floor" (bench/xds_floor.py);
     mode: the simulated Envoys' xDS variant, "sotw" or "delta"."""
-    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+    from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
     from tests.harness import LoopThread, free_port, write_config
 
     loop = LoopThread()

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
 
-    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+    from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
     from tests.harness import ControlPlaneThread, LoopThread, write_config
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cp-memory-"))

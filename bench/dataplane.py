@@ -74,7 +74,7 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from bench.failover import make_body  # noqa: E402
-from control_plane.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
+from control_plane.lab.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
 from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, build_resources  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `py
     sys.path.insert(0, str(ROOT))
 
 from bench import time_to_failover  # noqa: E402
-from control_plane.envoy_process import envoy_binary  # noqa: E402
+from control_plane.lab.envoy_process import envoy_binary  # noqa: E402
 from tests.loadgen import Sample, percentile, run_load  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 

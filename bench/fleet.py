@@ -112,7 +112,7 @@ def _metric(admin: str, name: str) -> float:
 
 
 def part_cpu(args, n: int, workdir: Path) -> dict:
-    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+    from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
     from tests.harness import LoopThread, free_port, write_config
 
     loop = LoopThread()
@@ -153,7 +153,7 @@ def part_cpu(args, n: int, workdir: Path) -> dict:
 def part_avoidance(args, interval: str) -> dict:
     import requests
 
-    from control_plane.envoy_process import EnvoyProcess
+    from control_plane.lab.envoy_process import EnvoyProcess
     from tests.harness import free_port
     from tests.stack import Stack
 

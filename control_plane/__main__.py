@@ -126,7 +126,7 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .lab.demo import run_demo
 
     try:
         return run_demo(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.fake_oauth import FakeTokenServer
+from control_plane.lab.fake_oauth import FakeTokenServer
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 import requests
 import yaml
 
-from control_plane.emulator import EmulatorThread, VertexEmulator
-from control_plane.envoy_process import EnvoyProcess
-from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+from control_plane.lab.emulator import EmulatorThread, VertexEmulator
+from control_plane.lab.envoy_process import EnvoyProcess
+from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 
 from .harness import ConfigMapVolume, ControlPlaneThread, free_port, wait_for, write_config
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 
 from .harness import wait_for
 
@@ -124,7 +124,7 @@ def test_bootstrap_with_xds_mtls_is_accepted_by_envoy(tmp_path):
 
 
 def test_serve_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
-    from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+    from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 
     from .harness import LoopThread, free_port
 

@@ -12,7 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 
 from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
 from control_plane.config import parse_config
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.resources import (
     CLUSTER_TYPE,
     LISTENER_TYPE,

@@ -16,8 +16,8 @@ from control_plane import dryrun
 from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
 from control_plane.cache import SnapshotCache, UnknownRegion, node_group
 from control_plane.config import AuthProfile, ConfigError, parse_config
-from control_plane.envoy_process import envoy_binary
-from control_plane.fake_oauth import write_service_account_key
+from control_plane.lab.envoy_process import envoy_binary
+from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, NodeGroup, build_resources
 from control_plane.tokens import FileHeader, HeaderFileSource, IdTokenSource, make_source_credentials
 

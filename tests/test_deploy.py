@@ -20,10 +20,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from control_plane import emulator
 from control_plane.__main__ import parser as cli_parser
 from control_plane.config import parse_config
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab import emulator
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.xds_identity import certificate_matches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,7 +379,7 @@ def test_compose_emulators_profile_is_what_the_try_out_config_points_at(monkeypa
     monkeypatch.setattr(emulator, "_serve", no_serve)
     by_address = {}
     for name, service in services().items():
-        if service.get("entrypoint") == ["python", "-m", "control_plane.emulator"]:
+        if service.get("entrypoint") == ["python", "-m", "control_plane.lab.emulator"]:
             assert service.get("profiles") == ["emulators"], f"{name} must be opt-in"
             emulator.main(service["command"])  # SystemExit on an argument the emulator does not take
             by_address[name] = parsed[-1]

@@ -1,5 +1,5 @@
 """Custom backends end to end: real Envoys, Vertex emulators that fail on command, and a second
-kind of upstream (control_plane/custom_emulator.py) that accepts only its own paths and its own
+kind of upstream (control_plane/lab/custom_emulator.py) that accepts only its own paths and its own
 credential - a header value from a file, or a Google ID token from the local token endpoint."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import secrets
 import pytest
 import requests
 
-from control_plane.custom_emulator import CustomBackendEmulator, ExpectHeader, ExpectIdToken
-from control_plane.emulator import EmulatorThread
+from control_plane.lab.custom_emulator import CustomBackendEmulator, ExpectHeader, ExpectIdToken
+from control_plane.lab.emulator import EmulatorThread
 
 from .harness import wait_for
 from .loadgen import run_load
@@ -325,7 +325,7 @@ def test_tls_to_a_custom_backend_uses_its_host_for_sni_and_the_certificate(tmp_p
 
 
 def test_a_missing_key_file_holds_the_envoy_until_it_is_there(tmp_path_factory):
-    from control_plane.envoy_process import EnvoyProcess
+    from control_plane.lab.envoy_process import EnvoyProcess
 
     from .harness import free_port
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from control_plane.envoy_process import EnvoyProcess
+from control_plane.lab.envoy_process import EnvoyProcess
 
 from .harness import free_port, wait_for
 from .stack import Stack

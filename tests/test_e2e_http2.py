@@ -9,7 +9,7 @@ import pytest
 import trustme
 import yaml
 
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 
 from .harness import free_port, wait_for
 from .stack import Stack

@@ -10,8 +10,8 @@ import logging
 import pytest
 import requests
 
-from control_plane.envoy_process import EnvoyProcess
-from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+from control_plane.lab.envoy_process import EnvoyProcess
+from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 
 from .harness import free_port, wait_for
 from .loadgen import run_load

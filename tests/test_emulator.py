@@ -1,4 +1,4 @@
-"""Tests for control_plane.emulator: real sockets on 127.0.0.1, no mocks."""
+"""Tests for control_plane.lab.emulator: real sockets on 127.0.0.1, no mocks."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 import requests
 import trustme
 
-from control_plane.emulator import STREAM_INTERVAL, EmulatorThread, VertexEmulator
+from control_plane.lab.emulator import STREAM_INTERVAL, EmulatorThread, VertexEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "test-project"
@@ -347,7 +347,7 @@ def test_tls_with_trustme_ca(tmp_path: Path) -> None:
 def test_cli_serves_and_stops_on_sigterm() -> None:
     port, control_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.emulator", "--region", "us-east4", "--project", PROJECT,
+        [sys.executable, "-m", "control_plane.lab.emulator", "--region", "us-east4", "--project", PROJECT,
          "--endpoint", "9876=housing", "--publisher-model", GEMINI, "--listen", f"127.0.0.1:{port}",
          "--control", f"127.0.0.1:{control_port}"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
@@ -396,7 +396,7 @@ def test_tls_mode_fails_every_handshake_on_the_same_port(tmp_path) -> None:
 
     import trustme
 
-    from control_plane.emulator import EmulatorThread
+    from control_plane.lab.emulator import EmulatorThread
 
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

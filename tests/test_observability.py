@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE, bootstrap
 from control_plane.config import ConfigError, parse_config
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, NodeGroup, build_resources, failover_chain
 from control_plane.resources.observability import ACCESS_LOG_FIELDS, COLLECTOR_CLUSTER
 

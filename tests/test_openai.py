@@ -12,7 +12,7 @@ import requests
 from google.protobuf import json_format
 
 from control_plane.config import ConfigError, parse_config
-from control_plane.emulator import EmulatorThread, VertexEmulator
+from control_plane.lab.emulator import EmulatorThread, VertexEmulator
 from control_plane.resources import LISTENER_TYPE, ROUTE_TYPE, NodeGroup, build_resources
 
 from .test_emulator import timed_chunks

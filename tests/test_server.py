@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from control_plane.app import ControlPlane
-from control_plane.fake_oauth import write_service_account_key
+from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 from .harness import write_config

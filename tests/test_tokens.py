@@ -7,7 +7,7 @@ from google.auth import impersonated_credentials
 from google.oauth2 import service_account
 
 from control_plane.config import AuthProfile, ConfigError, parse_config
-from control_plane.fake_oauth import write_service_account_key
+from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.tokens import make_credentials
 
 BASE = """

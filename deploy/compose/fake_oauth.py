@@ -1,6 +1,6 @@
 """The `fake-oauth` service of docker-compose.yml's `emulators` profile (local try-out only).
 
-Serves control_plane.fake_oauth.FakeTokenServer (POST /token: a made-up access token per
+Serves control_plane.lab.fake_oauth.FakeTokenServer (POST /token: a made-up access token per
 JWT-bearer grant) and writes a throwaway service-account key whose token_uri points at it,
 into the volume the control plane reads. google-auth's real service-account flow then runs
 unchanged against it, as in `python -m control_plane demo`. Never use it with real Vertex.
@@ -17,7 +17,7 @@ import logging
 import signal
 from pathlib import Path
 
-from control_plane.fake_oauth import FakeTokenServer, write_service_account_key
+from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 
 log = logging.getLogger("fake-oauth")
 

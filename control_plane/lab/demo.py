@@ -20,14 +20,14 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from .app import ControlPlane
-from .config import PUBLISHER_VERBS, VERBS, RegionConfig, load_config
+from ..app import ControlPlane
+from ..config import PUBLISHER_VERBS, VERBS, RegionConfig, load_config
+from ..ports import check_ports_free
+from ..resources import upstream_path
 from .custom_emulator import CustomBackendEmulator
 from .emulator import VertexEmulator
 from .envoy_process import EnvoyProcess
 from .fake_oauth import FakeTokenServer, write_service_account_key
-from .ports import check_ports_free
-from .resources import upstream_path
 
 log = logging.getLogger(__name__)
 

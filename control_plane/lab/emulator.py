@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-log = logging.getLogger("control_plane.emulator")  # not __name__: that is "__main__" under -m
+log = logging.getLogger("control_plane.lab.emulator")  # not __name__: that is "__main__" under -m
 T = TypeVar("T")
 
 REGION_HEADER = "x-emulator-region"
@@ -662,7 +662,7 @@ async def _serve(args: argparse.Namespace, ssl_context: ssl.SSLContext | None) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m control_plane.emulator",
+    parser = argparse.ArgumentParser(prog="python -m control_plane.lab.emulator",
                                      description="Local Vertex AI emulator for one region.")
     parser.add_argument("--region", required=True)
     parser.add_argument("--project", required=True)

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .bootstrap import XdsTls, bootstrap, render
+from ..bootstrap import XdsTls, bootstrap, render
 
 
 def envoy_binary() -> str:
