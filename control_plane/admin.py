@@ -14,7 +14,7 @@ from .cache import UnknownRegion, node_group
 from .dryrun import upstream, upstream_fields
 from .exposure import client_authentication
 from .resources import members
-from .xds_types import PUSH_ORDER, SECRET_TYPE
+from .xds_types import PUSH_ORDER, SECRET_TYPE, short
 
 if TYPE_CHECKING:
     from .app import ControlPlane
@@ -60,7 +60,7 @@ def admin_app(plane: ControlPlane) -> web.Application:
             return _json({"node_id": node_id, "error": str(exc)}, status=409)
         resources = {}
         for type_url in PUSH_ORDER:
-            resources[type_url.rsplit(".", 1)[-1]] = [
+            resources[short(type_url)] = [
                 {"name": r.name, "version": r.version,
                  "resource": "[redacted]" if type_url == SECRET_TYPE else
                  json_format.MessageToDict(r.message, preserving_proto_field_name=True)}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import ConfigError, Problem, RegionConfig, parse_config_bytes
+from .text import first_line
 from .yamlsafe import Limits
 
 T = TypeVar("T")
@@ -50,9 +51,5 @@ def checked(file: str, doing: str, step: Callable[[], T]) -> T:
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported to the operator, with the file's name
-        raise ConfigError([Problem(file, "", f"{doing}: {type(exc).__name__}: {_first_line(exc)}")]) from exc
+        raise ConfigError([Problem(file, "", f"{doing}: {type(exc).__name__}: {first_line(exc, 500)}")]) from exc
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc) or repr(exc)
-    return text.splitlines()[0][:500] if text.strip() else repr(exc)

@@ -26,6 +26,7 @@ from google.oauth2 import id_token, service_account
 
 from .config import AuthProfile
 from .metrics import Metrics
+from .text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ class TokenRefresher:
 
     def _record_failure(self, name: str, source: _Source, exc: Exception) -> None:
         state = source.state
-        state.last_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        state.last_error = f"{type(exc).__name__}: {first_line(exc)}"
         state.last_error_at = time.time()
         state.refreshes_failed += 1
         state.failures_in_a_row += 1
@@ -350,10 +351,6 @@ def _refresh_delay(expiry: float | None, margin: float) -> float:
     left = expiry - time.time()
     return max(1.0, left - margin if left > margin else left * 0.8)
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc) or repr(exc)
-    return text.splitlines()[0][:300]
 
 
 def _iso(ts: float | None) -> str | None:

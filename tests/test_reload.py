@@ -68,6 +68,15 @@ async def started(path: Path, **options) -> ControlPlane:
     return plane
 
 
+def save(path: Path, text: str) -> None:
+    """Write the file as one atomic rename (as most editors do): the watcher never sees it
+    half-written, so the counts of rejected reloads below are exact. Editors that write in
+    place are test_editor_save_styles' business."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def failed_reloads(plane: ControlPlane) -> float:
     return plane.metrics.reloads.labels("failed")._value.get()
 
@@ -123,23 +132,23 @@ async def test_a_rejected_edit_is_recorded_and_later_edits_apply(tmp_path, confi
         return build_resources(config, group)
 
     path = tmp_path / "regions.yaml"
-    path.write_text(config_text())
+    save(path, config_text())
     plane = await started(path, builder=builder)
     version = plane.cache.config.version
     try:
-        path.write_text(config_text(timeout="33s"))
+        save(path, config_text(timeout="33s"))
         await until(lambda: failed_reloads(plane) == 1, what="the build failure recorded")
         assert plane.cache.config.version == version and not plane.last_reload["ok"]
         assert "boom in the builder" in plane.last_reload["errors"][0]
         assert str(path) in plane.last_reload["errors"][0]
         assert plane.metrics.config_ok._value.get() == 0
         # a rules violation, then two good edits: the watcher is still there
-        path.write_text(config_text(max_request_bytes=5_000_000_000))
+        save(path, config_text(max_request_bytes=5_000_000_000))
         await until(lambda: failed_reloads(plane) == 2, what="the rules violation recorded")
         assert "policy.max_request_bytes" in plane.last_reload["errors"][0]
         for seconds in (34, 35):
             text = config_text(timeout=f"{seconds}s")
-            path.write_text(text)
+            save(path, text)
             await until(lambda t=text: plane.cache.config.version == version_of(t), what=f"{seconds}s applied")
         assert plane.last_reload["ok"] and plane.metrics.config_ok._value.get() == 1
         async with aiohttp.ClientSession() as http:
@@ -153,7 +162,7 @@ async def test_a_rejected_edit_is_recorded_and_later_edits_apply(tmp_path, confi
 
 async def test_alias_bomb_refused_while_admin_answers(tmp_path, config_text):
     path = tmp_path / "regions.yaml"
-    path.write_text(config_text())
+    save(path, config_text())
     plane = await started(path)
     version = plane.cache.config.version
     latencies: list[float] = []
@@ -169,7 +178,7 @@ async def test_alias_bomb_refused_while_admin_answers(tmp_path, config_text):
 
             poller = asyncio.create_task(poll())
             await until(lambda: latencies, what="a first /healthz")
-            path.write_text(BOMB)
+            save(path, BOMB)
             await until(lambda: failed_reloads(plane) == 1, what="the bomb refused")
             poller.cancel()
         assert "aliases expand" in plane.last_reload["errors"][0]
@@ -177,7 +186,7 @@ async def test_alias_bomb_refused_while_admin_answers(tmp_path, config_text):
         # a generous bound on a shared machine; bench/controlplane.py measures the real figure
         assert max(latencies) < 1.0, f"/healthz took {max(latencies):.3f}s during the reload"
         text = config_text(timeout="36s")
-        path.write_text(text)
+        save(path, text)
         await until(lambda: plane.cache.config.version == version_of(text), what="the next good edit")
     finally:
         await plane.stop()
@@ -185,7 +194,7 @@ async def test_alias_bomb_refused_while_admin_answers(tmp_path, config_text):
 
 async def test_a_deleted_file_is_reported_and_applied_when_back(tmp_path, config_text):
     path = tmp_path / "regions.yaml"
-    path.write_text(config_text())
+    save(path, config_text())
     plane = await started(path)
     version = plane.cache.config.version
     try:
@@ -193,7 +202,7 @@ async def test_a_deleted_file_is_reported_and_applied_when_back(tmp_path, config
         await until(lambda: failed_reloads(plane) == 1, what="the deletion reported")
         assert "cannot read" in plane.last_reload["errors"][0] and plane.cache.config.version == version
         text = config_text(timeout="37s")
-        path.write_text(text)
+        save(path, text)
         await until(lambda: plane.cache.config.version == version_of(text), what="the file applied when back")
         assert plane.last_reload["ok"] and failed_reloads(plane) == 1  # reported once, not per event
     finally:
@@ -209,15 +218,15 @@ async def test_sighup_and_file_events_are_serialized(tmp_path, config_text):
         return build_resources(config, group)
 
     path = tmp_path / "regions.yaml"
-    path.write_text(config_text())
+    save(path, config_text())
     plane = await started(path, builder=builder)
     try:
         slow["on"] = True
-        path.write_text(config_text(timeout="38s"))
+        save(path, config_text(timeout="38s"))
         sighup = asyncio.create_task(plane.reload("SIGHUP"))  # reads "38s" and builds it slowly
         await asyncio.sleep(0.05)
         newest = config_text(timeout="39s")
-        path.write_text(newest)  # the watcher's reload waits for the SIGHUP one, then reads this
+        save(path, newest)  # the watcher's reload waits for the SIGHUP one, then reads this
         assert await sighup
         await until(lambda: plane.cache.config.version == version_of(newest), what="the newest file in force")
         await plane.reload("SIGHUP")  # nothing later may put the older file back
@@ -228,14 +237,14 @@ async def test_sighup_and_file_events_are_serialized(tmp_path, config_text):
 
 async def test_an_edited_auth_profile_keeps_its_token_until_the_new_one(tmp_path, config_text, token_server):
     path = tmp_path / "regions.yaml"
-    path.write_text(config_text())
+    save(path, config_text())
     plane = await started(path, watch=False)
     try:
         await until(lambda: not plane.cache.missing_tokens(), what="the first token")
         token_server.fail(500)  # the new credentials' first token cannot be had for now
         data = yaml.safe_load(path.read_text())
         data["auth"]["scopes"] = ["https://www.googleapis.com/auth/cloud-platform", "openid"]
-        path.write_text(yaml.safe_dump(data))
+        save(path, yaml.safe_dump(data))
         assert await plane.reload()
         await until(lambda: plane.tokens.states[0].refreshes_failed >= 1, what="a failed refresh")
         assert plane.cache.missing_tokens() == [], "the still-valid token was dropped"
