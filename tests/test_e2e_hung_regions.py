@@ -46,9 +46,11 @@ def test_a_dead_failover_region_is_skipped_without_a_client_request_finding_it(p
         wait_for(lambda: failed_probes(probed, "us-east4"), 10, what="us-east4 failing its probes")
         probed.emulators["us-central1"].fail("503")
         response = predict(probed)
-        # us-central1, then straight to europe-west4: no attempt wasted on the dead region
+        # us-central1 (unless an earlier test of this module left it ejected), then straight to
+        # europe-west4: no attempt wasted on the dead region
         assert response.status_code == 200 and response.headers["x-vertex-region"] == "europe-west4"
-        assert response.headers["x-envoy-attempt-count"] == "2"
+        assert response.headers["x-envoy-attempt-count"] in ("1", "2")
+        assert probed.emulators["us-east4"].received == []
     finally:
         probed.reset()
         wait_for(lambda: not failed_probes(probed, "us-east4"), 10, what="us-east4 passing its probes again")
