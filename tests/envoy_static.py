@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 from google.protobuf import json_format
 
+from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 
@@ -47,3 +53,15 @@ def _sds_names(node):
     elif isinstance(node, list):
         for value in node:
             yield from _sds_names(value)
+
+
+def assert_envoy_accepts(resources: dict, tmp_path: Path) -> None:
+    """`envoy --mode validate` accepts these built resources (as one static config)."""
+    static = static_config(resources)
+    static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
+        "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(static))
+    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from google.protobuf import json_format
 
-from control_plane.bootstrap import RE2_MAX_PROGRAM_SIZE
 from control_plane.config import parse_config
-from control_plane.lab.envoy_process import envoy_binary
 from control_plane.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -22,7 +19,7 @@ from control_plane.resources import (
 )
 from control_plane.snapshot import Interner, Snapshot, type_version
 
-from .envoy_static import static_config
+from .envoy_static import assert_envoy_accepts
 
 CONFIG = """
 project: p-123
@@ -227,17 +224,6 @@ def test_building_is_pure_and_versions_are_content_hashes(config):
     b = Snapshot.build(build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080)), interner)
     assert a.resources[CLUSTER_TYPE]["model/housing@us-east4"] is b.resources[CLUSTER_TYPE]["model/housing@us-east4"]
     assert a.resources[CLUSTER_TYPE]["model/housing"].version != b.resources[CLUSTER_TYPE]["model/housing"].version
-
-
-def assert_envoy_accepts(resources: dict, tmp_path) -> None:
-    static = static_config(resources)
-    static["layeredRuntime"] = {"layers": [{"name": "static", "staticLayer": {
-        "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}}]}
-    path = tmp_path / "static.json"
-    path.write_text(json.dumps(static))
-    result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
