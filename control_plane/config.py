@@ -119,23 +119,26 @@ def check_project(value: Any) -> str:
                      "hyphens, starting with a letter, at most 30 characters) or a project number")
 
 
+def _file_head(path: str, label: str = "") -> bytes:
+    """The first 4 MiB of a file Envoy will read, or a ValueError saying why it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4 * 1024 * 1024)
+    except OSError as exc:
+        raise ValueError(f"cannot read {label}{path!r}: {exc.strerror or exc}") from exc
+
+
 def check_ca_file(value: Any) -> str:
     """A file of PEM CA certificates that exists here: Envoy would reject the cluster otherwise."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"bad ca_file {_shown(value)}: expected the path of a PEM file of CA certificates")
-    try:
-        with open(value, "rb") as handle:
-            head = handle.read(4 * 1024 * 1024)
-    except OSError as exc:
-        raise ValueError(f"cannot read ca_file {value!r}: {exc.strerror or exc}") from exc
-    if b"-----BEGIN CERTIFICATE-----" not in head:
+    if b"-----BEGIN CERTIFICATE-----" not in _file_head(value, "ca_file "):
         raise ValueError(f"ca_file {value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     return value
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Address = Annotated[str, BeforeValidator(check_address)]
-UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Strict(BaseModel):
@@ -372,12 +375,7 @@ def check_jwks_file(value: Any) -> str:
 
 def check_pem_file(value: Any) -> str:
     """The listener's certificate or key: a PEM file that exists here."""
-    try:
-        with open(value, "rb") as handle:
-            head = handle.read(1024 * 1024)
-    except OSError as exc:
-        raise ValueError(f"cannot read {value!r}: {exc.strerror or exc}") from exc
-    if b"-----BEGIN " not in head:
+    if b"-----BEGIN " not in _file_head(value):
         raise ValueError(f"{value!r} holds no PEM block (-----BEGIN ...)")
     return value
 
