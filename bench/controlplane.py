@@ -615,6 +615,8 @@ def plot(doc: dict, path: Path) -> str:
         return NO_MATPLOTLIB
 
     panels = [p for p in ("edit_to_ack", "fanout", "build") if doc.get(p)]
+    if not panels:  # e.g. --parts iv alone: its figures are in the tables
+        return "no plot for these parts"
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "edit_to_ack":

@@ -28,7 +28,7 @@ from .fleet import FleetLoad
 from .lrs import LoadReportServer
 from .metrics import Metrics
 from .ports import check_ports_free
-from .resources import build_resources
+from .resources import build_serialized
 from .server import AdsServer
 from .status import ClientRegistry
 from .tokens import HeaderFileSource, IdTokenSource, Source, TokenRefresher
@@ -68,7 +68,7 @@ def is_loopback(host: str) -> bool:
 class ControlPlane:
     def __init__(self, config_path: str | Path, xds_address: str = "127.0.0.1:18000",
                  admin_address: str = "127.0.0.1:18001", watch: bool = True, xds_tls: ServerTls | None = None,
-                 insecure_xds: bool = False, admin_token: str | None = None, builder: Builder = build_resources,
+                 insecure_xds: bool = False, admin_token: str | None = None, builder: Builder = build_serialized,
                  max_config_bytes: int | None = None):
         xds_host = xds_address.rpartition(":")[0]
         if xds_tls is None and not is_loopback(xds_host):

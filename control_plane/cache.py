@@ -14,14 +14,15 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import NodeGroup, build_resources, credential_secret, credential_secret_name, members
+from .resources import NodeGroup, build_serialized, credential_secret, credential_secret_name, members
 from .snapshot import Interner, Resource, Snapshot, type_version
+from .wire import Serialized
 from .xds_cache import NodeRefused
 from .xds_types import SECRET_TYPE
 
 log = logging.getLogger(__name__)
 
-Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message]]]
+Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message | Serialized]]]
 T = TypeVar("T")
 
 
@@ -50,7 +51,7 @@ def node_group(node: base_pb2.Node, config: RegionConfig) -> NodeGroup:
 
 
 class SnapshotCache:
-    def __init__(self, config: RegionConfig, builder: Builder = build_resources):
+    def __init__(self, config: RegionConfig, builder: Builder = build_serialized):
         self._builder = builder
         self._interner = Interner()
         self._config = config

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from .config import ConfigError, RegionConfig, load_config
-from .resources import NodeGroup, attempts, build_resources, credential_secret_name, members, upstream_path
+from .resources import NodeGroup, attempts, build_serialized, credential_secret_name, members, upstream_path
 from .resources.clients import grant_members
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
 from .xds_types import PUSH_ORDER, SECRET_TYPE, short
@@ -109,7 +109,7 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
     for region in config.vertex_regions:  # custom backends have no Envoy of their own
         group = NodeGroup(region, config.listener.address, config.listener.port)
         try:
-            snapshot = Snapshot.build(build_resources(config, group), interner)
+            snapshot = Snapshot.build(build_serialized(config, group), interner)
         except InconsistentSnapshot as exc:
             raise PlanError(f"cannot build a consistent snapshot for region {region}: {exc}") from None
         envoy = EnvoyPlan(

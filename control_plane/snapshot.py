@@ -20,6 +20,7 @@ from google.protobuf import any_pb2
 from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import Message
 
+from .wire import Serialized, as_message
 from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
 
 _RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
@@ -30,8 +31,13 @@ class Resource:
     name: str
     type_url: str
     version: str  # content hash of the serialized message
-    message: Message = field(repr=False, compare=False)
+    built: Message | Serialized = field(repr=False, compare=False)
     any_bytes: bytes = field(repr=False, compare=False)  # serialized google.protobuf.Any
+
+    @cached_property
+    def message(self) -> Message:
+        """The resource as a message (a serialized one is parsed on first use: debug views)."""
+        return as_message(self.built)
 
     @cached_property
     def response_entry(self) -> bytes:
@@ -49,7 +55,7 @@ class Resource:
         return _RESOURCES_FIELD_TAG + _VarintBytes(len(body)) + body
 
 
-def resource_name(message: Message) -> str:
+def resource_name(message: Message | Serialized) -> str:
     return getattr(message, "cluster_name", "") or message.name
 
 
@@ -66,11 +72,11 @@ class Interner:
         # Resource holds the message, so its id cannot be reused while the entry lives.
         self._by_id: dict[int, Resource] = {}
 
-    def intern(self, type_url: str, message: Message) -> Resource:
+    def intern(self, type_url: str, message: Message | Serialized) -> Resource:
         found = self._by_id.get(id(message))
-        if found is not None and found.message is message:
+        if found is not None and found.built is message:
             return found
-        data = message.SerializeToString(deterministic=True)
+        data = message.data if isinstance(message, Serialized) else message.SerializeToString(deterministic=True)
         version = hashlib.sha256(data).hexdigest()[:16]
         name = resource_name(message)
         key = (type_url, name, version)
@@ -79,14 +85,14 @@ class Interner:
             packed = any_pb2.Any(type_url=type_url, value=data)
             found = Resource(name, type_url, version, message, packed.SerializeToString(deterministic=True))
             self._by_key[key] = found
-        if found.message is message:
+        if found.built is message:
             self._by_id[id(message)] = found
         return found
 
     def retain(self, live: Iterable[Resource]) -> None:
         keep = {(r.type_url, r.name, r.version) for r in live}
         self._by_key = {k: v for k, v in self._by_key.items() if k in keep}
-        self._by_id = {id(r.message): r for r in self._by_key.values()}
+        self._by_id = {id(r.built): r for r in self._by_key.values()}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -101,7 +107,7 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, Resource]]  # type URL -> name -> resource
 
     @classmethod
-    def build(cls, built: Mapping[str, list[Message]], interner: Interner) -> Snapshot:
+    def build(cls, built: Mapping[str, list[Message | Serialized]], interner: Interner) -> Snapshot:
         snapshot = cls({type_url: {r.name: r for r in (interner.intern(type_url, m) for m in built.get(type_url, []))}
                         for type_url in PUSH_ORDER})
         snapshot.check_consistent()

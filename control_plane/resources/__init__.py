@@ -19,7 +19,8 @@ filters do the rewrite.
 
 Modules: names (type URLs, names, which regions serve what), clusters, upstream (per-attempt
 filters, token secrets), routes, listener, clients (who may call: authentication and
-per-identity routes, applied on top of the others), proto (message helpers).
+per-identity routes, applied on top of the others), proto (message helpers), wire (resources
+assembled from pre-serialized parts).
 Everything here is a pure function of (config, node group): no I/O, no clock.
 """
 
@@ -30,7 +31,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from ..config import RegionConfig
-from .clients import authorize_routes, client_clusters, secure_listener
+from ..wire import Serialized, as_message
+from .clients import client_clusters, secure_listener
 from .clusters import (
     aggregate_cluster,
     first_region_cluster,
@@ -78,7 +80,7 @@ from .upstream import (
 __all__ = [
     "CLUSTER_TYPE", "ENDPOINT_TYPE", "LISTENER_NAME", "LISTENER_TYPE", "METADATA_NAMESPACE", "PIN_HEADER",
     "PUSH_ORDER", "REWRITE_LUA", "ROUTE_CONFIG_NAME", "ROUTE_TYPE", "SECRET_TYPE", "TEMP_HEADERS", "NodeGroup",
-    "aggregate_cluster", "attempts", "build_resources", "first_region_cluster", "cluster_name", "endpoint_path", "failover_chain", "listener",
+    "aggregate_cluster", "attempts", "build_resources", "build_serialized", "Serialized", "first_region_cluster", "cluster_name", "endpoint_path", "failover_chain", "listener",
     "load_assignment", "members", "region_cluster", "region_cluster_name", "route_configuration",
     "spread_cluster", "spread_load_assignment", "token_secret", "token_secret_name", "upstream_filters",
     "Injection", "credential_secret", "credential_secret_name", "upstream_path",
@@ -86,7 +88,15 @@ __all__ = [
 
 
 def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Message]]:
-    """Every resource one Envoy (of this node group) is served, by type URL."""
+    """Every resource one Envoy (of this node group) is served, by type URL, as messages: what
+    build_serialized() serves, parsed (for tests and tools)."""
+    return {type_url: [as_message(r) for r in resources]
+            for type_url, resources in build_serialized(config, group).items()}
+
+
+def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[Message | Serialized]]:
+    """Every resource one Envoy (of this node group) is served, by type URL; the large ones
+    already serialized (wire.py)."""
     clusters: list[Message] = []
     endpoints: list[Message] = []
     for model, spec in config.models.items():
@@ -122,7 +132,7 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
         CLUSTER_TYPE: clusters + extra_clusters,
         ENDPOINT_TYPE: endpoints + extra_endpoints,
         LISTENER_TYPE: [secure_listener(config, listener(group, config.observability))],
-        ROUTE_TYPE: [authorize_routes(config, group.region, route_configuration(config, group.region))],
+        ROUTE_TYPE: [route_configuration(config, group.region)],
     }
 
 

@@ -30,7 +30,7 @@ from envoy.config.core.v3 import base_pb2, http_uri_pb2, substitution_format_str
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
@@ -324,30 +324,30 @@ def _json_status(status: int) -> hcm_pb2.ResponseMapper:
 
 
 def authorize_routes(config: RegionConfig, local_region: str,
-                     routes: route_pb2.RouteConfiguration) -> route_pb2.RouteConfiguration:
+                     routes: list[route_components_pb2.Route]) -> list[route_components_pb2.Route]:
     """Per-identity variants of every route that names a model's cluster (see the module doc)."""
     if config.clients is None:
         return routes
-    targets = {cluster_name(m): (m, None) for m in config.models}
+    targets = config.memo(("client_targets",), lambda: _targets(config))
+    out = [_unauthenticated(config)]
+    for route in routes:
+        target = _target(route, targets)
+        if target is None:
+            out.append(route)
+            continue
+        model, pinned = target
+        for grant_name, grant in _grants_for(config, model):
+            out.extend(_grant_variants(config, local_region, route, model, pinned, grant_name, grant))
+        out.append(_refusal(route, f"{route.name}~forbidden", 403, f"this client may not call model {model!r}"))
+    return out
+
+
+def _targets(config: RegionConfig) -> dict[str, tuple[str, str | None]]:
+    """Cluster name -> (model, pinned region) of every cluster a model's route may name."""
+    targets: dict[str, tuple[str, str | None]] = {cluster_name(m): (m, None) for m in config.models}
     targets.update({region_cluster_name(m, r): (m, r) for m in config.models for r in config.regions})
     targets.update({first_region_cluster_name(m, r): (m, None) for m in config.models for r in config.regions})
-    out = route_pb2.RouteConfiguration()
-    out.CopyFrom(routes)
-    for vhost in out.virtual_hosts:
-        original = list(vhost.routes)
-        del vhost.routes[:]
-        vhost.routes.append(_unauthenticated(config))
-        for route in original:
-            target = _target(route, targets)
-            if target is None:
-                vhost.routes.append(route)
-                continue
-            model, pinned = target
-            for grant_name, grant in _grants_for(config, model):
-                vhost.routes.extend(_grant_variants(config, local_region, route, model, pinned, grant_name, grant))
-            vhost.routes.append(_refusal(route, f"{route.name}~forbidden", 403,
-                                         f"this client may not call model {model!r}"))
-    return out
+    return targets
 
 
 def _target(route: route_components_pb2.Route, targets: dict) -> tuple[str, str | None] | None:

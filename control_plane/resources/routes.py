@@ -14,11 +14,14 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
+from .. import wire
 from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
+from ..wire import Serialized
 from . import openai
+from .clients import authorize_routes
 from .names import (
     BUFFER_FILTER,
     METADATA_NAMESPACE,
@@ -172,7 +175,39 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
-def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.RouteConfiguration:
+def route_configuration(config: RegionConfig, local_region: str) -> Serialized:
+    """The route configuration of this region's Envoys, assembled from its routes' bytes: most
+    routes are the same objects in every region's list, serialized once per config."""
+    routes = authorize_routes(config, local_region, region_routes(config, local_region))
+    virtual_host = config.memo(("virtual_host",), _virtual_host)
+    entries = b"".join(config.memo(("route_entry", id(r)), lambda r=r: (r, wire.entry(_ROUTES, _bytes(r))))[1]
+                       for r in routes)
+    data = wire.assemble(config.memo(("route_configuration",), lambda: route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME)), "virtual_hosts", wire.entry(_VIRTUAL_HOSTS, wire.assemble(
+            virtual_host, "routes", entries)))
+    return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
+
+
+# Field numbers of what route_configuration() assembles.
+_VIRTUAL_HOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
+_ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
+
+
+def _bytes(message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def _virtual_host() -> route_components_pb2.VirtualHost:
+    return route_components_pb2.VirtualHost(
+        name="vertex",
+        domains=["*"],
+        include_attempt_count_in_response=True,
+        response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
+    )
+
+
+def region_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+    """Every route of this region's Envoys, in match order (before clients' authorization)."""
     routes: list[route_components_pb2.Route] = []
     for model in config.models:
         routes += _pin_routes(config, model, local_region)
@@ -185,7 +220,12 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
     routes.append(_model_route(config, config.default_model, local_region, "predict",
                                route_components_pb2.RouteMatch(path="/predict"),
                                hedged=config.policy_for(config.default_model, local_region).hedge))
-    routes.append(route_components_pb2.Route(
+    routes.append(config.memo(("not_found",), lambda: _not_found(config)))
+    return routes
+
+
+def _not_found(config: RegionConfig) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
         name="not-found",
         match=route_components_pb2.RouteMatch(prefix="/"),
         direct_response=_json_response(
@@ -197,16 +237,6 @@ def route_configuration(config: RegionConfig, local_region: str) -> route_pb2.Ro
             models=sorted(config.models), verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))},
-    ))
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[route_components_pb2.VirtualHost(
-            name="vertex",
-            domains=["*"],
-            routes=routes,
-            include_attempt_count_in_response=True,
-            response_headers_to_add=[_header("x-vertex-region", f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%")],
-        )],
     )
 
 
@@ -257,17 +287,23 @@ def _hedged_matches(config: RegionConfig, model: str) -> list[tuple[str, route_c
 def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_components_pb2.RouteMatch:
     """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
     def compute() -> route_components_pb2.RouteMatch:
-        model_path, native, verbs = _patterns(config, model)
-        paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
-            f"{model_path}:({_alternation(list(verbs))})"
-        if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
-            paths = f"(?:{paths}|{openai.endpoint_model_path(model)[1:-1]})"
-        if model == config.default_model:
-            paths = f"(?:{paths}|/predict)"
         header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
             route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
-        return route_components_pb2.RouteMatch(safe_regex=_regex(f"^{paths}$"), headers=[header])
+        return route_components_pb2.RouteMatch(safe_regex=config.memo(("pin_paths", model), lambda: _pin_paths(
+            config, model)), headers=[header])
     return config.memo(("pin_match", model, region), compute)
+
+
+def _pin_paths(config: RegionConfig, model: str) -> regex_pb2.RegexMatcher:
+    """Every path of the model a pin header applies to, as one regex."""
+    model_path, native, verbs = _patterns(config, model)
+    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
+        f"{model_path}:({_alternation(list(verbs))})"
+    if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
+        paths = f"(?:{paths}|{openai.endpoint_model_path(model)[1:-1]})"
+    if model == config.default_model:
+        paths = f"(?:{paths}|/predict)"
+    return _regex(f"^{paths}$")
 
 
 def _pin_routes(config: RegionConfig, model: str, local_region: str) -> list[route_components_pb2.Route]:
