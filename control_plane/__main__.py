@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -227,7 +228,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# A build allocates hundreds of thousands of small objects, few of them in cycles; at the
+# default threshold (700) the cyclic collector rescans the whole live config over and over
+# (measured: 0.9 s of a 3.1 s reload of 1,000 models x 5 regions). Collect far less often.
+GC_THRESHOLDS = (100_000, 20, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
+    gc.set_threshold(*GC_THRESHOLDS)
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file event at INFO

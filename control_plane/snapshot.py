@@ -126,22 +126,26 @@ class Snapshot:
 
     def check_consistent(self) -> None:
         """Every name a resource refers to is in the snapshot: Envoy would wait on it forever."""
-        missing: list[str] = []
-        clusters = self.resources.get(CLUSTER_TYPE, {})
-        endpoints = self.resources.get(ENDPOINT_TYPE, {})
-        routes = self.resources.get(ROUTE_TYPE, {})
-        for cluster in clusters.values():
-            msg: cluster_pb2.Cluster = cluster.message
-            if msg.type == cluster_pb2.Cluster.EDS:
-                wanted = msg.eds_cluster_config.service_name or msg.name
-                if wanted not in endpoints:
-                    missing.append(f"cluster {msg.name} needs endpoints {wanted}")
-        for listener in self.resources.get(LISTENER_TYPE, {}).values():
-            for route_name in _rds_names(listener.message):
-                if route_name not in routes:
-                    missing.append(f"listener {listener.name} needs route config {route_name}")
+        missing = [f"{_KIND[resource.type_url]} {resource.name} needs {_KIND[type_url]} {name}"
+                   for resource in self.all() for type_url, name in _requires(resource)
+                   if name not in self.resources.get(type_url, {})]
         if missing:
             raise InconsistentSnapshot("; ".join(missing))
+
+
+_KIND = {CLUSTER_TYPE: "cluster", ENDPOINT_TYPE: "endpoints", LISTENER_TYPE: "listener", ROUTE_TYPE: "route config"}
+
+
+def _requires(resource: Resource) -> tuple[tuple[str, str], ...]:
+    """(type URL, name) of what the resource refers to: a serialized one says so itself."""
+    built = resource.built
+    if isinstance(built, Serialized):
+        return built.requires
+    if isinstance(built, cluster_pb2.Cluster) and built.type == cluster_pb2.Cluster.EDS:
+        return ((ENDPOINT_TYPE, built.eds_cluster_config.service_name or built.name),)
+    if isinstance(built, listener_pb2.Listener):
+        return tuple((ROUTE_TYPE, name) for name in _rds_names(built))
+    return ()
 
 
 def type_version(resources: list[Resource]) -> str:

@@ -25,6 +25,7 @@ class Serialized:
     name: str
     data: bytes
     message_type: type[Message]
+    requires: tuple[tuple[str, str], ...] = ()  # (type URL, name) of the resources it refers to
 
     def parse(self) -> Message:
         return self.message_type.FromString(self.data)
@@ -47,6 +48,56 @@ def assemble(message: Message, field: str, entries: bytes) -> bytes:
     head.ClearField(field)
     tail.ClearField(field)
     return head.SerializeToString(deterministic=True) + entries + tail.SerializeToString(deterministic=True)
+
+
+class Template:
+    """A message with holes: every field of `base` but the holes is serialized once, and
+    fill() writes the holes' values between them in field-number order, so its result is
+    what the whole message serializes to. For many resources that differ in a few fields
+    (one cluster per model and region, alike but for the name)."""
+
+    def __init__(self, base: Message, holes: tuple[str, ...]):
+        by_name = base.DESCRIPTOR.fields_by_name
+        parts: list[tuple[int, bytes | str]] = [(by_name[h].number, h) for h in holes]
+        for descriptor, _ in base.ListFields():
+            if descriptor.name in holes:
+                continue
+            alone = type(base)()
+            alone.CopyFrom(base)
+            for other, _ in base.ListFields():
+                if other is not descriptor:
+                    alone.ClearField(other.name)
+            parts.append((descriptor.number, alone.SerializeToString(deterministic=True)))
+        parts.sort(key=lambda part: part[0])
+        self._parts: list[bytes | tuple[str, int]] = []
+        for number, part in parts:  # neighbouring constant fields joined
+            if isinstance(part, bytes) and self._parts and isinstance(self._parts[-1], bytes):
+                self._parts[-1] += part
+            else:
+                self._parts.append(part if isinstance(part, bytes) else (part, number))
+
+    def fill(self, **values: str | bytes | Message) -> bytes:
+        """The message's bytes; each hole's value a string, a message or its serialized bytes
+        (string, bytes and message fields only; an empty value leaves the field unset)."""
+        out = []
+        for part in self._parts:
+            if isinstance(part, bytes):
+                out.append(part)
+                continue
+            name, number = part
+            value = values[name]
+            if isinstance(value, Message):
+                value = value.SerializeToString(deterministic=True)
+            elif isinstance(value, str):
+                value = value.encode()
+            if value:
+                out.append(entry(number, value))
+        return b"".join(out)
+
+
+def packed(type_url: str, data: bytes) -> bytes:
+    """A google.protobuf.Any holding already-serialized `data` {type_url = 1, value = 2}."""
+    return entry(1, type_url.encode()) + entry(2, data)
 
 
 def as_message(resource: Message | Serialized) -> Message:

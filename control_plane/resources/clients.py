@@ -49,6 +49,7 @@ from google.protobuf import empty_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from ..config import ClientGrant, RegionConfig
+from ..wire import as_message
 from .clusters import spread_load_assignment
 from .names import (
     BUFFER_FILTER,
@@ -137,7 +138,7 @@ def client_clusters(config: RegionConfig, local_region: str, built: list[Message
                 if base is None or (first is not None and first not in allowed):
                     continue
                 cluster = cluster_pb2.Cluster()
-                cluster.CopyFrom(base)
+                cluster.CopyFrom(as_message(base))
                 cluster.name = restricted_cluster_name(model, grant_name, first)
                 if cluster.HasField("cluster_type"):  # an aggregate of (region, tier) clusters, in order
                     aggregate = aggregate_pb2.ClusterConfig()

@@ -25,7 +25,9 @@ from envoy.type.v3 import http_pb2 as codec_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
+from .. import wire
 from ..config import Policy, RegionConfig
+from ..wire import Serialized
 from .names import (
     DEFAULT_CA_FILE,
     HTTP_OPTIONS,
@@ -299,30 +301,33 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
     return cluster
 
 
-def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> Serialized:
     """The cluster a failover model's route names: its regions in failover order, local first."""
     return _aggregate(config, model, local_region, cluster_name(model), failover_chain(config, model, local_region))
 
 
-def first_region_cluster(config: RegionConfig, model: str, local_region: str, first: str) -> cluster_pb2.Cluster:
+def first_region_cluster(config: RegionConfig, model: str, local_region: str, first: str) -> Serialized:
     """One of a weighted model's aggregates: `first`, then the other weighted regions. The route
     picks among them by weight (the first attempt's region); priorities order the retries."""
     return _aggregate(config, model, local_region, first_region_cluster_name(model, first),
                       weighted_order(config, model, first))
 
 
-def _aggregate(config: RegionConfig, model: str, local_region: str, name: str,
-               chain: list[str]) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=name,
+def _aggregate(config: RegionConfig, model: str, local_region: str, name: str, chain: list[str]) -> Serialized:
+    # Aggregates of one model differ in name and member order only: the rest is written once.
+    options = _http_options(config, model, chain, config.policy_for(model, local_region))
+    template = config.memo(("aggregate_template", id(options)), lambda: wire.Template(cluster_pb2.Cluster(
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-        cluster_type=cluster_pb2.Cluster.CustomClusterType(
-            name="envoy.clusters.aggregate",
-            typed_config=_any(aggregate_pb2.ClusterConfig(
-                clusters=[tier_cluster_name(model, r, t) for r, t in attempts(config, model, chain)]))),
         circuit_breakers=config.memo(("retry_budget",), _retry_budget),
         # The wire protocol really comes from each region's cluster; these options carry the filters.
-        typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
-            config, model, chain, config.policy_for(model, local_region)))},
-    )
+        typed_extension_protocol_options={HTTP_OPTIONS: options},
+    ), holes=("name", "cluster_type")))
+    members = aggregate_pb2.ClusterConfig(clusters=[tier_cluster_name(model, r, t) for r, t in attempts(config, model, chain)])
+    cluster_type = _AGGREGATE_TYPE.fill(typed_config=wire.packed(_AGGREGATE_CONFIG_URL, members.SerializeToString()))
+    return Serialized(name, template.fill(name=name, cluster_type=cluster_type), cluster_pb2.Cluster)
+
+
+_AGGREGATE_TYPE = wire.Template(cluster_pb2.Cluster.CustomClusterType(name="envoy.clusters.aggregate"),
+                                holes=("typed_config",))
+_AGGREGATE_CONFIG_URL = "type.googleapis.com/" + aggregate_pb2.ClusterConfig.DESCRIPTOR.full_name

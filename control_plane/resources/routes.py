@@ -177,14 +177,16 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
 
 def route_configuration(config: RegionConfig, local_region: str) -> Serialized:
     """The route configuration of this region's Envoys, assembled from its routes' bytes: most
-    routes are the same objects in every region's list, serialized once per config."""
-    routes = authorize_routes(config, local_region, region_routes(config, local_region))
-    virtual_host = config.memo(("virtual_host",), _virtual_host)
-    entries = b"".join(config.memo(("route_entry", id(r)), lambda r=r: (r, wire.entry(_ROUTES, _bytes(r))))[1]
-                       for r in routes)
+    routes are shared by many regions' configurations, and serialized once per config."""
+    if config.clients is None:
+        entries = b"".join(config.memo(("segment_entries", id(segment)), lambda segment=segment: (
+            segment, b"".join(_entry(config, r) for r in segment)))[1] for segment in _segments(config, local_region))
+    else:  # per-identity variants of the routes (clients.py)
+        entries = b"".join(_entry(config, r) for r in authorize_routes(config, local_region,
+                                                                       region_routes(config, local_region)))
     data = wire.assemble(config.memo(("route_configuration",), lambda: route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME)), "virtual_hosts", wire.entry(_VIRTUAL_HOSTS, wire.assemble(
-            virtual_host, "routes", entries)))
+            config.memo(("virtual_host",), _virtual_host), "routes", entries)))
     return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
 
 
@@ -193,8 +195,11 @@ _VIRTUAL_HOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual
 _ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
 
 
-def _bytes(message) -> bytes:
-    return message.SerializeToString(deterministic=True)
+def _entry(config: RegionConfig, route: route_components_pb2.Route) -> bytes:
+    """The route framed as one entry of VirtualHost.routes, once per config (the memo keeps the
+    route alive, so its id stays its own)."""
+    return config.memo(("route_entry", id(route)), lambda: (
+        route, wire.entry(_ROUTES, route.SerializeToString(deterministic=True))))[1]
 
 
 def _virtual_host() -> route_components_pb2.VirtualHost:
@@ -208,20 +213,37 @@ def _virtual_host() -> route_components_pb2.VirtualHost:
 
 def region_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
     """Every route of this region's Envoys, in match order (before clients' authorization)."""
-    routes: list[route_components_pb2.Route] = []
-    for model in config.models:
-        routes += _pin_routes(config, model, local_region)
-        if config.policy_for(model, local_region).hedge:  # before the routes of all the verbs
+    return [route for segment in _segments(config, local_region) for route in segment]
+
+
+def _segments(config: RegionConfig, local_region: str) -> list[tuple[route_components_pb2.Route, ...]]:
+    """The routes in runs: each model's (shared by the regions where its inputs are the same),
+    then the OpenAI paths, /predict and the JSON 404."""
+    default = config.default_model
+    return [*(_model_segment(config, model, local_region) for model in config.models),
+            tuple(_openai_routes(config, local_region)),
+            (_model_route(config, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
+                          hedged=config.policy_for(default, local_region).hedge),),
+            (config.memo(("not_found",), lambda: _not_found(config)),)]
+
+
+def _model_segment(config: RegionConfig, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
+    """A model's routes at an Envoy of local_region: pins first, then (when hedged) the hedged
+    verbs, then every verb. They depend on the region only through these inputs (the key)."""
+    policy = config.policy_for(model, local_region)
+    allowed = tuple(pinnable(config, model, local_region))
+    chain_length = len(attempts(config, model, members(config, model, local_region)))
+    key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region)
+
+    def compute() -> tuple[route_components_pb2.Route, ...]:
+        routes = _pin_routes(config, model, local_region)
+        if policy.hedge:  # before the routes of all the verbs
             routes += [_model_route(config, model, local_region, name, match, hedged=True)
                        for name, match in _hedged_matches(config, model)]
         routes += [_model_route(config, model, local_region, name, match, streaming)
                    for name, match, streaming in _model_matches(config, model)]
-    routes += _openai_routes(config, local_region)
-    routes.append(_model_route(config, config.default_model, local_region, "predict",
-                               route_components_pb2.RouteMatch(path="/predict"),
-                               hedged=config.policy_for(config.default_model, local_region).hedge))
-    routes.append(config.memo(("not_found",), lambda: _not_found(config)))
-    return routes
+        return tuple(routes)
+    return config.memo(key, compute)
 
 
 def _not_found(config: RegionConfig) -> route_components_pb2.Route:
