@@ -62,6 +62,7 @@ class SnapshotCache:
         self._memo_generation = -1
         self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
+        self.reused_models = 0  # models the last reload took over from the config before (RegionConfig.inherit)
 
     @property
     def config(self) -> RegionConfig:
@@ -153,7 +154,8 @@ class SnapshotCache:
         if getattr(snapshots, "avoided", self._avoided) != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
             snapshots = self._prebuild(config, set(snapshots))
-        self._config, self._snapshots = config, {**snapshots}
+        self.reused_models = getattr(snapshots, "reused_models", 0)
+        self._config, self._snapshots = config, snapshots
         self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
         self._bump()
 
@@ -191,13 +193,18 @@ class SnapshotCache:
                                       for r in config.vertex_regions}
         avoided = self._avoided
         config = config.avoiding(avoided)
+        before = getattr(self, "_snapshots", None)
+        reused = config.inherit(before.config) if isinstance(before, _Built) and before.config is not config else 0
         built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
                         for g in wanted if g.region in config.vertex_regions})
-        built.avoided = avoided
+        built.avoided, built.config, built.reused_models = avoided, config, reused
         return built
 
 
 class _Built(dict):
-    """Snapshots by node group, and the fleet avoidance they were built with."""
+    """Snapshots by node group, the config they were built from (fleet avoidance applied), and
+    how many models' resources were taken over from the build before."""
 
     avoided: frozenset[str] = frozenset()
+    config: RegionConfig | None = None
+    reused_models: int = 0

@@ -602,6 +602,33 @@ class RegionConfig(_Strict):
             value = memo[key] = compute()
             return value
 
+    def memo_model(self, model: str, key: tuple, compute: Callable[[], T]) -> T:
+        """memo() for what is built from one model's spec and the rest of the config, but from
+        no other model: a reload whose edit leaves that model (and the rest) as it was takes
+        it over from the config before (inherit)."""
+        return self.memo(("model", model, *key), compute)
+
+    def inherit(self, previous: RegionConfig) -> int:
+        """Take over `previous`'s memo_model() values of every model whose spec is unchanged,
+        if nothing outside the models changed either (a global edit rebuilds everything).
+        Returns how many models were taken over."""
+        if self._reuse_key() != previous._reuse_key():
+            return 0
+        # As JSON: dict equality ignores order, and order matters (pins, spreads, routes).
+        before = {m: spec.model_dump_json() for m, spec in previous.models.items()}
+        same = {m for m, spec in self.models.items() if before.get(m) == spec.model_dump_json()}
+        memo = self.__pydantic_private__["_memo"]
+        for key, value in dict(previous.__pydantic_private__["_memo"]).items():  # a copy: read off the loop
+            if key[0] == "model" and key[1] in same:
+                memo.setdefault(key, value)
+        return len(same)
+
+    def _reuse_key(self) -> tuple:
+        """Everything but the models' own specs that a model's resources may depend on."""
+        return self.memo(("reuse_key",), lambda: (
+            self.model_dump_json(exclude={"models"}), self.default_model,
+            list(self.openai_models().items()), self._avoided))
+
     def profile_for(self, model: str, region: str) -> str:
         """The credentials profile an attempt to `region` for `model` uses."""
         return self.models[model].auth or self.regions[region].auth or DEFAULT_PROFILE

@@ -97,31 +97,14 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
 def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[Message | Serialized]]:
     """Every resource one Envoy (of this node group) is served, by type URL; the large ones
     already serialized (wire.py)."""
-    clusters: list[Message] = []
-    endpoints: list[Message] = []
-    for model, spec in config.models.items():
-        regions = members(config, model, group.region)
-        if not regions:
-            continue
-        if spec.strategy == "failover":
-            clusters.append(aggregate_cluster(config, model, group.region))
-        elif spec.strategy == "weighted":
-            clusters += [first_region_cluster(config, model, group.region, first) for first in regions]
-        else:
-            clusters.append(spread_cluster(config, model, group.region))
-            if clusters[-1].type == cluster_pb2.Cluster.EDS:
-                endpoints.append(spread_load_assignment(config, model, group.region))
-        # What the aggregates and the pins name: each region's own cluster, and for a model with
-        # capacity tiers one cluster per (region, tier) attempt.
-        targets = [(r, None) for r in pinnable(config, model, group.region)]
-        targets += [(r, t) for r, t in attempts(config, model, regions) if t]
-        for region, tier in targets:
-            # The same for every Envoy whatever its region: built once per config.
-            clusters.append(config.memo(("region_cluster", model, region, tier),
-                                        lambda: region_cluster(config, model, region, tier)))
-            if _is_ip(config.regions[region].address):
-                endpoints.append(config.memo(("load_assignment", model, region, tier),
-                                             lambda: load_assignment(config, model, region, tier)))
+    clusters: list[Message | Serialized] = []
+    endpoints: list[Message | Serialized] = []
+    for model in config.models:
+        # A reload that leaves this model (and all but the models) as it was takes these over.
+        model_clusters, model_endpoints = config.memo_model(model, ("resources", group.region),
+                                                            lambda: _model_resources(config, model, group.region))
+        clusters += model_clusters
+        endpoints += model_endpoints
     # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
     extra_clusters, extra_endpoints = client_clusters(config, group.region, clusters)
     collector = collector_cluster(config.observability.tracing)
@@ -136,3 +119,35 @@ def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[M
     }
 
 
+
+
+def _model_resources(config: RegionConfig, model: str, local_region: str
+                     ) -> tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]]:
+    """One model's clusters and endpoints at an Envoy of local_region."""
+    spec = config.models[model]
+    regions = members(config, model, local_region)
+    if not regions:
+        return (), ()
+    clusters: list[Message | Serialized] = []
+    endpoints: list[Message | Serialized] = []
+    if spec.strategy == "failover":
+        clusters.append(aggregate_cluster(config, model, local_region))
+    elif spec.strategy == "weighted":
+        clusters += [first_region_cluster(config, model, local_region, first) for first in regions]
+    else:
+        spread = spread_cluster(config, model, local_region)
+        clusters.append(spread)
+        if spread.type == cluster_pb2.Cluster.EDS:
+            endpoints.append(spread_load_assignment(config, model, local_region))
+    # What the aggregates and the pins name: each region's own cluster, and for a model with
+    # capacity tiers one cluster per (region, tier) attempt.
+    targets = [(r, None) for r in pinnable(config, model, local_region)]
+    targets += [(r, t) for r, t in attempts(config, model, regions) if t]
+    for region, tier in targets:
+        # The same for every Envoy whatever its region: built once per config.
+        clusters.append(config.memo_model(model, ("region_cluster", region, tier),
+                                          lambda: region_cluster(config, model, region, tier)))
+        if _is_ip(config.regions[region].address):
+            endpoints.append(config.memo_model(model, ("load_assignment", region, tier),
+                                               lambda: load_assignment(config, model, region, tier)))
+    return tuple(clusters), tuple(endpoints)

@@ -179,8 +179,14 @@ def route_configuration(config: RegionConfig, local_region: str) -> Serialized:
     """The route configuration of this region's Envoys, assembled from its routes' bytes: most
     routes are shared by many regions' configurations, and serialized once per config."""
     if config.clients is None:
-        entries = b"".join(config.memo(("segment_entries", id(segment)), lambda segment=segment: (
-            segment, b"".join(_entry(config, r) for r in segment)))[1] for segment in _segments(config, local_region))
+        # Each model's routes as bytes, once per (model, region); a reload that leaves the model
+        # as it was takes them over (RegionConfig.inherit).
+        entries = b"".join([
+            *(config.memo_model(model, ("route_entries", local_region), lambda model=model: b"".join(
+                _entry(config, r) for r in _model_segment(config, model, local_region))) for model in config.models),
+            *(_entry(config, r) for r in _openai_routes(config, local_region)),
+            _entry(config, _default_route(config, local_region)),
+            _entry(config, config.memo(("not_found",), lambda: _not_found(config)))])
     else:  # per-identity variants of the routes (clients.py)
         entries = b"".join(_entry(config, r) for r in authorize_routes(config, local_region,
                                                                        region_routes(config, local_region)))
@@ -219,12 +225,17 @@ def region_routes(config: RegionConfig, local_region: str) -> list[route_compone
 def _segments(config: RegionConfig, local_region: str) -> list[tuple[route_components_pb2.Route, ...]]:
     """The routes in runs: each model's (shared by the regions where its inputs are the same),
     then the OpenAI paths, /predict and the JSON 404."""
-    default = config.default_model
     return [*(_model_segment(config, model, local_region) for model in config.models),
             tuple(_openai_routes(config, local_region)),
-            (_model_route(config, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
-                          hedged=config.policy_for(default, local_region).hedge),),
+            (_default_route(config, local_region),),
             (config.memo(("not_found",), lambda: _not_found(config)),)]
+
+
+def _default_route(config: RegionConfig, local_region: str) -> route_components_pb2.Route:
+    """POST /predict: the default model's predict."""
+    default = config.default_model
+    return _model_route(config, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
+                        hedged=config.policy_for(default, local_region).hedge)
 
 
 def _model_segment(config: RegionConfig, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
