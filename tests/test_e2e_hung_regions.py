@@ -179,7 +179,7 @@ def test_a_hedge_to_a_region_slow_to_shake_hands_is_answered_there(tmp_path, con
         assert handshakes, "the hedged attempt never reached us-east4"
         if answered:
             assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-east4"
-            assert elapsed < 2.0, elapsed  # 0.3 s hedge delay + 0.7 s handshake + the answer
+            assert 0.95 <= elapsed < 2.9, elapsed  # 0.3 s hedge delay + 0.7 s handshake + the answer, before `timeout`
         else:
             assert response.status_code == 504 and elapsed >= 2.9, (response.status_code, elapsed)
             assert stack.emulators["us-east4"].received == []
