@@ -53,6 +53,7 @@ from tests.stack import Stack  # noqa: E402
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"
 LOCAL_CLUSTER = f"model/housing@{LOCAL}"
+REGION_CLUSTERS = {f"model/housing@{r}": r for r in (LOCAL, REMOTE)}
 AGGREGATE_CLUSTER = "model/housing"
 POLICY = {"per_try_timeout": "1s", "timeout": "10s",
           "outlier_detection": {"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "5s"}}
@@ -87,6 +88,9 @@ class EjectionWatch(threading.Thread):
         super().__init__(name="ejection-watch", daemon=True)
         self.envoy, self.t0 = envoy, t0
         self.events: list[dict] = []  # {"t", "active", "enforced_total"} on every change
+        # {"t", region: Envoy's health flags of that region's host} on every change: which region
+        # was out, and why (failed_outlier_check, failed_active_hc), when both were out at once.
+        self.health: list[dict] = []
         self._halt = threading.Event()
         self._query = "stats?filter=" + urllib.parse.quote(
             "^cluster." + re.escape(LOCAL_CLUSTER) + r"\.outlier_detection\.ejections_(active|enforced_total)$")
@@ -98,17 +102,28 @@ class EjectionWatch(threading.Thread):
             values[name.rsplit(".", 1)[-1]] = int(value)
         return values.get("ejections_active", 0), values.get("ejections_enforced_total", 0)
 
+    def read_health(self) -> dict[str, str]:
+        flags = {}
+        for line in self.envoy.admin("clusters").splitlines():
+            name, _, rest = line.partition("::")  # name::address::health_flags::flags
+            if name in REGION_CLUSTERS and "::health_flags::" in rest:
+                flags[REGION_CLUSTERS[name]] = line.rsplit("::", 1)[1]
+        return flags
+
     def run(self) -> None:
-        last = None
+        last, last_health = None, None
         while not self._halt.is_set():
+            t = round(time.monotonic() - self.t0, 3)
             try:
-                state = self.read()
+                state, health = self.read(), self.read_health()
             except (OSError, ValueError):
-                state = None
+                state, health = None, None
             if state is not None and state != last:
-                self.events.append({"t": round(time.monotonic() - self.t0, 3), "active": state[0],
-                                    "enforced_total": state[1]})
+                self.events.append({"t": t, "active": state[0], "enforced_total": state[1]})
                 last = state
+            if health is not None and health != last_health:
+                self.health.append({"t": t, **health})
+                last_health = health
             self._halt.wait(POLL_S)
 
     def stop(self) -> None:
@@ -161,6 +176,8 @@ def stack_config(args: argparse.Namespace) -> dict:
     """The recommended setup for hung regions (docs/CONFIG.md): HTTP probes of both regions,
     hedged predicts, a short per-try timeout; --no-probes / --no-hedge measure without them."""
     policy = {**POLICY, "per_try_timeout": f"{args.per_try_timeout}s", "hedge": not args.no_hedge}
+    if args.connect_timeout is not None:
+        policy["connect_timeout"] = f"{args.connect_timeout}s"
     extra: dict = {"policy": policy}
     if not args.no_probes:
         probe = {"kind": "http", "interval": f"{args.probe_interval}s", "timeout": f"{min(1.0, args.probe_interval)}s",
@@ -335,6 +352,10 @@ def analyse(mode: str, phases: dict[str, Phase], marks: dict, watch: EjectionWat
         "unejections_at_s": unejections_at,
         "ejected_intervals_s": [[round(a, 3), round(b, 3)] for a, b in ejected],
         "outlier_events": watch.events,
+        "health_flags": watch.health,
+        # Seconds of the outage during which both regions were out of Envoy's healthy set at once (then
+        # every attempt goes to the first region, hung or not).
+        "both_out_s": both_out(watch.health, fail, heal),
         "fail_to_first_ejection_s": round(first_ejection - fail, 3) if first_ejection is not None else None,
         "outage_rps_share": share(stats["during"]["rps"]),
         "ejected_rps": ejected_rps,
@@ -358,6 +379,15 @@ def analyse(mode: str, phases: dict[str, Phase], marks: dict, watch: EjectionWat
     return result
 
 
+def both_out(health: list[dict], start: float, end: float) -> float:
+    total = 0.0
+    for event, following in zip(health, [*health[1:], {"t": end}]):
+        a, b = max(event["t"], start), min(following["t"], end)
+        if b > a and all(event.get(r, "healthy") != "healthy" for r in (LOCAL, REMOTE)):
+            total += b - a
+    return round(total, 3)
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -378,21 +408,24 @@ def markdown(results: list[dict]) -> str:
             pct = f"{100 * p['rps'] / healthy:.0f}%" if p["rps"] and healthy else "–"
             label = {"during": f"during ({p['duration_s']:.1f} s)",
                      "recovering": f"recovering ({p['duration_s']:.1f} s)"}.get(name, name)
-            lines.append(f"| {r['mode']} | {label}{' (cut short)' if p['cut_short'] else ''} | {p['requests']:,} | "
+            lines.append(f"| {time_to_failover.label(r)} | {label}{' (cut short)' if p['cut_short'] else ''} | "
+                         f"{p['requests']:,} | "
                          f"{p['errors']} | {fmt(p['p50_ms'], '.1f')} | {fmt(p['p99_ms'], '.1f')} | "
                          f"{fmt(p['max_ms'], '.0f')} | "
                          f"{fmt(p['rps'], ',.0f')} | {pct} | {p['second_attempt']:,} | "
                          f"{fmt(p['local_share'] and 100 * p['local_share'], '.0f')} |")
     lines += ["", "| mode | client errors | outage req/s vs healthy | while ejected | time ejected | "
-                  "ejections | 2nd attempts | fail → ejected | last ejection lasted | healed → local |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "ejections | 2nd attempts | fail → ejected | last ejection lasted | healed → local | "
+                  "both regions out |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pct = lambda v: f"{100 * v:.0f}%" if v is not None else "–"  # noqa: E731
         lines.append(
-            f"| {r['mode']} | {r['client_errors_total']} | {pct(r['outage_rps_share'])} | "
+            f"| {time_to_failover.label(r)} | {r['client_errors_total']} | {pct(r['outage_rps_share'])} | "
             f"{pct(r['ejected_rps_share'])} | {pct(r['ejected_share_of_outage'])} | {r['ejections']} | "
             f"{r['second_attempt_total']:,} | {fmt(r['fail_to_first_ejection_s'], '.2f')} s | "
-            f"{fmt(r['last_ejection_lasted_s'], '.2f')} s | {fmt(r['heal_to_local_s'], '.2f', 'not back')} s |")
+            f"{fmt(r['last_ejection_lasted_s'], '.2f')} s | {fmt(r['heal_to_local_s'], '.2f', 'not back')} s | "
+            f"{r['both_out_s']:.2f} s |")
     return "\n".join(lines)
 
 
@@ -444,7 +477,7 @@ def plot(results: list[dict], path: Path) -> str:
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylabel("latency (ms)")
-        ax.set_title(f'local region "{r["mode"]}": {r["client_errors_total"]} client errors, '
+        ax.set_title(f'local region "{time_to_failover.label(r)}": {r["client_errors_total"]} client errors, '
                      f'outage throughput {100 * (r["outage_rps_share"] or 0):.0f}% of healthy', fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
     axes[-1, 0].set_xlabel("seconds since the healthy phase began")
@@ -501,9 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-try-timeout", type=float, default=0.5,
                         help="seconds (default 0.5); keep it well above the healthy p99, or healthy regions time "
                              "out, get ejected, and requests fail")
+    parser.add_argument("--connect-timeout", type=float, default=None,
+                        help="seconds (default: the product's, per_try_timeout within 1-5 s)")
     parser.add_argument("--probe-interval", type=float, default=1.0, help="seconds between HTTP probes")
     parser.add_argument("--no-probes", action="store_true", help="no active health checks")
     parser.add_argument("--no-hedge", action="store_true", help="no hedging of predict")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every mode this many times (a fresh stack each), one table row per run")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in KNOWN_MODES]
@@ -517,12 +554,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.concurrency} connections, {len(body)} B body; {info['cores']} cores, {info['cpu']}, "
           f"Python {info['python']}, Envoy {info['envoy']}", file=sys.stderr)
     results = []
-    for mode in modes:
-        t = time.monotonic()
-        results.append(run_mode(mode, args, body))
-        r = results[-1]
-        print(f"  {mode}: {time.monotonic() - t:.1f} s, {r['client_errors_total']} client errors, "
-              f"back on local {fmt(r['heal_to_local_s'], '.2f', 'never')} s after heal", file=sys.stderr)
+    for repeat in range(1, args.repeats + 1):
+        for mode in modes:
+            t = time.monotonic()
+            results.append(run_mode(mode, args, body))
+            r = results[-1]
+            r["repeat"] = repeat if args.repeats > 1 else None
+            r["loadavg"] = round(os.getloadavg()[0], 1)
+            print(f"  {time_to_failover.label(r)}: {time.monotonic() - t:.1f} s, {r['client_errors_total']} client "
+                  f"errors, back on local {fmt(r['heal_to_local_s'], '.2f', 'never')} s after heal, "
+                  f"load average {r['loadavg']}", file=sys.stderr)
     info["loadavg_end"] = list(os.getloadavg())
 
     table = time_to_failover.headline_table(results) + "\n\n" + markdown(results)
@@ -545,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                      "recovery_chunk_s": args.recovery_chunk_s, "warmup": WARMUP, "body_bytes": len(body),
                      "python_gc": "disabled during each mode's measured phases",
                      "path": MODEL_PATH, "local": LOCAL, "remote": REMOTE, "config": stack_config(args),
-                     "tls": True},
+                     "tls": True, "repeats": args.repeats},
         "command": "python -m bench.failover " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
         "markdown": table,

@@ -7,7 +7,10 @@ From one mode's samples (bench/failover.py) and the instant the local region sta
 - first answer from the next region: seconds from the failure to the first request answered
   200 by the remote region (the time a client waits before failover works at all);
 - throughput per second of the outage (answers completed in each whole second, 200 or not, as a
-  share of the healthy rate) and its minimum: the dip an average would hide.
+  share of the healthy rate) and its minimum: the dip an average would hide;
+- the longest gap between two answers (200) from the failure on, against the longest gap of the
+  healthy phases: a hang's cost in time, which does not depend on where second boundaries fall
+  and moves much less with the machine's load than a one-second share does.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def analyse(during: list[Sample], healthy_phases: list[list[Sample]], healthy_rp
                                             max(s.started + s.latency for s in phase), healthy_rps)
                        if v is not None]
 
+    healthy_gap = max((_longest_gap(phase, min(s.started for s in phase)) for phase in healthy_phases if phase),
+                      default=None)
+
     def extra(value: float, base: float) -> float | None:
         return None if math.isnan(value) or math.isnan(base) else round(value - base, 1)
 
@@ -51,7 +57,17 @@ def analyse(during: list[Sample], healthy_phases: list[list[Sample]], healthy_rp
         "throughput_per_second": per_second,
         "min_second_share": min(shares) if shares else None,
         "healthy_min_second_share": min(healthy_seconds) if healthy_seconds else None,
+        "longest_gap_s": _longest_gap([s for s in during if s.started + s.latency <= heal], fail),
+        "healthy_longest_gap_s": healthy_gap,
     }
+
+
+def _longest_gap(samples: list[Sample], start: float) -> float | None:
+    """The longest time from `start` or from one answer (200) to the next, in seconds."""
+    done = sorted(s.started + s.latency for s in samples if s.status == 200)
+    if not done:
+        return None
+    return round(max(b - a for a, b in zip([start, *done], done)), 3)
 
 
 def _per_second(samples: list[Sample], start: float, end: float, rate: float | None) -> list[float | None]:
@@ -72,18 +88,25 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 def headline_table(results: list[dict]) -> str:
     lines = ["| local region fails with | client errors | failed-over requests | extra latency p50 | "
              "extra latency p99 | first answer from the next region | worst second of the outage | "
-             "outage average | worst healthy second |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "outage average | worst healthy second | longest gap between answers, outage / healthy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         t = r["time_to_failover"]
         lines.append(
-            f"| {KIND_NAMES.get(r['mode'], r['mode'])} | {t['client_errors']} | {t['failed_over']:,} | "
+            f"| {label(r)} | {t['client_errors']} | {t['failed_over']:,} | "
             f"{_fmt(t['extra_p50_ms'], '.0f', ' ms')} | {_fmt(t['extra_p99_ms'], '.0f', ' ms')} | "
             f"{_fmt(t['first_remote_answer_s'], '.3f', ' s')} | "
             f"{_fmt(t['min_second_share'] and 100 * t['min_second_share'], '.0f', '%')} | "
             f"{_fmt(r['outage_rps_share'] and 100 * r['outage_rps_share'], '.0f', '%')} | "
-            f"{_fmt(t['healthy_min_second_share'] and 100 * t['healthy_min_second_share'], '.0f', '%')} |")
+            f"{_fmt(t['healthy_min_second_share'] and 100 * t['healthy_min_second_share'], '.0f', '%')} | "
+            f"{_fmt(t.get('longest_gap_s'), '.2f', ' s')} / {_fmt(t.get('healthy_longest_gap_s'), '.2f', ' s')} |")
     return "\n".join(lines)
+
+
+def label(result: dict) -> str:
+    """The failure kind's name, with the run's number when a kind was run more than once."""
+    name = KIND_NAMES.get(result["mode"], result["mode"])
+    return f"{name}, run {result['repeat']}" if result.get("repeat") else name
 
 
 KIND_NAMES = {"503": "503", "429": "429 (quota)", "reset": "connection reset", "down": "connection refused",
@@ -104,7 +127,7 @@ def plot_throughput(results: list[dict], path: Path) -> str:
     for r in results:
         shares = [100 * v if v is not None else float("nan") for v in r["time_to_failover"]["throughput_per_second"]]
         top = max([top, *(v + 10 for v in shares if not math.isnan(v))])
-        ax.plot(range(1, len(shares) + 1), shares, marker="o", ms=3, lw=1.2, label=KIND_NAMES.get(r["mode"], r["mode"]))
+        ax.plot(range(1, len(shares) + 1), shares, marker="o", ms=3, lw=1.2, label=label(r))
     ax.axhline(95, c="gray", ls="--", lw=0.8, label="95% target")
     ax.set_xlabel("second of the outage")
     ax.set_ylabel("answers/s, % of healthy")

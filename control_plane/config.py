@@ -182,13 +182,14 @@ class PolicyOverride(_Strict):
     max_request_bytes: int | None = Field(None, ge=1024, le=2**32 - 1)  # Envoy's buffer limit is a uint32
     hedge: StrictBool | None = None
     first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
+    connect_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 
 
 class Policy(_Strict):
     timeout: Duration = 60.0
-    per_try_timeout: Duration = Field(20.0, gt=0)  # also caps connect_timeout, which Envoy needs > 0
+    per_try_timeout: Duration = Field(20.0, gt=0)
     num_retries: int = Field(2, ge=0, le=10)
     retry_on: list[str] = ["5xx", "reset", "connect-failure", "retriable-status-codes"]
     retriable_status_codes: list[StatusCode] = [429]
@@ -200,6 +201,9 @@ class Policy(_Strict):
     # Streaming verbs: an attempt with no response byte for this long goes to the next region
     # (before the first byte) or ends (mid-stream). None: per_try_timeout.
     first_byte_timeout: Annotated[Duration, Field(gt=0)] | None = None
+    # TCP + TLS handshake to a region (Envoy's connect_timeout; per_try_timeout starts only once
+    # connected). None: per_try_timeout, but at least 1 s and at most 5 s (resources/clusters.py).
+    connect_timeout: Annotated[Duration, Field(gt=0)] | None = None
 
     _known_retry_on = field_validator("retry_on")(_check_retry_on)
 

@@ -27,6 +27,9 @@ def test_the_new_keys_parse():
     assert config.regions["us-central1"].health_check.interval == 0.5
     policy = config.policy_for("m", "us-central1")
     assert policy.hedge is True and policy.first_byte_timeout == 2.0
+    assert policy.connect_timeout is None  # derived from per_try_timeout (resources/clusters.py)
+    merged = parse_config(BASE % (", policy: {connect_timeout: 2s}", ", policy: {per_try_timeout: 1s}"))
+    assert merged.policy_for("m", "us-central1").connect_timeout == 2.0  # a region's key, merged with the model's
     assert parse_config(BASE % ("", "")).policy_for("m", "us-central1").hedge is False
 
 
@@ -38,6 +41,7 @@ def test_the_new_keys_parse():
     ("", ", policy: {hedge: 'yes'}", "models.m.policy.hedge"),
     ("", ", policy: {hedge: 1}", "models.m.policy.hedge"),
     ("", ", policy: {first_byte_timeout: 0s}", "models.m.policy.first_byte_timeout"),
+    ("", ", policy: {connect_timeout: 0s}", "models.m.policy.connect_timeout"),
 ])
 def test_bad_values_are_reported_with_their_key_path(region, model, where):
     assert any(p.startswith(where + ":") for p in problems(region, model)), problems(region, model)

@@ -140,3 +140,48 @@ def test_a_least_request_spread_stops_sending_first_attempts_to_a_region_failing
             response = predict(stack)
             assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-central1"
             assert response.headers["x-envoy-attempt-count"] == "1"  # no first attempt to the dead region
+
+
+@pytest.mark.parametrize("connect_timeout,answered", [(None, True), ("0.3s", False)])
+def test_a_hedge_to_a_region_slow_to_shake_hands_is_answered_there(tmp_path, connect_timeout, answered):
+    """A hedge delay (per_try_timeout) of 0.3 s no longer makes the connect timeout 0.3 s: the failover
+    region's first TLS handshake takes 0.7 s (cold connections, a loaded host, a far region) and the
+    hedged attempt still gets through. With the connect timeout at 0.3 s (what per_try_timeout used to
+    set) the attempt fails to connect and the request waits out `timeout` behind the hung region."""
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("us-east4-aiplatform.googleapis.com").configure_cert(context)
+    handshakes = []
+
+    def slow_first_handshake(_sock, _server_name, _context):
+        handshakes.append(time.monotonic())
+        if len(handshakes) == 1:
+            time.sleep(0.7)  # blocks the emulators' thread: the hung region does not mind
+
+    context.sni_callback = slow_first_handshake
+    policy = {"per_try_timeout": "0.3s", "timeout": "3s", "num_retries": 1, "hedge": True,
+              "outlier_detection": {"consecutive_5xx": 1000}}
+    if connect_timeout:
+        policy["connect_timeout"] = connect_timeout
+    stack = Stack(regions=("us-central1", "us-east4"), extra={"policy": policy}, tls={"us-east4": context},
+                  ca_file=str(ca_file))
+    try:
+        stack.emulators["us-central1"].fail("hang")
+        started = time.monotonic()
+        response = predict(stack)
+        elapsed = time.monotonic() - started
+        assert handshakes, "the hedged attempt never reached us-east4"
+        if answered:
+            assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-east4"
+            assert 0.95 <= elapsed < 2.9, elapsed  # 0.3 s hedge delay + 0.7 s handshake + the answer, before `timeout`
+        else:
+            assert response.status_code == 504 and elapsed >= 2.9, (response.status_code, elapsed)
+            assert stack.emulators["us-east4"].received == []
+    finally:
+        stack.close()

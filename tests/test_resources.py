@@ -270,6 +270,33 @@ def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
     assert_envoy_accepts(res, tmp_path)
 
 
+CONNECT = """
+project: p
+regions:
+  us-central1: {address: 10.0.0.1, failover: [us-east4]%s}
+  us-east4: {address: 10.0.0.2, failover: [us-central1]}
+models:
+  housing: {default: true, endpoints: {us-central1: "1", us-east4: "2"}%s}
+  spread: {strategy: least_request, endpoints: {us-central1: "3", us-east4: "4"}%s}
+"""
+
+
+@pytest.mark.parametrize("region,model,expected", [
+    ("", "", "5s"),  # per_try_timeout 20 s by default: Envoy's connect timeout stays 5 s at most
+    ("", ", policy: {per_try_timeout: 3s}", "3s"),
+    # a short per-try timeout (a hedge delay) no longer makes connecting a race: 1 s at least
+    ("", ", policy: {per_try_timeout: 0.25s, hedge: true}", "1s"),
+    (", policy: {per_try_timeout: 0.25s}", ", policy: {connect_timeout: 0.3s}", "0.300s"),  # said outright
+    (", policy: {connect_timeout: 10s}", "", "10s"),
+])
+def test_the_connect_timeout_follows_per_try_timeout_between_1_and_5_s_unless_set(region, model, expected, tmp_path):
+    res = build_resources(parse_config(CONNECT % (region, model, model)), NodeGroup("us-central1", "0.0.0.0", 8080))
+    clusters = {name: json_format.MessageToDict(c) for name, c in by_name(res[CLUSTER_TYPE]).items()}
+    for name in ("model/housing@us-central1", "model/spread@us-central1", "model/spread"):
+        assert clusters[name]["connectTimeout"] == expected, name
+    assert_envoy_accepts(res, tmp_path)
+
+
 def test_capacity_tiers_are_one_cluster_per_region_and_tier_in_attempt_order(tmp_path):
     config = parse_config(CONFIG.replace(
         "    strategy: least_request\n",

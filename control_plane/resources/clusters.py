@@ -87,7 +87,7 @@ def region_cluster(config: RegionConfig, model: str, region: str, tier: str | No
     policy = config.policy_for(model, region)
     cluster = cluster_pb2.Cluster(
         name=tier_cluster_name(model, region, tier),
-        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        connect_timeout=_duration(connect_timeout(policy)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         outlier_detection=config.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
         # Default 1 s would delay the effect of an ejection on host selection.
@@ -111,6 +111,21 @@ def region_cluster(config: RegionConfig, model: str, region: str, tier: str | No
         # accepts connections but answers 5xx or hangs passes a connect probe.
         cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
     return cluster
+
+
+# The default connect timeout follows per_try_timeout within these bounds. Below 1 s, a burst of new
+# TLS connections (a failover's first second: every hedged or retried attempt opens one to a region
+# that had no traffic) timed out on a loaded machine, and each timeout counts toward ejecting a
+# healthy region (measured: both regions ejected, requests sent to the hung one; docs/BENCHMARKS.md).
+CONNECT_TIMEOUT_BOUNDS = (1.0, 5.0)
+
+
+def connect_timeout(policy: Policy) -> float:
+    """Envoy's connect_timeout (TCP + TLS handshake) for a cluster under this policy, in seconds."""
+    if policy.connect_timeout is not None:
+        return policy.connect_timeout
+    low, high = CONNECT_TIMEOUT_BOUNDS
+    return min(high, max(low, policy.per_try_timeout))
 
 
 def health_check(config: RegionConfig, region: str) -> health_check_pb2.HealthCheck:
@@ -271,7 +286,7 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
     policy = config.policy_for(model, local_region)
     cluster = cluster_pb2.Cluster(
         name=cluster_name(model),
-        connect_timeout=_duration(min(5.0, policy.per_try_timeout)),
+        connect_timeout=_duration(connect_timeout(policy)),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST if spec.strategy == "least_request"
         else cluster_pb2.Cluster.ROUND_ROBIN,
         outlier_detection=_outlier_detection(policy),
