@@ -21,14 +21,11 @@ METADATA_NAMESPACE = "vertex"
 # Headers used inside Envoy between the per-attempt filters; never accepted from clients.
 # Each is copied from the chosen endpoint's metadata key of the same position.
 TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x-vertex-credential",
-                "x-vertex-upstream-path", "x-vertex-tier", "x-vertex-attempt")
+                "x-vertex-upstream-path", "x-vertex-tier")
 # upstream_path: a custom backend's whole path, "{verb}" standing for the client's verb (Vertex
 # regions have endpoint_path instead, the verb appended as ":{verb}"). tier: a capacity tier.
 METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path", "tier")
 CREDENTIAL_HEADER = "x-vertex-credential"
-# One temporary header carrying these metadata keys, "|"-separated (resources/upstream.py).
-ATTEMPT_HEADER = "x-vertex-attempt"
-ATTEMPT_KEYS = ("endpoint_path", "host", "upstream_path", "tier")
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

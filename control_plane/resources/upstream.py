@@ -32,8 +32,6 @@ from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .names import (
-    ATTEMPT_HEADER,
-    ATTEMPT_KEYS,
     CREDENTIAL_HEADER,
     METADATA_KEYS,
     METADATA_NAMESPACE,
@@ -136,47 +134,6 @@ OPENAI_REWRITE_LUA = _REWRITE_HEAD + """  local op, beta
 """ + _REWRITE_TAIL
 
 
-# The same rewrite reading one temporary header instead of six: header_mutation writes the
-# chosen host's endpoint_path, host, upstream_path and tier into ATTEMPT_HEADER, "|"-separated
-# ("|" cannot appear in a URL path or a host), and the script makes 1 get + 1 remove of it where
-# the six-header form made 6 + 6 (each a C++/Lua crossing). An absent metadata key renders as
-# "" or "-": both mean absent.
-_ONE_HEADER_HEAD = """
-local function present(v) if v == nil or v == "" or v == "-" then return nil end return v end
-function envoy_on_request(h)
-  local hd = h:headers()
-  local ep, authority, up, tier = string.match(hd:get("x-vertex-attempt") or "",
-    "^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
-  hd:remove("x-vertex-attempt")
-  ep, authority, up, tier = present(ep), present(authority), present(up), present(tier)
-"""
-_ONE_HEADER_TIER_AND_CHECK = """  if tier ~= nil then
-    hd:remove("x-vertex-ai-llm-request-type"); hd:remove("x-vertex-ai-llm-shared-request-type")
-    if tier == "dedicated" or tier == "shared" then
-      hd:add("x-vertex-ai-llm-request-type", tier)
-    elseif tier == "priority" then
-      hd:add("x-vertex-ai-llm-request-type", "shared")
-      hd:add("x-vertex-ai-llm-shared-request-type", "priority")
-    end
-  end
-  if (ep == nil and up == nil) or authority == nil then
-    h:respond({[":status"] = "502", ["content-type"] = "application/json"},
-      '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
-    return
-  end
-  local meta = h:streamInfo():dynamicMetadata()
-  local client = meta:get("vertex.client")
-  local verb, query
-"""
-
-
-def one_header_lua(openai: bool, remove_credential_header: bool) -> str:
-    """The per-attempt rewrite reading ATTEMPT_HEADER (see _ONE_HEADER_HEAD)."""
-    head = _ONE_HEADER_HEAD + ('  hd:remove("x-vertex-credential")\n' if remove_credential_header else "")
-    body = OPENAI_REWRITE_LUA.split("  local op, beta\n", 1)[1] if openai else _CLIENT_VERB + _REWRITE_TAIL
-    return head + _ONE_HEADER_TIER_AND_CHECK + ("  local op, beta\n" if openai else "") + body
-
-
 def token_secret_name(profile: str) -> str:
     return f"token/{profile}"
 
@@ -241,29 +198,21 @@ def _only_for_profile(profile: str, injector: credential_injector_pb2.Credential
                 on_match=skip)])))
 
 def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False,
-                     openai: bool = False, one_header: bool = False) -> list[hcm_pb2.HttpFilter]:
+                     openai: bool = False) -> list[hcm_pb2.HttpFilter]:
     """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
     Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
     backend with `credential: none`), so no injector may run unconditionally. openai: the
     cluster's model is also served on OpenAI-compatible paths (a longer rewrite)."""
-    return list(_upstream_filters(tuple(profiles), uncredentialed, openai, one_header))
+    return list(_upstream_filters(tuple(profiles), uncredentialed, openai))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
 def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False,
-                      openai: bool = False, one_header: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
+                      openai: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
-    def meta(key: str) -> str:
-        return f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%"
-
-    single = len(profiles) == 1 and not uncredentialed  # the common case: one token for every region
-    if one_header:
-        copy = [_header(ATTEMPT_HEADER, "|".join(meta(k) for k in ATTEMPT_KEYS))]
-        if not single:  # the injectors' matchers read it
-            copy.append(_header(CREDENTIAL_HEADER, meta("credential")))
-    else:
-        copy = [_header(name, meta(key)) for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
+    copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
+            for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
         mutation_rules_pb2.HeaderMutation(remove="authorization"),
@@ -278,7 +227,7 @@ def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: boo
     def key(p: str | Injection) -> str:
         return p.key if isinstance(p, Injection) else p
 
-    if single:
+    if len(profiles) == 1 and not uncredentialed:  # the common case: one token for every region
         filters.append(hcm_pb2.HttpFilter(name=f"credential/{key(profiles[0])}",
                                           typed_config=_any(_credential_injector(profiles[0]))))
     else:
@@ -286,8 +235,7 @@ def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: boo
             _only_for_profile(key(p), _credential_injector(p)))) for p in profiles]
     filters += [
         hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=one_header_lua(openai, not single) if one_header
-                                                    else OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
+            default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
         hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
                            typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
     ]
