@@ -5,6 +5,11 @@ proxied request ends at the same fast backend (nginx from Debian, `return 200` w
 ~1 KB Vertex-like JSON answer; `--backend envoy` uses an Envoy with a direct_response instead):
 
   direct      the load generator straight to the backend: the floor
+  static-1w   the reference: a hand-written static Envoy, 1 worker, doing the same single-region
+              rewrite (route prefix_rewrite to the local region's Vertex path, host_rewrite_literal,
+              a static "Authorization: Bearer" header, one static cluster); no retries, no failover,
+              no access log. envoy-1w's CPU per request over this one's, in the same run, is the
+              chain's overhead
   envoy-1w    this project's Envoy, 1 worker, programmed by the control plane (full filter
               chain: buffer, router with the retry policy, aggregate cluster, per-attempt
               header_mutation + credential_injector + Lua rewrite); both regions' address and
@@ -31,12 +36,18 @@ json_to_metadata parses the body for "model" and "stream" and the route is chose
 them) against the Vertex-native `POST /v1/models/gemini:generateContent` to the same model
 cluster (route chosen on the path alone).
 
+Alternative rewrites (ablation rows `lua, one header`, `native rewrite`, `native rewrite, -access
+log`): `full` with only the per-attempt rewrite done another way; `native rewrite` compiles
+bench/native_rewrite/vertex_rewrite.c (an Envoy dynamic module, a prototype) with `cc`. Every ablation
+row also shows its CPU per request over static-1w's in the same round (median of the per-round
+ratios), and the verdicts include envoy-1w's.
+
 Load generator: wrk (installed from Debian when absent and running as root); without it the
 Python load generator of tests/loadgen.py runs in a separate process, and the output says so
 (its own cost then bounds every number).
 
     python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
-                              [--targets direct,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
+                              [--targets direct,static-1w,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
                               [--variants '+jwt (no cache);+jwt;full;...']
                               [--no-openai]
 """
@@ -49,6 +60,7 @@ import datetime as dt
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -81,7 +93,7 @@ from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"
-TARGETS = ("direct", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
+TARGETS = ("direct", "static-1w", "envoy-1w", "envoy-2w", "router-1p", "router-2p")
 # Cumulative from "full" down: each variant drops one more part of the filter chain than the one
 # before. "+tracing" is "full" plus the OpenTelemetry tracer (every request sampled, spans
 # exported over OTLP/gRPC to a receiver in this process).
@@ -99,7 +111,21 @@ VARIANTS = {
                                      "mutation, no local-reply mapping",
     "bare": "also the route names the region cluster directly: no aggregate cluster, no retry policy, "
             "no response header",
+    "bare, one route": "also the route table is the one housing route, matched on a path prefix (the product's "
+                       "has a regex route per model, verb group and pinned region, the housing route 14th)",
+    # Alternatives to the per-attempt rewrite, each on its own: "full" with one part done another way.
+    "lua, one header": "`full` with the rewrite reading one `|`-joined temporary header (1 get + 1 remove) "
+                       "instead of six (6 + 6)",
+    "native rewrite": "`full` with header_mutation + Lua replaced by a C dynamic module (prototype, "
+                      "bench/native_rewrite/) reading the host's metadata itself; credential_injector kept",
+    "native rewrite, -access log": "`native rewrite` without the access log: how near the static reference a "
+                                   "native rewrite gets when the log costs nothing",
 }
+# The rows that drop one more part each, from "full" down (the others are additions or alternatives).
+CUMULATIVE = ("full", "-access log", "-lua", "-upstream filters", "-buffer, scrub, local replies", "bare",
+              "bare, one route")
+ALTERNATIVES = ("lua, one header", "native rewrite", "native rewrite, -access log")
+NATIVE_MODULE = "vertex_rewrite"  # bench/native_rewrite/vertex_rewrite.c, built into lib<name>.so
 ABLATE_CONNECTIONS = 16
 GEMINI = "google/gemini-2.0-flash"
 # The OpenAI front door's body reading, priced on envoy-1w with one chat body: only the path differs.
@@ -204,6 +230,45 @@ http {{
         _stop(self.proc)
 
 
+def static_reference_config(port: int, backend_port: int) -> dict:
+    """The hand-written static Envoy: what one would write for one region without failover. Its
+    rewrite is the product's first attempt (path, host, token), done at the route."""
+    hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    return {"static_resources": {
+        "listeners": [{
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                "@type": hcm, "stat_prefix": "static",
+                "route_config": {"virtual_hosts": [{"name": "vertex", "domains": ["*"], "routes": [{
+                    "match": {"prefix": "/v1/models/housing:"},
+                    "route": {"cluster": "vertex", "timeout": "30s",
+                              "prefix_rewrite": f"/v1/projects/{PROJECT}/locations/{LOCAL}/endpoints/"
+                                                f"{ENDPOINT_IDS[LOCAL]}:",
+                              "host_rewrite_literal": f"{LOCAL}-aiplatform.googleapis.com"},
+                    "request_headers_to_add": [{"header": {"key": "authorization", "value": f"Bearer {BENCH_TOKEN}"},
+                                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+        "clusters": [{
+            "name": "vertex", "type": "STATIC", "connect_timeout": "5s",
+            "load_assignment": {"cluster_name": "vertex", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}}}]}]}}]}}
+
+
+def start_static_reference(backend_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+    import yaml
+    port = free_port()
+    path = workdir / "static-reference.yaml"
+    path.write_text(yaml.safe_dump(static_reference_config(port, backend_port)))
+    log = open(workdir / "static-reference.log", "ab")
+    proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
+                             "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _post(url + MODEL_PATH, b'{"instances":[1]}')[0] == 200, 30, "the static reference Envoy")
+    return proc, url
+
+
 def _stop(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -248,7 +313,11 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
             return build_resources(config.model_copy(update={"observability": Observability(
                 tracing=Tracing(collector=collector))}), group)
         built = build_resources(config, group)
-        level = list(VARIANTS).index(variant) - list(VARIANTS).index("full")  # full 0, -access log 1 ...
+        if variant in ALTERNATIVES:
+            alternative(variant.removesuffix(", -access log"), built)
+            if not variant.endswith("-access log"):
+                return built
+        level = 1 if variant in ALTERNATIVES else CUMULATIVE.index(variant)  # full 0, -access log 1 ...
         if level == 0:
             return built
         for listener in built[LISTENER_TYPE]:
@@ -293,9 +362,114 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
                     if level >= 5:
                         vh.include_attempt_count_in_response = False
                         del vh.response_headers_to_add[:]
+                    if level >= 6:
+                        keep = [r for r in vh.routes if r.name == "model:housing"]
+                        for route in keep:
+                            route.match.Clear()
+                            route.match.prefix = "/v1/models/housing:"
+                        del vh.routes[:]
+                        vh.routes.extend(keep)
         return built
 
     return build
+
+
+# The "lua, one header" row: header_mutation writes the chosen host's endpoint_path, host,
+# upstream_path and tier into one header, "|"-joined ("|" cannot appear in a URL path or a host),
+# and the script reads it with 1 get + 1 remove where the product's reads six (6 + 6). An absent
+# key renders as "" or "-". Bench only (it measured no gain, docs/BENCHMARKS.md), so the listener
+# does not scrub this header from clients.
+ONE_HEADER = "x-vertex-attempt"
+ONE_HEADER_KEYS = ("endpoint_path", "host", "upstream_path", "tier")
+_ONE_HEADER_HEAD = """
+local function present(v) if v == nil or v == "" or v == "-" then return nil end return v end
+function envoy_on_request(h)
+  local hd = h:headers()
+  local ep, authority, up, tier = string.match(hd:get("x-vertex-attempt") or "",
+    "^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
+  hd:remove("x-vertex-attempt")
+  ep, authority, up, tier = present(ep), present(authority), present(up), present(tier)
+  if tier ~= nil then
+    hd:remove("x-vertex-ai-llm-request-type"); hd:remove("x-vertex-ai-llm-shared-request-type")
+    if tier == "dedicated" or tier == "shared" then
+      hd:add("x-vertex-ai-llm-request-type", tier)
+    elseif tier == "priority" then
+      hd:add("x-vertex-ai-llm-request-type", "shared")
+      hd:add("x-vertex-ai-llm-shared-request-type", "priority")
+    end
+  end
+  if (ep == nil and up == nil) or authority == nil then
+    h:respond({[":status"] = "502", ["content-type"] = "application/json"},
+      '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
+    return
+  end
+"""
+
+
+def one_header_lua(product_script: str) -> str:
+    """The product's script with its head (six temporary headers) replaced by _ONE_HEADER_HEAD."""
+    return _ONE_HEADER_HEAD + product_script[product_script.index("  local meta = h:streamInfo()"):]
+
+
+def build_native_module(workdir: Path) -> None:
+    """Compile bench/native_rewrite/vertex_rewrite.c into workdir and let Envoys started from now on
+    find it there (ENVOY_DYNAMIC_MODULES_SEARCH_PATH)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("the `native rewrite` row needs a C compiler (cc/gcc)")
+    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-o", str(workdir / f"lib{NATIVE_MODULE}.so"),
+                    str(ROOT / "bench" / "native_rewrite" / f"{NATIVE_MODULE}.c")], check=True)
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(workdir)
+
+
+def alternative(variant: str, built: dict) -> None:
+    """Redo the per-attempt filters of every cluster another way (see ALTERNATIVES)."""
+    from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+    from envoy.extensions.filters.http.lua.v3 import lua_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+
+    from control_plane.resources.names import METADATA_NAMESPACE, TEMP_HEADERS
+
+    for cluster in built[CLUSTER_TYPE]:
+        if HPO not in cluster.typed_extension_protocol_options:
+            continue
+        options = hpo_pb2.HttpProtocolOptions()
+        cluster.typed_extension_protocol_options[HPO].Unpack(options)
+        if variant == "native rewrite":
+            from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2 as dm_pb2
+            from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2 as dm_filter_pb2
+            from envoy.extensions.filters.network.http_connection_manager.v3 import (
+                http_connection_manager_pb2 as hcm_pb2,
+            )
+            native = hcm_pb2.HttpFilter(name="envoy.filters.http.dynamic_modules")
+            native.typed_config.Pack(dm_filter_pb2.DynamicModuleFilter(
+                dynamic_module_config=dm_pb2.DynamicModuleConfig(name=NATIVE_MODULE), filter_name=NATIVE_MODULE))
+            keep = [native, *[f for f in options.http_filters if f.name.startswith("credential/")
+                              or f.name.endswith("upstream_codec")]]
+            del options.http_filters[:]
+            options.http_filters.extend(keep)
+            cluster.typed_extension_protocol_options[HPO].Pack(options)
+            continue
+        for f in options.http_filters:
+            if f.name == "envoy.filters.http.header_mutation":
+                mutation = header_mutation_pb2.HeaderMutation()
+                f.typed_config.Unpack(mutation)
+                keep = [m for m in mutation.mutations.request_mutations
+                        if not (m.HasField("append") and m.append.header.key in TEMP_HEADERS)]
+                del mutation.mutations.request_mutations[:]
+                mutation.mutations.request_mutations.extend(keep)
+                added = mutation.mutations.request_mutations.add()
+                added.append.header.key = ONE_HEADER
+                added.append.header.value = "|".join(f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{k})%"
+                                                     for k in ONE_HEADER_KEYS)
+                added.append.append_action = added.append.OVERWRITE_IF_EXISTS_OR_ADD
+                f.typed_config.Pack(mutation)
+            elif f.name == "envoy.filters.http.lua":
+                lua = lua_pb2.Lua()
+                f.typed_config.Unpack(lua)
+                lua.default_source_code.inline_string = one_header_lua(lua.default_source_code.inline_string)
+                f.typed_config.Pack(lua)
+        cluster.typed_extension_protocol_options[HPO].Pack(options)
 
 
 BENCH_ISSUER = "https://issuer.bench.test"
@@ -514,7 +688,7 @@ def check_rewrite(target: str, url: str, body: bytes, backend: Backend, send: di
     status, headers = _post(url + MODEL_PATH, body, headers=send)
     seen = {k: headers.get(f"x-seen-{k}", "") for k in ("uri", "host", "auth")}
     ok = status == 200
-    if target != "direct" and not target.startswith("ablate:"):
+    if target != "direct" and (not target.startswith("ablate:") or target[len("ablate:"):] in ALTERNATIVES):
         ok = ok and seen["uri"] == f"/v1/projects/{PROJECT}/locations/{LOCAL}/endpoints/{ENDPOINT_IDS[LOCAL]}:predict" \
             and seen["host"] == f"{LOCAL}-aiplatform.googleapis.com" and seen["auth"].startswith("Bearer ")
     return {"status": status, "seen": {**seen, "auth": seen["auth"][:12] + "..." if seen["auth"] else ""},
@@ -605,6 +779,15 @@ def run(args: argparse.Namespace) -> dict:
 
     ablate = [] if args.no_ablate else [v for v in VARIANTS if v in args.variants]
     variant_ports = {v: free_port() for v in ablate}
+    native = [v for v in ablate if v.startswith("native rewrite")]
+    if native:
+        try:
+            build_native_module(workdir)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"skipping the native rewrite rows: {exc}", file=sys.stderr)
+            for v in native:
+                ablate.remove(v)
+                del variant_ports[v]
     _, token = bench_jwt(workdir)  # before any Envoy asks for the +jwt variant's config
     jwt_headers = {"authorization": f"Bearer {token}"}
     routers: list[subprocess.Popen] = []
@@ -621,6 +804,11 @@ def run(args: argparse.Namespace) -> dict:
                                                       f"127.0.0.1:{collector.port}")})
         targets["direct"] = Target("direct", backend.url, lambda: [],
                                    f"{backend_kind} backend, no proxy")
+        if "static-1w" in args.targets:
+            static_proc, static_url = start_static_reference(backend.port, workdir)
+            routers.append(static_proc)
+            targets["static-1w"] = Target("static-1w", static_url, lambda: [static_proc.pid],
+                                          "hand-written static Envoy, 1 worker: route rewrite, static token")
         envoys = {}
         for name, workers in (("envoy-1w", 1), ("envoy-2w", 2)):
             if name in args.targets:
@@ -662,15 +850,18 @@ def run(args: argparse.Namespace) -> dict:
               file=sys.stderr)
         main_targets = [t for t in args.targets if t in targets]
         for rnd in range(args.rounds):
+            # A fresh cell order every round (seeded: reruns repeat it), so the machine's drift within a
+            # round does not always land on the same target or ablation row.
+            order = random.Random(rnd)
             for connections in args.connections:
-                for name in main_targets:
+                for name in order.sample(main_targets, len(main_targets)):
                     r = measure(load, targets[name], connections, args.duration, args.warmup)
                     r["round"] = rnd
                     results.append(r)
                     print(f"  [{rnd}] {name:10s} c={connections:<3d} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms"
                           f"  p99 {r['p99_ms']:.3f} ms  cpu/req {fmt(r['proxy_cpu_us_per_req'], '.1f')} us"
                           f"  errors {r['errors']}  load {r['loadavg']:.2f}", file=sys.stderr)
-            for v in ablate:
+            for v in order.sample(ablate, len(ablate)):
                 r = measure(load, targets[f"ablate:{v}"], ABLATE_CONNECTIONS, args.duration, args.warmup)
                 r.update(round=rnd, variant=v)
                 results.append(r)
@@ -729,7 +920,24 @@ def aggregate(results: list[dict]) -> dict:
     return out
 
 
-def verdicts(cells: dict) -> list[dict]:
+def static_ratios(results: list[dict]) -> dict:
+    """Per target (and ablation variant): its CPU per request over static-1w's in the same round, at
+    ABLATE_CONNECTIONS; median, min and max over rounds. Paired per round, so a busy round weighs
+    on both sides of its ratio."""
+    import statistics
+    static = {r["round"]: r["proxy_cpu_us_per_req"] for r in results
+              if r["target"] == "static-1w" and r["connections"] == ABLATE_CONNECTIONS and not r.get("variant")}
+    by_key: dict[str, list[float]] = {}
+    for r in results:
+        key = (r.get("variant") and f"ablate:{r['variant']}") or r["target"]
+        if r["connections"] == ABLATE_CONNECTIONS and r.get("proxy_cpu_us_per_req") and static.get(r["round"]) \
+                and key != "static-1w":
+            by_key.setdefault(key, []).append(r["proxy_cpu_us_per_req"] / static[r["round"]])
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": len(v)}
+            for k, v in by_key.items()}
+
+
+def verdicts(cells: dict, ratios: dict | None = None) -> list[dict]:
     def get(t, c, f):
         cell = cells.get((t, c))
         return cell[f] if cell else None
@@ -748,6 +956,12 @@ def verdicts(cells: dict) -> list[dict]:
     if cpu is not None:
         rows.append({"target": "Envoy CPU per request (1 worker, 16 connections)", "goal": "<= 60 us",
                      "value": cpu, "text": f"{cpu:.0f} us", "met": cpu <= 60})
+    chain = (ratios or {}).get("envoy-1w")
+    if chain:
+        rows.append({"target": "Envoy CPU per request vs the static reference Envoy in the same run (1 worker, "
+                               f"{ABLATE_CONNECTIONS} connections, median of per-round ratios)", "goal": "<= 1.2x",
+                     "value": chain["median"], "text": f"{chain['median']:.2f}x ({chain['min']:.2f}–{chain['max']:.2f})",
+                     "met": chain["median"] <= 1.2})
     p_env, p_dir = get("envoy-1w", 1, "p50_ms"), get("direct", 1, "p50_ms")
     if p_env is not None and p_dir is not None:
         added = p_env - p_dir
@@ -785,20 +999,36 @@ def markdown(doc: dict) -> str:
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
     if ablation:
+        static = cells.get(("static-1w", ABLATE_CONNECTIONS))
         lines += ["", f"Where Envoy's CPU goes (1 worker, {ABLATE_CONNECTIONS} connections; the +jwt rows add client "
-                      "authentication and `+tracing` the tracer to `full`; each row after `full` drops one more "
-                      "part):", "",
-                  "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above |",
-                  "|---|---|---:|---:|---:|---:|"]
-        prev = None
+                      "authentication and `+tracing` the tracer to `full`; each row from `full` to `bare` drops one "
+                      "more part; the last rows are `full` with the rewrite done another way, compared with `full`):",
+                  "",
+                  "| variant | what is left out | req/s | p50 ms | CPU us/req (user + sys) | saved vs the row above "
+                  "| x static reference (median of per-round ratios) |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        prev = full = None
         for v, c in ablation:
-            saved = f"{prev - c['proxy_cpu_us_per_req']:.1f} us" if prev is not None else "–"
+            base = full if v in ALTERNATIVES else prev
+            saved = f"{base - c['proxy_cpu_us_per_req']:.1f} us" if base is not None else "–"
+            if v in ALTERNATIVES:
+                saved += " (vs full)"
             spread = c.get("proxy_cpu_us_per_req_range")
+            ratio = doc.get("static_ratios", {}).get(f"ablate:{v}")
+            vs_static = (f"{ratio['median']:.2f}x [{ratio['min']:.2f}–{ratio['max']:.2f}]" if ratio else
+                         f"{c['proxy_cpu_us_per_req'] / static['proxy_cpu_us_per_req']:.2f}x" if static else "–")
             lines.append(f"| {v} | {VARIANTS[v]} | {c['rps']:,.0f} | {c['p50_ms']:.3f} | "
                          f"{c['proxy_cpu_us_per_req']:.1f} ({c['proxy_user_us_per_req']:.1f} + "
                          f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
-                         + f" | {saved} |")
-            prev = c["proxy_cpu_us_per_req"]
+                         + f" | {saved} | {vs_static} |")
+            if v not in ALTERNATIVES:
+                prev = c["proxy_cpu_us_per_req"]
+            if v == "full":
+                full = prev
+        if static:
+            lines.append(f"| static reference | `static-1w`: a hand-written static Envoy, route rewrite, static token "
+                         f"| {static['rps']:,.0f} | {static['p50_ms']:.3f} | {static['proxy_cpu_us_per_req']:.1f} "
+                         f"({static['proxy_user_us_per_req']:.1f} + {static['proxy_sys_us_per_req']:.1f}) | – | 1.00x |")
     reading = [(cell, cells.get((f"body:{cell}", ABLATE_CONNECTIONS))) for cell in BODY_READING]
     reading = [(cell, c) for cell, c in reading if c]
     if reading:
@@ -833,8 +1063,8 @@ def plot(doc: dict, path: Path) -> str:
     cells = doc["cells"]
     conns = sorted({c for (t, c) in cells if t in TARGETS})
     names = [t for t in TARGETS if any((t, c) in cells for c in conns)]
-    colors = {"direct": "tab:gray", "envoy-1w": "tab:blue", "envoy-2w": "tab:cyan", "router-1p": "tab:orange",
-              "router-2p": "tab:red"}
+    colors = {"direct": "tab:gray", "static-1w": "tab:green", "envoy-1w": "tab:blue", "envoy-2w": "tab:cyan",
+              "router-1p": "tab:orange", "router-2p": "tab:red"}
     ablation = [(v, cells.get((f"ablate:{v}", ABLATE_CONNECTIONS))) for v in VARIANTS]
     ablation = [(v, c) for v, c in ablation if c]
     fig, grid = plt.subplots(2, 2, figsize=(14, 9.5))
@@ -944,7 +1174,8 @@ def main(argv: list[str] | None = None) -> int:
         "cells": cells,
         "results": out["results"],
     }
-    doc["verdicts"] = verdicts(cells)
+    doc["static_ratios"] = static_ratios(out["results"])
+    doc["verdicts"] = verdicts(cells, doc["static_ratios"])
     table = markdown(doc)
     print(table)
     if not args.no_plot:
