@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from control_plane.lab.ads_client import AdsClient
 from control_plane.metrics import Metrics
 from control_plane.server import AdsServer
 from control_plane.sessions import DeltaSession, SotwSession
@@ -27,7 +28,7 @@ from control_plane.status import ClientRegistry
 from control_plane.xds_cache import NodeRefused
 from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
-from .test_server import AdsClient, until
+from .test_server import until
 
 
 @dataclass(frozen=True)
