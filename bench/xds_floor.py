@@ -3,8 +3,9 @@ bytes, so the product's per-stream cost and its time to sync and to push an edit
 against what gRPC and Python cost anyway, measured in the same run.
 
 It uses the product's SnapshotCache (the same pre-serialized resources and memoized
-selections) and the same file watch as `serve` (watchfiles, 50 ms debounce), and nothing
-else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
+selections), the same file watch as `serve` (watchfiles, 50 ms debounce) and the same way of
+handing responses to gRPC (control_plane.server.Outgoing: grpc.aio would otherwise keep each
+stream's last response alive), and nothing else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
 cache's. Per stream: the names subscribed per type; an ACK (a nonce and unchanged names) is
 ignored; a request is answered; a change pushes every subscribed type. Delta the same, with
 the name -> version each stream was sent, so a change sends only what differs (removals
@@ -36,6 +37,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
 
     from control_plane import loading
     from control_plane.cache import SnapshotCache
+    from control_plane.server import Outgoing, stream_handler
 
     config = loading.load(config_path).config
     cache = SnapshotCache(config)
@@ -74,7 +76,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
                     nonce += 1
                     header = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
                                                              nonce=str(nonce))
-                    yield header.SerializeToString() + b"".join(r.response_entry for r in selection.values())
+                    yield Outgoing(header.SerializeToString() + b"".join(r.response_entry for r in selection.values()))
         finally:
             inboxes.discard(inbox)
             reader.cancel()
@@ -121,18 +123,15 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
                     nonce += 1
                     header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
                                                                   nonce=str(nonce))
-                    yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+                    yield Outgoing(header.SerializeToString() + b"".join(r.delta_entry for r in changed))
         finally:
             inboxes.discard(inbox)
             reader.cancel()
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, {
-        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes),
-        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            delta_stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-            response_serializer=bytes)}),))
+        "StreamAggregatedResources": stream_handler(stream, discovery_pb2.DiscoveryRequest),
+        "DeltaAggregatedResources": stream_handler(delta_stream, discovery_pb2.DeltaDiscoveryRequest)}),))
     server.add_insecure_port(f"127.0.0.1:{xds_port}")
     await server.start()
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
@@ -31,6 +32,29 @@ REQUESTS_QUEUED = 16  # per stream; beyond this the stream is not read (gRPC flo
 REFUSAL_LOG_EVERY_S = 10.0
 
 
+class Outgoing:
+    """A response on its way out. grpc.aio keeps the last message a stream handler yielded
+    until the next one (for an idle Envoy: for ever), so a stream yields this holder and the
+    serializer (`take`) empties it: what stays behind per stream is an empty holder, not the
+    stream's last response (tens of KB; half of a connected client's memory at 1,000)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def take(message: Outgoing) -> bytes:
+    data, message.data = message.data, b""
+    return data
+
+
+def stream_handler(handler, request_type) -> grpc.RpcMethodHandler:
+    """A stream-stream ADS method whose handler yields Outgoing (pre-serialized bytes)."""
+    return grpc.stream_stream_rpc_method_handler(handler, request_deserializer=request_type.FromString,
+                                                 response_serializer=take)
+
+
 class AdsServer:
     """max_streams: at most this many xDS streams on this replica (None: no cap); one more is
     refused with RESOURCE_EXHAUSTED, so the Envoy's retry lands on another replica."""
@@ -46,14 +70,12 @@ class AdsServer:
         self._refused_since_log = 0
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
-        # Responses are bytes assembled from pre-serialized resources, hence `bytes` as serializer.
+        # Responses are bytes assembled from pre-serialized resources, handed over in Outgoing.
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
-            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                functools.partial(self._serve, session_type=SotwSession),
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes),
-            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                functools.partial(self._serve, session_type=DeltaSession),
-                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString, response_serializer=bytes),
+            "StreamAggregatedResources": stream_handler(functools.partial(self._serve, session_type=SotwSession),
+                                                        discovery_pb2.DiscoveryRequest),
+            "DeltaAggregatedResources": stream_handler(functools.partial(self._serve, session_type=DeltaSession),
+                                                       discovery_pb2.DeltaDiscoveryRequest),
         })
 
     def next_nonce(self) -> str:
@@ -61,14 +83,15 @@ class AdsServer:
         return str(self._nonces)
 
     async def _serve(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
-                     session_type: type[Session]) -> AsyncIterator[bytes]:
+                     session_type: type[Session]) -> AsyncIterator[Outgoing]:
         if self.max_streams is not None and self.open_streams >= self.max_streams:
             await self._refuse(context)
             return
         self.open_streams += 1
         try:
             async for response in self._stream(requests, context, session_type):
-                yield response
+                yield Outgoing(response)
+                response = None
         finally:
             self.open_streams -= 1
 
@@ -97,6 +120,7 @@ class AdsServer:
             try:
                 async for request in requests:
                     await inbox.put(request)
+                    request = None  # (not kept alive while waiting for the next)
             finally:
                 closed.set()
                 if not inbox.full():  # wake the loop; if full, it finds `closed` once it has drained
@@ -113,7 +137,12 @@ class AdsServer:
             reader.cancel()
             log.warning("xDS stream refused from %s: %s", context.peer(), printable(refused))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        stream = self.clients.open(first.node, context.peer(), session_type.MODE)
+        # A copy: the request's node would keep the whole first request alive. Without
+        # `extensions` (Envoy lists every extension it was built with: KBs per stream).
+        node = base_pb2.Node()
+        node.CopyFrom(first.node)
+        node.ClearField("extensions")
+        stream = self.clients.open(node, context.peer(), session_type.MODE)
         self.metrics.connected.labels(stream.mode).inc()
         log.info("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
         session = session_type(self.cache, stream, self.metrics, self.next_nonce)
@@ -127,7 +156,7 @@ class AdsServer:
 
         stop_watching = self.cache.watch(on_change)
         try:
-            item = first
+            item, first = first, None
             while item is not None:
                 if item is not CACHE_CHANGED:
                     for response in session.on_request(item):
@@ -136,7 +165,7 @@ class AdsServer:
                     changed = False
                     for response in session.on_change():
                         yield response
-                response = None  # don't keep the last response alive while waiting
+                response = item = None  # don't keep the last response or request alive while waiting
                 item = await _next(inbox, closed)
         finally:
             stop_watching()

@@ -33,7 +33,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from .metrics import Metrics
 from .snapshot import type_version
 from .status import ClientStream, printable
-from .subscription import Answer, Subscription
+from .subscription import Answer, Subscription, shared_names
 from .xds_cache import NodeRefused, Selection, XdsCache
 from .xds_types import (
     CLUSTER_TYPE,
@@ -204,7 +204,7 @@ class SotwSession(Session):
         answer = self.record_answer(state, request.response_nonce, request.version_info, error)
         if answer is Answer.STALE:
             return
-        names = frozenset(request.resource_names) - {"*"}
+        names = shared_names(n for n in request.resource_names if n != "*")
         state.names = None if request.type_url in WILDCARD_TYPES and not names else names
         state.subscribed = True
         yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None,
@@ -239,11 +239,11 @@ class DeltaSession(Session):
             state.client, state.client_version = dict(request.initial_resource_versions), ""
             subscribe = set(request.resource_names_subscribe)
             state.names = None if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe) \
-                else frozenset(subscribe - {"*"})
+                else shared_names(subscribe - {"*"})
         elif request.resource_names_subscribe or request.resource_names_unsubscribe:
             if state.names is not None:
-                state.names = (state.names | set(request.resource_names_subscribe)) \
-                    - set(request.resource_names_unsubscribe)
+                state.names = shared_names((state.names | set(request.resource_names_subscribe))
+                                           - set(request.resource_names_unsubscribe))
             client = state.client if state.client is not None else {}
             # Asked for again (e.g. an updated cluster re-subscribes its endpoints): send it
             # again; unsubscribed: the client drops it, forget it.
