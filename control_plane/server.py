@@ -17,6 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
+from .responses import Responses
 from .sessions import DeltaSession, Session, SotwSession
 from .status import ClientRegistry, printable
 from .xds_cache import XdsCache
@@ -64,6 +65,10 @@ class AdsServer:
         self.clients = clients
         self.metrics = metrics
         self.max_streams = max_streams
+        # Responses built once for all streams; what they hold is only ever old, never wrong,
+        # after a change: dropped then, so memory follows what is sent now.
+        self.responses = Responses()
+        cache.watch(self.responses.clear)
         self.open_streams = 0
         self._nonces = 0
         self._refused_logged_at = float("-inf")
@@ -145,7 +150,7 @@ class AdsServer:
         stream = self.clients.open(node, context.peer(), session_type.MODE)
         self.metrics.connected.labels(stream.mode).inc()
         log.info("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
-        session = session_type(self.cache, stream, self.metrics, self.next_nonce)
+        session = session_type(self.cache, stream, self.metrics, self.next_nonce, self.responses)
 
         def on_change() -> None:
             nonlocal changed

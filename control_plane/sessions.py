@@ -23,14 +23,15 @@ Protocol points (xDS spec, "ACK/NACK and versioning"):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
+from .responses import NOTHING_HELD, Responses, with_nonce
 from .snapshot import type_version
 from .status import ClientStream, printable
 from .subscription import Answer, Subscription, shared_names
@@ -48,7 +49,6 @@ from .xds_types import (
 
 log = logging.getLogger(__name__)
 
-CONTROL_PLANE_ID = "vertex-gateway"
 # A request for one type can change what is due for these types, and only these (in push
 # order): its own answer, and the make-before-break gates it opens. Clusters and endpoints
 # ACKed release listeners and routes; listeners and routes ACKed release the removal of old
@@ -68,13 +68,18 @@ class Session:
 
     MODE = ""
 
-    def __init__(self, cache: XdsCache, stream: ClientStream, metrics: Metrics, next_nonce: Callable[[], str]):
+    __slots__ = ("cache", "stream", "metrics", "next_nonce", "responses", "group", "_group_current", "_ready")
+
+    def __init__(self, cache: XdsCache, stream: ClientStream, metrics: Metrics, next_nonce: Callable[[], str],
+                 responses: Responses | None = None):
         self.cache = cache
         self.stream = stream
         self.metrics = metrics
         self.next_nonce = next_nonce
+        self.responses = responses if responses is not None else Responses()  # shared by the server's streams
         self.group = None
         self._group_current = False  # the group is resolved again after each cache change
+        self._ready: bool | None = None  # _clusters_ready(), worked out once per reconcile
 
     # -------------------------------------------------------------- events
 
@@ -95,39 +100,44 @@ class Session:
             # e.g. Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
             self.stream.error = not_ready
             return
+        self._ready = None
         for type_url in types:
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
             desired = self.desired(type_url, state)
             if desired is not None:
-                yield from self.send(type_url, state, desired, force=type_url == resend)
+                for response in self.send(type_url, state, *desired, force=type_url == resend):
+                    self._ready = None  # a send (and the wait while it goes out) can change it
+                    yield response
 
     # -------------------------------------------------------------- make-before-break
 
-    def desired(self, type_url: str, state: Subscription) -> Selection | None:
-        """What the Envoy should hold of this type now; None: hold what it has."""
-        target = self._target(type_url, state.names)
+    def desired(self, type_url: str, state: Subscription) -> tuple[Selection, str] | None:
+        """What the Envoy should hold of this type now, and its version; None: hold what it has."""
+        found = self.cache.target(self.group, type_url, state.names)
+        target = found[0]
         if type_url == CLUSTER_TYPE:
             held = state.acked
             if held.keys() <= target.keys() or self._routes_settled():
-                return target  # nothing to keep, or routes no longer name the old clusters
-            return {**held, **target}
+                return found  # nothing to keep, or routes no longer name the old clusters
+            return _versioned({**held, **target})
         if type_url == ENDPOINT_TYPE:
+            if state.acked.keys() <= target.keys():
+                return found
             # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
             held = {n: r for n, r in state.acked.items()
                     if n not in target and (state.names is None or n in state.names)}
-            return {**held, **target} if held else target
-        if type_url in (LISTENER_TYPE, ROUTE_TYPE) and not self._clusters_ready():
-            return None
-        return target
+            return _versioned({**held, **target}) if held else found
+        if type_url in (LISTENER_TYPE, ROUTE_TYPE):
+            if self._ready is None:
+                self._ready = self._clusters_ready()
+            if not self._ready:
+                return None
+        return found
 
     def _target(self, type_url: str, names) -> Selection:
         return self.cache.target(self.group, type_url, names)[0]
-
-    def version_of(self, type_url: str, state: Subscription, desired: Selection) -> str:
-        target, version = self.cache.target(self.group, type_url, state.names)
-        return version if desired is target else type_version([desired[n] for n in sorted(desired)])
 
     def _clusters_ready(self) -> bool:
         """Every cluster (and its endpoints) the new routes may name has been ACKed."""
@@ -174,28 +184,41 @@ class Session:
             return answer
         kind = short(state.type_url)
         if error is not None:
-            self.metrics.nacks.labels(kind).inc()
+            _child(self.metrics.nacks, kind).inc()
             log.warning("node %s NACKed %s version %s (it keeps running %s): %s", printable(self.stream.node_id),
                         kind, state.sent_version, printable(version) or "its previous config", error)
         elif acked_before != version and state.sent_at is not None:
-            self.metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
-            self.metrics.acks.labels(kind).inc()
+            _child(self.metrics.ack_latency, kind).observe(time.time() - state.sent_at)
+            _child(self.metrics.acks, kind).inc()
         return answer
 
     def mark_sent(self, state: Subscription, selection: Selection, version: str) -> str:
         nonce = self.next_nonce()
         state.mark_sent(selection, version, nonce)
-        self.metrics.pushes.labels(short(state.type_url), self.MODE).inc()
+        _child(self.metrics.pushes, short(state.type_url), self.MODE).inc()
         return nonce
 
     def on_request(self, request) -> Iterator[bytes]:
         raise NotImplementedError
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         raise NotImplementedError
 
 
+def _versioned(selection: Selection) -> tuple[Selection, str]:
+    return selection, type_version([selection[n] for n in sorted(selection)])
+
+
+@functools.lru_cache(maxsize=512)
+def _child(metric, *labels):
+    """A metric's child for these labels (prometheus_client's labels() takes a lock and
+    builds a key on every call: thousands of times per edit at 1,000 streams)."""
+    return metric.labels(*labels)
+
+
 class SotwSession(Session):
+    __slots__ = ()
     MODE = "sotw"
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> Iterator[bytes]:
@@ -210,19 +233,16 @@ class SotwSession(Session):
         yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None,
                                   types=AFFECTED.get(request.type_url, PUSH_ORDER))
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        version = self.version_of(type_url, state, desired)
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         if version == state.sent_version and state.sent_nonce and not force:
             return
-        selection = [desired[n] for n in sorted(desired)]
-        nonce = self.mark_sent(state, desired, version)
-        header = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce,
-            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-        yield header.SerializeToString() + b"".join(r.response_entry for r in selection)
+        prefix = self.responses.sotw(type_url, version, desired)
+        yield with_nonce(prefix, self.mark_sent(state, desired, version))
 
 
 class DeltaSession(Session):
+    __slots__ = ()
     MODE = "delta"
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Iterator[bytes]:
@@ -236,7 +256,8 @@ class DeltaSession(Session):
             return
         if not state.subscribed:
             state.subscribed = True
-            state.client, state.client_version = dict(request.initial_resource_versions), ""
+            state.client = dict(request.initial_resource_versions) or NOTHING_HELD
+            state.client_version = ""
             subscribe = set(request.resource_names_subscribe)
             state.names = None if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe) \
                 else shared_names(subscribe - {"*"})
@@ -244,46 +265,34 @@ class DeltaSession(Session):
             if state.names is not None:
                 state.names = shared_names((state.names | set(request.resource_names_subscribe))
                                            - set(request.resource_names_unsubscribe))
-            client = state.client if state.client is not None else {}
             # Asked for again (e.g. an updated cluster re-subscribes its endpoints): send it
             # again; unsubscribed: the client drops it, forget it.
-            for name in (*request.resource_names_subscribe, *request.resource_names_unsubscribe):
-                client.pop(name, None)
+            if state.client:
+                state.client = self.responses.forget(state.client, frozenset(
+                    (*request.resource_names_subscribe, *request.resource_names_unsubscribe)))
             state.client_version = ""
         yield from self.reconcile(types=AFFECTED.get(type_url, PUSH_ORDER))
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        version = self.version_of(type_url, state, desired)
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         if state.nacked_version == version:
             return  # Envoy rejected exactly this: wait for a different version
         if state.client_version == version:
             return  # the client holds exactly this already (the common case: an ACK, nothing new)
-        known = state.client if state.client is not None else {}
-        changed = [desired[n] for n in sorted(desired) if known.get(n) != desired[n].version]
-        in_scope: Callable[[str], bool] = (lambda n: True) if state.names is None else (lambda n: n in state.names)
-        removed = sorted(n for n in known if n not in desired and in_scope(n))
-        if not changed and not removed:
+        known = state.client if state.client is not None else NOTHING_HELD
+        plan = self.responses.delta(type_url, known, desired, version, state.names)
+        if not plan.prefix:
             if state.sent_version != version:  # the client already holds exactly this (a reconnect)
                 state.assume_held(desired, version)
-            state.client_version = version
+            state.client, state.client_version = plan.after, version
             return
-        if type_url == CLUSTER_TYPE:
+        if type_url == CLUSTER_TYPE and plan.updated:
             # An updated EDS cluster warms only when its endpoints arrive again, and a Delta client
             # does not re-subscribe names it already has: send those endpoints again after this.
             endpoints = self.stream.types.get(ENDPOINT_TYPE)
             if endpoints is not None and endpoints.client:
-                for resource in changed:
-                    if resource.name in known:
-                        endpoints.client.pop(resource.name, None)
-                        endpoints.client_version = ""
+                endpoints.client = self.responses.forget(endpoints.client, plan.updated)
+                endpoints.client_version = ""
         nonce = self.mark_sent(state, desired, version)
-        client = dict(known)
-        for resource in changed:
-            client[resource.name] = resource.version
-        for name in removed:
-            client.pop(name, None)
-        state.client_before, state.client, state.client_version = known, client, version
-        header = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed,
-            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-        yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+        state.client_before, state.client, state.client_version = known, plan.after, version
+        yield with_nonce(plan.prefix, nonce)
