@@ -5,7 +5,8 @@ against what gRPC and Python cost anyway, measured in the same run.
 It uses the product's SnapshotCache (the same pre-serialized resources and memoized
 selections), the same file watch as `serve` (watchfiles, 50 ms debounce) and the same way of
 handing responses to gRPC (control_plane.server.Outgoing: grpc.aio would otherwise keep each
-stream's last response alive), and nothing else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
+stream's last response alive) and of giving a burst's freed memory back (control_plane.heap),
+and nothing else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
 cache's. Per stream: the names subscribed per type; an ACK (a nonce and unchanged names) is
 ignored; a request is answered; a change pushes every subscribed type. Delta the same, with
 the name -> version each stream was sent, so a change sends only what differs (removals
@@ -37,12 +38,14 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
 
     from control_plane import loading
     from control_plane.cache import SnapshotCache
+    from control_plane.heap import HeapTrimmer
     from control_plane.server import Outgoing, stream_handler
 
     config = loading.load(config_path).config
     cache = SnapshotCache(config)
     cache.set_tokens({p: "floor-token" for p in config.profiles_in_use()})
     inboxes: set[asyncio.Queue] = set()
+    heap = HeapTrimmer()
     nonce = 0
 
     async def stream(requests, context):
@@ -62,6 +65,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
         group = None
         try:
             while (item := await inbox.get()) is not None:
+                heap.busy()
                 if item is CHANGED:
                     types = list(subscribed)
                 else:
@@ -99,6 +103,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
         group = None
         try:
             while (item := await inbox.get()) is not None:
+                heap.busy()
                 if item is CHANGED:
                     types = list(subscribed)
                 else:

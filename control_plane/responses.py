@@ -54,7 +54,7 @@ class DeltaPlan:
 
 def with_nonce(prefix: bytes, nonce: str) -> bytes:
     data = nonce.encode()
-    return prefix + _NONCE_TAG + _VarintBytes(len(data)) + data
+    return prefix + (_NONCE_TAG + _VarintBytes(len(data)) + data)  # (the prefix copied once)
 
 
 class Responses:

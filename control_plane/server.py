@@ -16,6 +16,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from .heap import HeapTrimmer
 from .metrics import Metrics
 from .responses import Responses
 from .sessions import DeltaSession, Session, SotwSession
@@ -69,6 +70,7 @@ class AdsServer:
         # after a change: dropped then, so memory follows what is sent now.
         self.responses = Responses()
         cache.watch(self.responses.clear)
+        self.heap = HeapTrimmer()
         self.open_streams = 0
         self._nonces = 0
         self._refused_logged_at = float("-inf")
@@ -87,19 +89,6 @@ class AdsServer:
         self._nonces += 1
         return str(self._nonces)
 
-    async def _serve(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
-                     session_type: type[Session]) -> AsyncIterator[Outgoing]:
-        if self.max_streams is not None and self.open_streams >= self.max_streams:
-            await self._refuse(context)
-            return
-        self.open_streams += 1
-        try:
-            async for response in self._stream(requests, context, session_type):
-                yield Outgoing(response)
-                response = None
-        finally:
-            self.open_streams -= 1
-
     async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
         self.metrics.refused.inc()
         self._refused_since_log += 1
@@ -112,13 +101,19 @@ class AdsServer:
                             f"this control-plane replica serves its maximum of {self.max_streams} xDS streams; "
                             "retry (another replica)")
 
-    async def _stream(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
-                      session_type: type[Session]) -> AsyncIterator[bytes]:
-        # One bounded inbox for both kinds of event: Envoy's requests (a reader that waits when
-        # it is full, so a flooding client is held back by gRPC flow control, not buffered), and
-        # "the cache changed": a flag, not a queue of changes, since a change only means
-        # "reconcile" and a stream needs to learn it once however many happened meanwhile.
+    async def _serve(self, requests: AsyncIterator, context: grpc.aio.ServicerContext,
+                     session_type: type[Session]) -> AsyncIterator[Outgoing]:
+        """One Envoy's stream. One bounded inbox for both kinds of event: the Envoy's requests
+        (a reader that waits when it is full, so a flooding client is held back by gRPC flow
+        control, not buffered), and "the cache changed": a flag, not a queue of changes, since
+        a change only means "reconcile" and a stream needs to learn it once however many
+        happened meanwhile."""
+        if self.max_streams is not None and self.open_streams >= self.max_streams:
+            await self._refuse(context)
+            return
+        self.open_streams += 1
         inbox: asyncio.Queue = asyncio.Queue(maxsize=REQUESTS_QUEUED)
+        closed = asyncio.Event()
         changed = False
 
         async def read() -> None:
@@ -131,15 +126,47 @@ class AdsServer:
                 if not inbox.full():  # wake the loop; if full, it finds `closed` once it has drained
                     inbox.put_nowait(None)
 
-        closed = asyncio.Event()
+        def on_change() -> None:
+            nonlocal changed
+            if not changed:
+                changed = True
+                if inbox.empty():  # else the loop is about to look at `changed` anyway
+                    inbox.put_nowait(CACHE_CHANGED)
+
         reader = asyncio.create_task(read())
-        first = await _next(inbox, closed)
-        if first is None:
+        try:
+            item = await _next(inbox, closed)
+            if item is None:
+                return
+            session = await self._open(item, context, session_type)
+            stream = session.stream
+            stop_watching = self.cache.watch(on_change)
+            try:
+                while item is not None:
+                    if item is not CACHE_CHANGED:
+                        for response in session.on_request(item):
+                            yield Outgoing(response)
+                    if changed:
+                        changed = False
+                        for response in session.on_change():
+                            yield Outgoing(response)
+                    response = item = None  # don't keep the last response or request alive while waiting
+                    self.heap.busy()
+                    item = await _next(inbox, closed)
+            finally:
+                stop_watching()
+                self.clients.close(stream)
+                self.metrics.connected.labels(stream.mode).dec()
+                log.debug("xDS stream closed: node=%s mode=%s", printable(stream.node_id, 256), stream.mode)
+        finally:
             reader.cancel()
-            return
+            self.open_streams -= 1
+
+    async def _open(self, first, context: grpc.aio.ServicerContext, session_type: type[Session]) -> Session:
+        """The session of a stream whose first request is `first`; refuses (aborts) a node whose
+        mTLS certificate was issued for another node or region."""
         refused = refusal(certificate_names(context.auth_context()), first.node.id, node_region(first.node))
-        if refused:  # mTLS: this certificate was not issued for that node or region
-            reader.cancel()
+        if refused:
             log.warning("xDS stream refused from %s: %s", context.peer(), printable(refused))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         # A copy: the request's node would keep the whole first request alive. Without
@@ -149,35 +176,10 @@ class AdsServer:
         node.ClearField("extensions")
         stream = self.clients.open(node, context.peer(), session_type.MODE)
         self.metrics.connected.labels(stream.mode).inc()
-        log.info("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
-        session = session_type(self.cache, stream, self.metrics, self.next_nonce, self.responses)
-
-        def on_change() -> None:
-            nonlocal changed
-            if not changed:
-                changed = True
-                if inbox.empty():  # else the loop is about to look at `changed` anyway
-                    inbox.put_nowait(CACHE_CHANGED)
-
-        stop_watching = self.cache.watch(on_change)
-        try:
-            item, first = first, None
-            while item is not None:
-                if item is not CACHE_CHANGED:
-                    for response in session.on_request(item):
-                        yield response
-                if changed:
-                    changed = False
-                    for response in session.on_change():
-                        yield response
-                response = item = None  # don't keep the last response or request alive while waiting
-                item = await _next(inbox, closed)
-        finally:
-            stop_watching()
-            reader.cancel()
-            self.clients.close(stream)
-            self.metrics.connected.labels(stream.mode).dec()
-            log.info("xDS stream closed: node=%s mode=%s", printable(stream.node_id, 256), stream.mode)
+        # DEBUG: a replica failure sends thousands of Envoys to the others at once; who is
+        # connected is in /debug/clients and vertex_gateway_xds_connected_clients.
+        log.debug("xDS stream opened: node=%s mode=%s peer=%s", printable(stream.node_id, 256), stream.mode, stream.peer)
+        return session_type(self.cache, stream, self.metrics, self.next_nonce, self.responses)
 
 
 async def _next(inbox: asyncio.Queue, closed: asyncio.Event):

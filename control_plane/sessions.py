@@ -68,7 +68,8 @@ class Session:
 
     MODE = ""
 
-    __slots__ = ("cache", "stream", "metrics", "next_nonce", "responses", "group", "_group_current", "_ready")
+    __slots__ = ("cache", "stream", "metrics", "next_nonce", "responses", "group", "_group_current", "_not_ready",
+                 "_targets", "_ready")
 
     def __init__(self, cache: XdsCache, stream: ClientStream, metrics: Metrics, next_nonce: Callable[[], str],
                  responses: Responses | None = None):
@@ -78,7 +79,11 @@ class Session:
         self.next_nonce = next_nonce
         self.responses = responses if responses is not None else Responses()  # shared by the server's streams
         self.group = None
-        self._group_current = False  # the group is resolved again after each cache change
+        # The group, whether it may be served, and the targets asked of the cache are looked up
+        # again after each cache change, and meanwhile kept here: a request costs dict lookups.
+        self._group_current = False
+        self._not_ready = ""
+        self._targets: dict[tuple, tuple[Selection, str]] = {}
         self._ready: bool | None = None  # _clusters_ready(), worked out once per reconcile
 
     # -------------------------------------------------------------- events
@@ -95,10 +100,9 @@ class Session:
             self._group_current = True
         if self.group is None:
             return
-        not_ready = self.cache.not_ready(self.group)
-        if not_ready:
+        if self._not_ready:
             # e.g. Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
-            self.stream.error = not_ready
+            self.stream.error = self._not_ready
             return
         self._ready = None
         for type_url in types:
@@ -115,7 +119,7 @@ class Session:
 
     def desired(self, type_url: str, state: Subscription) -> tuple[Selection, str] | None:
         """What the Envoy should hold of this type now, and its version; None: hold what it has."""
-        found = self.cache.target(self.group, type_url, state.names)
+        found = self._lookup(type_url, state.names)
         target = found[0]
         if type_url == CLUSTER_TYPE:
             held = state.acked
@@ -136,8 +140,15 @@ class Session:
                 return None
         return found
 
+    def _lookup(self, type_url: str, names: frozenset[str] | None) -> tuple[Selection, str]:
+        key = (type_url, names)
+        found = self._targets.get(key)
+        if found is None:
+            found = self._targets[key] = self.cache.target(self.group, type_url, names)
+        return found
+
     def _target(self, type_url: str, names) -> Selection:
-        return self.cache.target(self.group, type_url, names)[0]
+        return self._lookup(type_url, names)[0]
 
     def _clusters_ready(self) -> bool:
         """Every cluster (and its endpoints) the new routes may name has been ACKed."""
@@ -156,7 +167,7 @@ class Session:
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
-            if self.cache.target(self.group, type_url, state.names)[1] != state.acked_version \
+            if self._lookup(type_url, state.names)[1] != state.acked_version \
                     or not state.acked_latest:
                 return False
         return True
@@ -164,9 +175,11 @@ class Session:
     # -------------------------------------------------------------- helpers
 
     def _resolve_group(self) -> None:
+        self._targets = {}
         try:
             self.group = self.cache.node_group(self.stream.node)
             self.stream.region, self.stream.error = self.group.region, ""
+            self._not_ready = self.cache.not_ready(self.group)
         except NodeRefused as exc:
             if str(exc) != self.stream.error:
                 log.error("serving nothing to node %s: %s", printable(self.stream.node_id, 256), printable(str(exc)))
