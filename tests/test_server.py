@@ -12,7 +12,7 @@ from control_plane.lab.ads_client import AdsClient
 from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
-from .harness import write_config
+from .harness import until, write_config
 
 BASE = {
     "project": "p-1",
@@ -51,13 +51,6 @@ def names(response):
             res.Unpack(msg)
             out.append(msg.name)
     return sorted(out)
-
-
-async def until(condition, timeout: float = 5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)  # yields to the server on this loop; bounded by the deadline
 
 
 def types(plane, node_id="envoy-test"):
