@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import rss_bytes  # noqa: E402
-from bench.controlplane import _fanout_process, fanout_config  # noqa: E402
+from bench.fanout import _fanout_process, fanout_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
