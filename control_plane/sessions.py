@@ -10,7 +10,10 @@ on a stream is in its one Subscription record (subscription.py).
 Make-before-break, so an edit never drops traffic:
 - clusters are first sent as the union of the new set and what the Envoy has, so nothing
   a live route names disappears;
-- listeners and routes wait until those clusters and their endpoints are ACKed;
+- listeners and routes wait until every cluster they may name, and its endpoints, are
+  ACKed (a cluster only updated was ACKed before: it keeps serving while it warms, so
+  routes go out with it, not one round trip later; after a NACK they wait for a version
+  the Envoy accepts);
 - clusters no longer wanted are removed only once the new routes are ACKed.
 
 Protocol points (xDS spec, "ACK/NACK and versioning"):
@@ -34,7 +37,7 @@ from .metrics import Metrics
 from .responses import NOTHING_HELD, Responses, with_nonce
 from .snapshot import type_version
 from .status import ClientStream, printable
-from .subscription import Answer, Subscription, shared_names
+from .subscription import Answer, Subscription, SyncStatus, shared_names
 from .xds_cache import NodeRefused, Selection, XdsCache
 from .xds_types import (
     CLUSTER_TYPE,
@@ -151,16 +154,20 @@ class Session:
         return self._lookup(type_url, names)[0]
 
     def _clusters_ready(self) -> bool:
-        """Every cluster (and its endpoints) the new routes may name has been ACKed."""
+        """Every cluster (and its endpoints) the new routes may name is held by the Envoy:
+        ACKed, at its latest version or an earlier one, and the latest not rejected. A cluster
+        new to the Envoy must be ACKed first; an updated one need not: Envoy keeps serving the
+        version it has until the new one has warmed, so routes naming it never point at
+        nothing. After a NACK the routes wait for a version the Envoy accepts."""
         clusters = self._target(CLUSTER_TYPE, None)
         cds = self.stream.types.get(CLUSTER_TYPE)
-        if cds is None or not clusters.keys() <= cds.sent.keys() or not cds.acked_latest:
+        if cds is None or not clusters.keys() <= cds.acked.keys() or cds.status is SyncStatus.NACKED:
             return False
-        eds = self.stream.types.get(ENDPOINT_TYPE)
         wanted = self._target(ENDPOINT_TYPE, None).keys()
         if not wanted:
             return True
-        return eds is not None and wanted <= eds.sent.keys() and eds.acked_latest
+        eds = self.stream.types.get(ENDPOINT_TYPE)
+        return eds is not None and wanted <= eds.acked.keys() and eds.status is not SyncStatus.NACKED
 
     def _routes_settled(self) -> bool:
         for type_url in (LISTENER_TYPE, ROUTE_TYPE):

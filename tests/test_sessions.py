@@ -47,6 +47,24 @@ def test_routes_wait_for_new_clusters_and_old_clusters_wait_for_routes():
     assert cluster_names(cds) == ["a", "c"]
 
 
+def test_routes_go_out_with_clusters_that_are_only_updated():
+    """Envoy keeps serving an updated cluster's previous version while the new one warms: the
+    routes need not wait a round trip for its ACK (a new cluster's, above, they do)."""
+    cache = FakeCache(("a", "b"))
+    d = Driver(cache)
+    sync(d)
+    cache.set(("a", "b"), route_tag="2", cluster_tag="v2")
+    assert [r.type_url for r in d.changed()] == [CLUSTER_TYPE, ROUTE_TYPE]
+    delta = Driver(cache, delta=True)
+    [cds] = delta.request(CLUSTER_TYPE)
+    delta.ack(cds)
+    delta.ack(delta.request(ENDPOINT_TYPE, ["a", "b"])[0])
+    delta.ack(delta.request(LISTENER_TYPE)[0])
+    delta.ack(delta.request(ROUTE_TYPE, ["vertex"])[0])
+    cache.set(("a", "b"), route_tag="3", cluster_tag="v3")
+    assert [r.type_url for r in delta.changed()] == [CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE]
+
+
 def test_a_nacked_version_is_not_sent_again_and_the_next_one_is():
     cache = FakeCache()
     d = Driver(cache)
