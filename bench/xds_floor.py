@@ -6,11 +6,13 @@ It uses the product's SnapshotCache (the same pre-serialized resources and memoi
 selections), the same file watch as `serve` (watchfiles, 50 ms debounce) and the same way of
 handing responses to gRPC (control_plane.server.Outgoing: grpc.aio would otherwise keep each
 stream's last response alive) and of giving a burst's freed memory back (control_plane.heap),
-and nothing else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
-cache's. Per stream: the names subscribed per type; an ACK (a nonce and unchanged names) is
-ignored; a request is answered; a change pushes every subscribed type. Delta the same, with
-the name -> version each stream was sent, so a change sends only what differs (removals
-are never sent: the floor does not need them).
+and nothing else: no per-stream records, no make-before-break, no NACK handling, no
+versions beyond the cache's. Per stream: the names subscribed per type; an ACK (a nonce and
+unchanged names) is ignored; a request is answered; a change pushes every subscribed type.
+Delta the same, with the name -> version each stream was sent, so a change sends only what
+differs, and the endpoints of an updated cluster again (Envoy warms an updated EDS cluster
+only on them: without, a real Envoy would never finish the edit); removals are never sent
+(the floor does not need them).
 
     python -m bench.xds_floor --config regions.yaml --xds-port P --admin-port Q
 """
@@ -40,6 +42,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
     from control_plane.cache import SnapshotCache
     from control_plane.heap import HeapTrimmer
     from control_plane.server import Outgoing, stream_handler
+    from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE
 
     config = loading.load(config_path).config
     cache = SnapshotCache(config)
@@ -124,6 +127,9 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
                     changed = [r for r in selection.values() if have.get(r.name) != r.version]
                     if not changed:
                         continue
+                    if type_url == CLUSTER_TYPE and ENDPOINT_TYPE in sent:  # an updated cluster's endpoints again
+                        for r in changed:
+                            sent[ENDPOINT_TYPE].pop(r.name, None)
                     have.update((r.name, r.version) for r in changed)
                     nonce += 1
                     header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
