@@ -6,7 +6,7 @@ benchmark), and prints RSS and Python-allocated bytes per client, by source line
 the benchmark (tracemalloc), and RSS here includes this process's other threads: use it for
 the breakdown, bench/controlplane.py for the figure.
 
-    python -m bench.cp_memory [--clients 1000] [--streams-per-channel 1] [--top 15]
+    python -m bench.cp_memory [--clients 1000] [--streams-per-channel 1] [--top 15] [--delta]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import rss_bytes  # noqa: E402
-from bench.controlplane import _fanout_process, fanout_config  # noqa: E402
+from bench.fanout import _fanout_process, fanout_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--streams-per-channel", type=int, default=1)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--delta", action="store_true", help="Delta clients (default: state of the world)")
     args = parser.parse_args(argv)
 
     from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_fanout_process, args=(plane.xds_address, n, list(config["regions"]),
-                                                      args.streams_per_channel, True, child))
+                                                      args.streams_per_channel, True, child, args.delta))
     proc.start()
     try:
         if not parent.poll(600):

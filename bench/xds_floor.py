@@ -3,12 +3,16 @@ bytes, so the product's per-stream cost and its time to sync and to push an edit
 against what gRPC and Python cost anyway, measured in the same run.
 
 It uses the product's SnapshotCache (the same pre-serialized resources and memoized
-selections) and the same file watch as `serve` (watchfiles, 50 ms debounce), and nothing
-else: no per-stream records, no make-before-break, no NACK handling, no versions beyond the
-cache's. Per stream: the names subscribed per type; an ACK (a nonce and unchanged names) is
-ignored; a request is answered; a change pushes every subscribed type. Delta the same, with
-the name -> version each stream was sent, so a change sends only what differs (removals
-are never sent: the floor does not need them).
+selections), the same file watch as `serve` (watchfiles, 50 ms debounce) and the same way of
+handing responses to gRPC (control_plane.server.Outgoing: grpc.aio would otherwise keep each
+stream's last response alive) and of giving a burst's freed memory back (control_plane.heap),
+and nothing else: no per-stream records, no make-before-break, no NACK handling, no
+versions beyond the cache's. Per stream: the names subscribed per type; an ACK (a nonce and
+unchanged names) is ignored; a request is answered; a change pushes every subscribed type.
+Delta the same, with the name -> version each stream was sent, so a change sends only what
+differs, and the endpoints of an updated cluster again (Envoy warms an updated EDS cluster
+only on them: without, a real Envoy would never finish the edit); removals are never sent
+(the floor does not need them).
 
     python -m bench.xds_floor --config regions.yaml --xds-port P --admin-port Q
 """
@@ -36,11 +40,15 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
 
     from control_plane import loading
     from control_plane.cache import SnapshotCache
+    from control_plane.heap import HeapTrimmer
+    from control_plane.server import Outgoing, stream_handler
+    from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE
 
     config = loading.load(config_path).config
     cache = SnapshotCache(config)
     cache.set_tokens({p: "floor-token" for p in config.profiles_in_use()})
     inboxes: set[asyncio.Queue] = set()
+    heap = HeapTrimmer()
     nonce = 0
 
     async def stream(requests, context):
@@ -60,6 +68,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
         group = None
         try:
             while (item := await inbox.get()) is not None:
+                heap.busy()
                 if item is CHANGED:
                     types = list(subscribed)
                 else:
@@ -74,7 +83,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
                     nonce += 1
                     header = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
                                                              nonce=str(nonce))
-                    yield header.SerializeToString() + b"".join(r.response_entry for r in selection.values())
+                    yield Outgoing(header.SerializeToString() + b"".join(r.response_entry for r in selection.values()))
         finally:
             inboxes.discard(inbox)
             reader.cancel()
@@ -97,6 +106,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
         group = None
         try:
             while (item := await inbox.get()) is not None:
+                heap.busy()
                 if item is CHANGED:
                     types = list(subscribed)
                 else:
@@ -117,22 +127,22 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
                     changed = [r for r in selection.values() if have.get(r.name) != r.version]
                     if not changed:
                         continue
+                    if type_url == CLUSTER_TYPE and ENDPOINT_TYPE in sent:  # an updated cluster's endpoints again
+                        for r in changed:
+                            sent[ENDPOINT_TYPE].pop(r.name, None)
                     have.update((r.name, r.version) for r in changed)
                     nonce += 1
                     header = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
                                                                   nonce=str(nonce))
-                    yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+                    yield Outgoing(header.SerializeToString() + b"".join(r.delta_entry for r in changed))
         finally:
             inboxes.discard(inbox)
             reader.cancel()
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, {
-        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes),
-        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            delta_stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-            response_serializer=bytes)}),))
+        "StreamAggregatedResources": stream_handler(stream, discovery_pb2.DiscoveryRequest),
+        "DeltaAggregatedResources": stream_handler(delta_stream, discovery_pb2.DeltaDiscoveryRequest)}),))
     server.add_insecure_port(f"127.0.0.1:{xds_port}")
     await server.start()
 

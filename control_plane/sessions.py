@@ -10,7 +10,10 @@ on a stream is in its one Subscription record (subscription.py).
 Make-before-break, so an edit never drops traffic:
 - clusters are first sent as the union of the new set and what the Envoy has, so nothing
   a live route names disappears;
-- listeners and routes wait until those clusters and their endpoints are ACKed;
+- listeners and routes wait until every cluster they may name, and its endpoints, are
+  ACKed (a cluster only updated was ACKed before: it keeps serving while it warms, so
+  routes go out with it, not one round trip later; after a NACK they wait for a version
+  the Envoy accepts);
 - clusters no longer wanted are removed only once the new routes are ACKed.
 
 Protocol points (xDS spec, "ACK/NACK and versioning"):
@@ -23,17 +26,18 @@ Protocol points (xDS spec, "ACK/NACK and versioning"):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
+from .responses import NOTHING_HELD, Responses, with_nonce
 from .snapshot import type_version
 from .status import ClientStream, printable
-from .subscription import Answer, Subscription
+from .subscription import Answer, Subscription, SyncStatus, shared_names
 from .xds_cache import NodeRefused, Selection, XdsCache
 from .xds_types import (
     CLUSTER_TYPE,
@@ -48,7 +52,6 @@ from .xds_types import (
 
 log = logging.getLogger(__name__)
 
-CONTROL_PLANE_ID = "vertex-gateway"
 # A request for one type can change what is due for these types, and only these (in push
 # order): its own answer, and the make-before-break gates it opens. Clusters and endpoints
 # ACKed release listeners and routes; listeners and routes ACKed release the removal of old
@@ -68,13 +71,23 @@ class Session:
 
     MODE = ""
 
-    def __init__(self, cache: XdsCache, stream: ClientStream, metrics: Metrics, next_nonce: Callable[[], str]):
+    __slots__ = ("cache", "stream", "metrics", "next_nonce", "responses", "group", "_group_current", "_not_ready",
+                 "_targets", "_ready")
+
+    def __init__(self, cache: XdsCache, stream: ClientStream, metrics: Metrics, next_nonce: Callable[[], str],
+                 responses: Responses | None = None):
         self.cache = cache
         self.stream = stream
         self.metrics = metrics
         self.next_nonce = next_nonce
+        self.responses = responses if responses is not None else Responses()  # shared by the server's streams
         self.group = None
-        self._group_current = False  # the group is resolved again after each cache change
+        # The group, whether it may be served, and the targets asked of the cache are looked up
+        # again after each cache change, and meanwhile kept here: a request costs dict lookups.
+        self._group_current = False
+        self._not_ready = ""
+        self._targets: dict[tuple, tuple[Selection, str]] = {}
+        self._ready: bool | None = None  # _clusters_ready(), worked out once per reconcile
 
     # -------------------------------------------------------------- events
 
@@ -90,63 +103,78 @@ class Session:
             self._group_current = True
         if self.group is None:
             return
-        not_ready = self.cache.not_ready(self.group)
-        if not_ready:
+        if self._not_ready:
             # e.g. Envoy must not serve traffic it cannot authenticate: nothing until the first tokens.
-            self.stream.error = not_ready
+            self.stream.error = self._not_ready
             return
+        self._ready = None
         for type_url in types:
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
             desired = self.desired(type_url, state)
             if desired is not None:
-                yield from self.send(type_url, state, desired, force=type_url == resend)
+                for response in self.send(type_url, state, *desired, force=type_url == resend):
+                    self._ready = None  # a send (and the wait while it goes out) can change it
+                    yield response
 
     # -------------------------------------------------------------- make-before-break
 
-    def desired(self, type_url: str, state: Subscription) -> Selection | None:
-        """What the Envoy should hold of this type now; None: hold what it has."""
-        target = self._target(type_url, state.names)
+    def desired(self, type_url: str, state: Subscription) -> tuple[Selection, str] | None:
+        """What the Envoy should hold of this type now, and its version; None: hold what it has."""
+        found = self._lookup(type_url, state.names)
+        target = found[0]
         if type_url == CLUSTER_TYPE:
             held = state.acked
             if held.keys() <= target.keys() or self._routes_settled():
-                return target  # nothing to keep, or routes no longer name the old clusters
-            return {**held, **target}
+                return found  # nothing to keep, or routes no longer name the old clusters
+            return _versioned({**held, **target})
         if type_url == ENDPOINT_TYPE:
+            if state.acked.keys() <= target.keys():
+                return found
             # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
             held = {n: r for n, r in state.acked.items()
                     if n not in target and (state.names is None or n in state.names)}
-            return {**held, **target} if held else target
-        if type_url in (LISTENER_TYPE, ROUTE_TYPE) and not self._clusters_ready():
-            return None
-        return target
+            return _versioned({**held, **target}) if held else found
+        if type_url in (LISTENER_TYPE, ROUTE_TYPE):
+            if self._ready is None:
+                self._ready = self._clusters_ready()
+            if not self._ready:
+                return None
+        return found
+
+    def _lookup(self, type_url: str, names: frozenset[str] | None) -> tuple[Selection, str]:
+        key = (type_url, names)
+        found = self._targets.get(key)
+        if found is None:
+            found = self._targets[key] = self.cache.target(self.group, type_url, names)
+        return found
 
     def _target(self, type_url: str, names) -> Selection:
-        return self.cache.target(self.group, type_url, names)[0]
-
-    def version_of(self, type_url: str, state: Subscription, desired: Selection) -> str:
-        target, version = self.cache.target(self.group, type_url, state.names)
-        return version if desired is target else type_version([desired[n] for n in sorted(desired)])
+        return self._lookup(type_url, names)[0]
 
     def _clusters_ready(self) -> bool:
-        """Every cluster (and its endpoints) the new routes may name has been ACKed."""
+        """Every cluster (and its endpoints) the new routes may name is held by the Envoy:
+        ACKed, at its latest version or an earlier one, and the latest not rejected. A cluster
+        new to the Envoy must be ACKed first; an updated one need not: Envoy keeps serving the
+        version it has until the new one has warmed, so routes naming it never point at
+        nothing. After a NACK the routes wait for a version the Envoy accepts."""
         clusters = self._target(CLUSTER_TYPE, None)
         cds = self.stream.types.get(CLUSTER_TYPE)
-        if cds is None or not clusters.keys() <= cds.sent.keys() or not cds.acked_latest:
+        if cds is None or not clusters.keys() <= cds.acked.keys() or cds.status is SyncStatus.NACKED:
             return False
-        eds = self.stream.types.get(ENDPOINT_TYPE)
         wanted = self._target(ENDPOINT_TYPE, None).keys()
         if not wanted:
             return True
-        return eds is not None and wanted <= eds.sent.keys() and eds.acked_latest
+        eds = self.stream.types.get(ENDPOINT_TYPE)
+        return eds is not None and wanted <= eds.acked.keys() and eds.status is not SyncStatus.NACKED
 
     def _routes_settled(self) -> bool:
         for type_url in (LISTENER_TYPE, ROUTE_TYPE):
             state = self.stream.types.get(type_url)
             if state is None or not state.subscribed:
                 continue
-            if self.cache.target(self.group, type_url, state.names)[1] != state.acked_version \
+            if self._lookup(type_url, state.names)[1] != state.acked_version \
                     or not state.acked_latest:
                 return False
         return True
@@ -154,9 +182,11 @@ class Session:
     # -------------------------------------------------------------- helpers
 
     def _resolve_group(self) -> None:
+        self._targets = {}
         try:
             self.group = self.cache.node_group(self.stream.node)
             self.stream.region, self.stream.error = self.group.region, ""
+            self._not_ready = self.cache.not_ready(self.group)
         except NodeRefused as exc:
             if str(exc) != self.stream.error:
                 log.error("serving nothing to node %s: %s", printable(self.stream.node_id, 256), printable(str(exc)))
@@ -174,28 +204,41 @@ class Session:
             return answer
         kind = short(state.type_url)
         if error is not None:
-            self.metrics.nacks.labels(kind).inc()
+            _child(self.metrics.nacks, kind).inc()
             log.warning("node %s NACKed %s version %s (it keeps running %s): %s", printable(self.stream.node_id),
                         kind, state.sent_version, printable(version) or "its previous config", error)
         elif acked_before != version and state.sent_at is not None:
-            self.metrics.ack_latency.labels(kind).observe(time.time() - state.sent_at)
-            self.metrics.acks.labels(kind).inc()
+            _child(self.metrics.ack_latency, kind).observe(time.time() - state.sent_at)
+            _child(self.metrics.acks, kind).inc()
         return answer
 
     def mark_sent(self, state: Subscription, selection: Selection, version: str) -> str:
         nonce = self.next_nonce()
         state.mark_sent(selection, version, nonce)
-        self.metrics.pushes.labels(short(state.type_url), self.MODE).inc()
+        _child(self.metrics.pushes, short(state.type_url), self.MODE).inc()
         return nonce
 
     def on_request(self, request) -> Iterator[bytes]:
         raise NotImplementedError
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         raise NotImplementedError
 
 
+def _versioned(selection: Selection) -> tuple[Selection, str]:
+    return selection, type_version([selection[n] for n in sorted(selection)])
+
+
+@functools.lru_cache(maxsize=512)
+def _child(metric, *labels):
+    """A metric's child for these labels (prometheus_client's labels() takes a lock and
+    builds a key on every call: thousands of times per edit at 1,000 streams)."""
+    return metric.labels(*labels)
+
+
 class SotwSession(Session):
+    __slots__ = ()
     MODE = "sotw"
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> Iterator[bytes]:
@@ -204,25 +247,22 @@ class SotwSession(Session):
         answer = self.record_answer(state, request.response_nonce, request.version_info, error)
         if answer is Answer.STALE:
             return
-        names = frozenset(request.resource_names) - {"*"}
+        names = shared_names(n for n in request.resource_names if n != "*")
         state.names = None if request.type_url in WILDCARD_TYPES and not names else names
         state.subscribed = True
         yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None,
                                   types=AFFECTED.get(request.type_url, PUSH_ORDER))
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        version = self.version_of(type_url, state, desired)
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         if version == state.sent_version and state.sent_nonce and not force:
             return
-        selection = [desired[n] for n in sorted(desired)]
-        nonce = self.mark_sent(state, desired, version)
-        header = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce,
-            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-        yield header.SerializeToString() + b"".join(r.response_entry for r in selection)
+        prefix = self.responses.sotw(type_url, version, desired)
+        yield with_nonce(prefix, self.mark_sent(state, desired, version))
 
 
 class DeltaSession(Session):
+    __slots__ = ()
     MODE = "delta"
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Iterator[bytes]:
@@ -236,54 +276,43 @@ class DeltaSession(Session):
             return
         if not state.subscribed:
             state.subscribed = True
-            state.client, state.client_version = dict(request.initial_resource_versions), ""
+            state.client = dict(request.initial_resource_versions) or NOTHING_HELD
+            state.client_version = ""
             subscribe = set(request.resource_names_subscribe)
             state.names = None if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe) \
-                else frozenset(subscribe - {"*"})
+                else shared_names(subscribe - {"*"})
         elif request.resource_names_subscribe or request.resource_names_unsubscribe:
             if state.names is not None:
-                state.names = (state.names | set(request.resource_names_subscribe)) \
-                    - set(request.resource_names_unsubscribe)
-            client = state.client if state.client is not None else {}
+                state.names = shared_names((state.names | set(request.resource_names_subscribe))
+                                           - set(request.resource_names_unsubscribe))
             # Asked for again (e.g. an updated cluster re-subscribes its endpoints): send it
             # again; unsubscribed: the client drops it, forget it.
-            for name in (*request.resource_names_subscribe, *request.resource_names_unsubscribe):
-                client.pop(name, None)
+            if state.client:
+                state.client = self.responses.forget(state.client, frozenset(
+                    (*request.resource_names_subscribe, *request.resource_names_unsubscribe)))
             state.client_version = ""
         yield from self.reconcile(types=AFFECTED.get(type_url, PUSH_ORDER))
 
-    def send(self, type_url: str, state: Subscription, desired: Selection, force: bool = False) -> Iterator[bytes]:
-        version = self.version_of(type_url, state, desired)
+    def send(self, type_url: str, state: Subscription, desired: Selection, version: str,
+             force: bool = False) -> Iterator[bytes]:
         if state.nacked_version == version:
             return  # Envoy rejected exactly this: wait for a different version
         if state.client_version == version:
             return  # the client holds exactly this already (the common case: an ACK, nothing new)
-        known = state.client if state.client is not None else {}
-        changed = [desired[n] for n in sorted(desired) if known.get(n) != desired[n].version]
-        in_scope: Callable[[str], bool] = (lambda n: True) if state.names is None else (lambda n: n in state.names)
-        removed = sorted(n for n in known if n not in desired and in_scope(n))
-        if not changed and not removed:
+        known = state.client if state.client is not None else NOTHING_HELD
+        plan = self.responses.delta(type_url, known, desired, version, state.names)
+        if not plan.prefix:
             if state.sent_version != version:  # the client already holds exactly this (a reconnect)
                 state.assume_held(desired, version)
-            state.client_version = version
+            state.client, state.client_version = plan.after, version
             return
-        if type_url == CLUSTER_TYPE:
+        if type_url == CLUSTER_TYPE and plan.updated:
             # An updated EDS cluster warms only when its endpoints arrive again, and a Delta client
             # does not re-subscribe names it already has: send those endpoints again after this.
             endpoints = self.stream.types.get(ENDPOINT_TYPE)
             if endpoints is not None and endpoints.client:
-                for resource in changed:
-                    if resource.name in known:
-                        endpoints.client.pop(resource.name, None)
-                        endpoints.client_version = ""
+                endpoints.client = self.responses.forget(endpoints.client, plan.updated)
+                endpoints.client_version = ""
         nonce = self.mark_sent(state, desired, version)
-        client = dict(known)
-        for resource in changed:
-            client[resource.name] = resource.version
-        for name in removed:
-            client.pop(name, None)
-        state.client_before, state.client, state.client_version = known, client, version
-        header = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed,
-            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-        yield header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+        state.client_before, state.client, state.client_version = known, plan.after, version
+        yield with_nonce(plan.prefix, nonce)

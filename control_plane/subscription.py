@@ -15,6 +15,21 @@ from types import MappingProxyType
 from .xds_cache import Selection
 
 NOTHING: Selection = MappingProxyType({})
+_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
+_NAME_SETS_MAX = 4096
+
+
+def shared_names(names) -> frozenset[str]:
+    """One frozenset per distinct set of subscribed names, shared by every stream that asks for
+    it (1,000 Envoys of a region name the same 50 endpoints: one set, not 1,000), and hashed
+    once for the cache's lookups. Bounded: cleared when full."""
+    key = frozenset(names)
+    found = _NAME_SETS.get(key)
+    if found is None:
+        if len(_NAME_SETS) >= _NAME_SETS_MAX:
+            _NAME_SETS.clear()
+        found = _NAME_SETS[key] = key
+    return found
 
 
 class SyncStatus(str, Enum):

@@ -35,7 +35,8 @@ class XdsCache(Protocol):
         """The node's group; raises NodeRefused."""
 
     def not_ready(self, group: Group) -> str:
-        """Why nothing may be sent to this group yet ("" when it may): e.g. its tokens."""
+        """Why nothing may be sent to this group yet ("" when it may): e.g. its tokens. Like
+        node_group and target, it changes only with a change notification (`watch`)."""
 
     def target(self, group: Group, type_url: str, names: frozenset[str] | None) -> tuple[Selection, str]:
         """What a node of `group` subscribed to `names` (None: wildcard) should hold, and the

@@ -34,6 +34,14 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """wait_for on the running event loop (a server on the same loop keeps running meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)  # yields to the server on this loop; bounded by the deadline
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

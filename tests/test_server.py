@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
-from google.rpc import status_pb2
 
 from control_plane.app import ControlPlane
+from control_plane.lab.ads_client import AdsClient
 from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
-from .harness import write_config
+from .harness import until, write_config
 
 BASE = {
     "project": "p-1",
@@ -27,49 +23,6 @@ BASE = {
     },
     "models": {"housing": {"default": True, "endpoints": {"us-central1": "111", "us-east4": "222"}}},
 }
-METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
-
-
-class AdsClient:
-    """A minimal Envoy stand-in: sends DiscoveryRequests, reads DiscoveryResponses."""
-
-    def __init__(self, address: str, region: str = "us-central1", node_id: str = "envoy-test"):
-        self.channel = grpc.aio.insecure_channel(address)
-        self.requests: asyncio.Queue = asyncio.Queue()
-        self.node = base_pb2.Node(id=node_id, cluster="vertex-gateway",
-                                  metadata=struct_pb2.Struct(fields={"region": struct_pb2.Value(string_value=region)}))
-        call = self.channel.stream_stream(METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                                          response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
-        self.call = call(self._iterate())
-        self.first = True
-
-    async def _iterate(self):
-        while True:
-            request = await self.requests.get()
-            if request is None:
-                return
-            yield request
-
-    def send(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None):
-        request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names),
-                                                 version_info=version, response_nonce=nonce)
-        if self.first:
-            request.node.CopyFrom(self.node)
-            self.first = False
-        if error:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self.requests.put_nowait(request)
-
-    async def recv(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
-        return await asyncio.wait_for(self.call.read(), timeout)
-
-    def ack(self, response, names=()):
-        self.send(response.type_url, names, version=response.version_info, nonce=response.nonce)
-
-    async def close(self):
-        self.requests.put_nowait(None)
-        self.call.cancel()
-        await self.channel.close()
 
 
 @pytest.fixture
@@ -98,13 +51,6 @@ def names(response):
             res.Unpack(msg)
             out.append(msg.name)
     return sorted(out)
-
-
-async def until(condition, timeout: float = 5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)  # yields to the server on this loop; bounded by the deadline
 
 
 def types(plane, node_id="envoy-test"):

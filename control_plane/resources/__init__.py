@@ -1,6 +1,6 @@
 """Region config -> Envoy resources, as pure functions.
 
-Shape (DESIGN-NOTES, "Per-attempt double rewrite"):
+Shape (the "double rewrite" of docs/SPEC.md; README.md, "Architecture"):
 
   listener "ingress" --RDS--> route config "vertex"
      route per model --> aggregate cluster "model/{m}"  (local region first, then its failover list)

@@ -1,5 +1,5 @@
-"""What the resources are called and which regions serve what: type URLs, resource and
-header names, node groups, failover chains, upstream paths."""
+"""What the resources are called and which regions serve what: resource and header
+names, node groups, failover chains, upstream paths."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from dataclasses import dataclass
 
 from ..config import RegionConfig
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-# The order Envoy is sent a change in: what is referenced before what references it.
-PUSH_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# Type URLs and push order are the generic layer's (xds_types, which every layer imports);
+# re-exported for the builders.
+from ..xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, SECRET_TYPE  # noqa: F401
 
 LISTENER_NAME = "ingress"
 ROUTE_CONFIG_NAME = "vertex"

@@ -1,0 +1,138 @@
+"""Responses built once and shared by every stream that sends the same thing.
+
+1,000 Envoys of one region are sent the same clusters at the same version: their responses
+differ only by the nonce. So a response is built here once, as everything but its nonce
+(the `prefix`), and each stream appends its own nonce field (protobuf fields may come in any
+order on the wire).
+
+Delta also needs, per stream, what the client holds (name -> version) to work out what
+changed. Streams that were sent the same responses hold the same `Held` map (one object, never
+mutated), so the next version's difference against it (`DeltaPlan`) is worked out once for all
+of them, not once per stream and resource.
+
+Keys are the content-hash versions and held maps kept alive by the entry itself, so an entry
+is never wrong, only old: `clear()` (on every cache change) keeps memory to what streams send
+now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.internal.encoder import _VarintBytes
+
+from .xds_cache import Selection
+
+CONTROL_PLANE_ID = "vertex-gateway"
+_NONCE_TAG = b"\x2a"  # field 5 (nonce), length-delimited: in DiscoveryResponse and DeltaDiscoveryResponse
+
+
+class Held(dict):
+    """A client's name -> version map shared by streams: never mutated (a change makes a new one)."""
+
+    __slots__ = ()
+
+
+NOTHING_HELD = Held()
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaPlan:
+    """What a Delta response sends a client holding `before`: `prefix` (b"" when there is
+    nothing to send), the names it removes, the updated names (held before at another
+    version), and what the client holds once it applies it."""
+
+    before: Mapping[str, str]  # (keeps the memo key's object alive)
+    prefix: bytes
+    removed: tuple[str, ...]
+    updated: frozenset[str]
+    after: Mapping[str, str]
+
+
+def with_nonce(prefix: bytes, nonce: str) -> bytes:
+    data = nonce.encode()
+    return prefix + (_NONCE_TAG + _VarintBytes(len(data)) + data)  # (the prefix copied once)
+
+
+class Responses:
+    def __init__(self) -> None:
+        self._sotw: dict[tuple, bytes] = {}
+        self._delta: dict[tuple, DeltaPlan] = {}
+        self._exact: dict[tuple, Held] = {}
+        self._forgotten: dict[tuple, tuple[Held, Held]] = {}
+
+    def clear(self) -> None:
+        self._sotw, self._delta, self._exact, self._forgotten = {}, {}, {}, {}
+
+    def sotw(self, type_url: str, version: str, desired: Selection) -> bytes:
+        """The DiscoveryResponse sending `desired` (of this version), without its nonce."""
+        key = (type_url, version)
+        found = self._sotw.get(key)
+        if found is None:
+            header = discovery_pb2.DiscoveryResponse(
+                version_info=version, type_url=type_url,
+                control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
+            found = self._sotw[key] = header.SerializeToString() + b"".join(
+                desired[n].response_entry for n in sorted(desired))
+        return found
+
+    def delta(self, type_url: str, before: Mapping[str, str], desired: Selection, version: str,
+              names: frozenset[str] | None) -> DeltaPlan:
+        """What to send a Delta client holding `before` that should hold `desired` (of this
+        version) of the names in scope (`names`; None: all)."""
+        shared = type(before) is Held
+        key = (type_url, id(before), version, names)
+        if shared:
+            found = self._delta.get(key)
+            if found is not None:
+                return found
+        changed = [desired[n] for n in sorted(desired) if before.get(n) != desired[n].version]
+        removed = tuple(sorted(n for n in before if n not in desired and (names is None or n in names)))
+        if changed or removed:
+            after = dict(before)
+            for resource in changed:
+                after[resource.name] = resource.version
+            for name in removed:
+                del after[name]
+        else:
+            after = before
+        exact = self._exact_map(type_url, version, desired)
+        if after == exact:
+            after = exact  # the usual case: the client holds exactly the target, as others do
+        elif shared and after is not before:
+            after = Held(after)
+        prefix = b""
+        if changed or removed:
+            header = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=version, type_url=type_url, removed_resources=removed,
+                control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
+            prefix = header.SerializeToString() + b"".join(r.delta_entry for r in changed)
+        plan = DeltaPlan(before, prefix, removed, frozenset(r.name for r in changed if r.name in before), after)
+        if shared:
+            self._delta[key] = plan
+        return plan
+
+    def forget(self, held: Mapping[str, str], names: frozenset[str]) -> Mapping[str, str]:
+        """`held` without `names` (so they are sent again); shared in, shared out."""
+        if held.keys().isdisjoint(names):
+            return held
+        key = (id(held), names)
+        found = self._forgotten.get(key)
+        if found is not None:
+            return found[1]
+        rest = {n: v for n, v in held.items() if n not in names}
+        if type(held) is not Held:
+            return rest
+        rest = Held(rest)
+        self._forgotten[key] = (held, rest)
+        return rest
+
+    def _exact_map(self, type_url: str, version: str, desired: Selection) -> Held:
+        key = (type_url, version)
+        found = self._exact.get(key)
+        if found is None:
+            found = self._exact[key] = Held({n: r.version for n, r in desired.items()})
+        return found

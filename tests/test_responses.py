@@ -1,0 +1,86 @@
+"""What streams share: responses built once per version (each stream adding its nonce), Delta
+clients' held maps, subscribed-name sets; and what a stream leaves behind once a response is
+out (control_plane/responses.py, server.Outgoing, subscription.shared_names, heap.py)."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+
+from control_plane import heap
+from control_plane.heap import HeapTrimmer
+from control_plane.metrics import Metrics
+from control_plane.server import AdsServer, Outgoing, take
+from control_plane.status import ClientRegistry
+from control_plane.subscription import shared_names
+from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE
+
+from .harness import until
+from .xds_fakes import Driver, FakeCache, cluster_names
+
+
+def test_delta_streams_of_a_group_share_one_diff_and_one_held_map():
+    cache = FakeCache(("a", "b"))
+    server = AdsServer(cache, ClientRegistry(), Metrics())
+    one, two = Driver(cache, delta=True, server=server), Driver(cache, delta=True, server=server)
+    [cds1], [cds2] = one.request(CLUSTER_TYPE), two.request(CLUSTER_TYPE)
+    assert cluster_names(cds1) == cluster_names(cds2) == ["a", "b"] and cds1.nonce != cds2.nonce
+    cds1.nonce = cds2.nonce
+    assert cds1 == cds2  # the same response but for the nonce
+    assert one.stream.types[CLUSTER_TYPE].client is two.stream.types[CLUSTER_TYPE].client
+    one.ack(cds1), two.ack(cds2)
+    cache.set(("a", "c"), route_tag="2")
+    [edit1], [edit2] = one.changed(), two.changed()
+    assert list(edit1.removed_resources) == list(edit2.removed_resources) == ["b"]
+    assert cluster_names(edit1) == cluster_names(edit2) == ["c"]
+    assert one.stream.types[CLUSTER_TYPE].client is two.stream.types[CLUSTER_TYPE].client
+    assert dict(one.stream.types[CLUSTER_TYPE].client) == {r.name: r.version for r in cache.resources[CLUSTER_TYPE].values()}
+
+
+def test_a_held_map_is_never_changed_in_place():
+    cache = FakeCache(("a", "b"))
+    server = AdsServer(cache, ClientRegistry(), Metrics())
+    one, two = Driver(cache, delta=True, server=server), Driver(cache, delta=True, server=server)
+    for d in (one, two):
+        d.ack(d.request(CLUSTER_TYPE)[0])
+        d.ack(d.request(ENDPOINT_TYPE, ["a", "b"])[0])
+    shared = one.stream.types[ENDPOINT_TYPE].client
+    assert shared is two.stream.types[ENDPOINT_TYPE].client
+    # `one` asks for a's endpoints again: it is sent them; `two` still holds them as before.
+    [again] = one.request(ENDPOINT_TYPE, ["a"])
+    assert [r.name for r in again.resources] == ["a"]
+    assert two.stream.types[ENDPOINT_TYPE].client is shared and set(shared) == {"a", "b"}
+    assert two.request(ENDPOINT_TYPE, []) == []
+
+
+def test_sotw_streams_get_the_same_bytes_but_for_the_nonce():
+    cache = FakeCache(("a", "b"))
+    server = AdsServer(cache, ClientRegistry(), Metrics())
+    one, two = Driver(cache, server=server), Driver(cache, server=server)
+    [a], [b] = one.request(CLUSTER_TYPE), two.request(CLUSTER_TYPE)
+    assert a.nonce != b.nonce and a.version_info == b.version_info
+    b.nonce = a.nonce
+    assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_a_response_handed_to_grpc_leaves_an_empty_holder():
+    data = discovery_pb2.DiscoveryResponse(version_info="v", nonce="1").SerializeToString()
+    holder = Outgoing(data)
+    assert take(holder) is data
+    assert holder.data == b""  # what grpc.aio keeps of a stream's last response until the next one
+
+
+def test_equal_subscriptions_share_one_name_set():
+    assert shared_names(["a", "b"]) is shared_names(("b", "a", "a"))
+    assert shared_names([]) is shared_names(set())
+
+
+@pytest.mark.skipif(heap._TRIM is None, reason="no glibc malloc_trim here")
+async def test_the_heap_is_trimmed_once_after_a_burst_goes_quiet():
+    trimmer = HeapTrimmer(quiet=0.05)
+    for _ in range(1000):
+        trimmer.busy()
+    await until(lambda: trimmer.trims == 1)
+    trimmer.busy()
+    await until(lambda: trimmer.trims == 2)
+    assert trimmer._timer is None  # nothing left scheduled
