@@ -188,7 +188,8 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "
             if kind == "policy":  # the global policy: every route and region cluster changes
                 edited["policy"] = EDIT_POLICIES[(i // len(kinds)) % 2]
             else:  # "model": one model's policy (its routes and clusters in every region; the rest is kept)
-                edited["models"]["model-001"]["policy"] = EDIT_POLICIES[(i // len(kinds)) % 2]
+                edited["models"]["model-001"]["policy"] = {"timeout": f"{40 + i}s",
+                                                          "outlier_detection": {"consecutive_5xx": 7 + i}}
             t0 = time.monotonic()
             write_config(config_path, edited)
             parent.send({"t0": t0})

@@ -103,11 +103,9 @@ class SnapshotCache:
         """The credentials an Envoy of this group injects (auth profiles' access tokens, custom
         backends' own): those of the regions its routes can reach. It is served those secrets
         and no others."""
-        def compute() -> list[str]:
-            config = self._config
-            return sorted({config.credential_for(m, r) for m in config.models
-                           for r in members(config, m, group.region)} - {None})
-        return self._per_generation(("credentials_needed", group), compute)
+        config = self._config  # a function of the config alone: once per config, not per token refresh
+        return config.memo(("credentials_needed", group.region), lambda: sorted(
+            {config.credential_for(m, r) for m in config.models for r in members(config, m, group.region)} - {None}))
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
