@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-sizes", default=",".join(f"{m}x{r}" for m, r in BIG_SIZES),
                         help="(iv) MODELSxREGIONS,... for the large-config targets")
     parser.add_argument("--big-clients", type=int, default=40, help="(iv) simulated Envoys at most")
-    parser.add_argument("--big-edits", type=int, default=3, help="(iv) edits per size")
+    parser.add_argument("--big-edits", type=int, default=3, help="(iv) edits per size and kind")
+    parser.add_argument("--big-mode", choices=("sotw", "delta"), default="sotw",
+                        help="(iv) the simulated Envoys' xDS variant")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "controlplane.png")
     parser.add_argument("--no-plot", action="store_true")

@@ -276,11 +276,12 @@ def part_big(args: argparse.Namespace, workdir: Path) -> list[dict]:
         # models' resources are taken over from the config before: RegionConfig.inherit).
         sub = argparse.Namespace(**{**vars(args), "fanout_models": models, "fanout_regions": regions,
                                     "fanout_edits": 2 * args.big_edits, "edit_kinds": ("policy", "model")})
-        fan = part_fanout(sub, min(regions, args.big_clients), workdir)
+        fan = part_fanout(sub, min(regions, args.big_clients), workdir, mode=getattr(args, "big_mode", "sotw"))
         row = {"models": models, "regions": regions, "validate_s": statistics.median(walls),
                "start_to_healthy_s": fan["start_to_healthy_s"], "first_sync_s": fan["sync"]["sync_all_s"],
                "start_to_full_set_s": fan["start_to_healthy_s"] + fan["sync"]["sync_all_s"],
-               "clients": fan["clients"], "rss_synced_mb": fan["rss_synced_mb"]}
+               "clients": fan["clients"], "mode": fan["mode"], "rss_synced_mb": fan["rss_synced_mb"],
+               "edits": fan.get("edits", [])}
         for kind in ("policy", "model"):
             times = [e["all_s"] for e in fan.get("edits", []) if e["kind"] == kind]
             done = [t for t in times if t is not None]

@@ -16,10 +16,10 @@ from functools import cached_property
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import any_pb2
 from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import Message
 
+from . import wire
 from .wire import Serialized, as_message
 from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
 
@@ -60,7 +60,8 @@ def resource_name(message: Message | Serialized) -> str:
 
 
 class Interner:
-    """Serializes each distinct resource once; equal content yields the same Resource object.
+    """Serializes each resource object once; equal content yields the same version and the
+    same bytes (one copy in memory, one framing per stream type).
 
     Entries unused by the latest generation are dropped by `retain`, so memory follows the
     config in force rather than every config ever loaded.
@@ -68,8 +69,9 @@ class Interner:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, str], Resource] = {}
-        # A message object shared by several node groups' builds is serialized once; the
-        # Resource holds the message, so its id cannot be reused while the entry lives.
+        # Each built object is serialized once, however many node groups' builds share it and
+        # however many reloads take it over (RegionConfig.inherit); the Resource holds the
+        # object, so its id cannot be reused while the entry lives.
         self._by_id: dict[int, Resource] = {}
 
     def intern(self, type_url: str, message: Message | Serialized) -> Resource:
@@ -82,11 +84,12 @@ class Interner:
         key = (type_url, name, version)
         found = self._by_key.get(key)
         if found is None:
-            packed = any_pb2.Any(type_url=type_url, value=data)
-            found = Resource(name, type_url, version, message, packed.SerializeToString(deterministic=True))
-            self._by_key[key] = found
-        if found.built is message:
-            self._by_id[id(message)] = found
+            found = Resource(name, type_url, version, message, wire.packed(type_url, data))
+        elif found.built is not message:
+            # The same content built again (a new config): the same bytes, now held through
+            # this object, which later builds and reloads hand in again.
+            found = Resource(name, type_url, version, message, found.any_bytes)
+        self._by_key[key] = self._by_id[id(message)] = found
         return found
 
     def retain(self, live: Iterable[Resource]) -> None:
