@@ -103,9 +103,7 @@ class SnapshotCache:
         """The credentials an Envoy of this group injects (auth profiles' access tokens, custom
         backends' own): those of the regions its routes can reach. It is served those secrets
         and no others."""
-        config = self._config  # a function of the config alone: once per config, not per token refresh
-        return config.memo(("credentials_needed", group.region), lambda: sorted(
-            {config.credential_for(m, r) for m in config.models for r in members(config, m, group.region)} - {None}))
+        return _credentials_needed(self._config, group.region)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
@@ -190,13 +188,21 @@ class SnapshotCache:
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
                                       for r in config.vertex_regions}
         avoided = self._avoided
-        config = config.avoiding(avoided)
+        original, config = config, config.avoiding(avoided)
         before = getattr(self, "_snapshots", None)
         reused = config.inherit(before.config) if isinstance(before, _Built) and before.config is not config else 0
         built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
                         for g in wanted if g.region in config.vertex_regions})
+        for region in {g.region for g in built}:  # here, off the event loop, rather than at the first push
+            _credentials_needed(original, region)
         built.avoided, built.config, built.reused_models = avoided, config, reused
         return built
+
+
+def _credentials_needed(config: RegionConfig, region: str) -> list[str]:
+    """A function of the config alone: once per config (avoidance reorders, never adds)."""
+    return config.memo(("credentials_needed", region), lambda: sorted(
+        {config.credential_for(m, r) for m in config.models for r in members(config, m, region)} - {None}))
 
 
 class _Built(dict):
