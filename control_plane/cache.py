@@ -61,12 +61,17 @@ class SnapshotCache:
         self._memo: dict = {}
         self._memo_generation = -1
         self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
+        self._snapshots = _Built()
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
-        self.reused_models = 0  # models the last reload took over from the config before (RegionConfig.inherit)
 
     @property
     def config(self) -> RegionConfig:
         return self._config
+
+    @property
+    def reused_models(self) -> int:
+        """Models the last build took over from the one before (RegionConfig.inherit)."""
+        return self._snapshots.reused_models
 
     def set_tokens(self, tokens: Mapping[str, str]) -> None:
         """The current access token per auth profile (and header value per custom backend,
@@ -142,15 +147,14 @@ class SnapshotCache:
         """Build every known group's snapshot for the new config, then swap; on error keep the old."""
         self.apply(config, self.prepare(config))
 
-    def prepare(self, config: RegionConfig) -> dict[NodeGroup, Snapshot]:
+    def prepare(self, config: RegionConfig) -> _Built:
         """The heavy part of a reload (building and serializing); safe to run off the event loop."""
         return self._prebuild(config, set(self._snapshots))
 
-    def apply(self, config: RegionConfig, snapshots: dict[NodeGroup, Snapshot]) -> None:
-        if getattr(snapshots, "avoided", self._avoided) != self._avoided:
+    def apply(self, config: RegionConfig, snapshots: _Built) -> None:
+        if snapshots.avoided != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
             snapshots = self._prebuild(config, set(snapshots))
-        self.reused_models = getattr(snapshots, "reused_models", 0)
         self._config, self._snapshots = config, snapshots
         self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
         self._bump()
@@ -182,15 +186,15 @@ class SnapshotCache:
         self._watchers.add(notify)
         return lambda: self._watchers.discard(notify)
 
-    def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None) -> dict[NodeGroup, Snapshot]:
+    def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None) -> _Built:
         # Each region's default group is built too, so a config that cannot be built for some
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
                                       for r in config.vertex_regions}
         avoided = self._avoided
         original, config = config, config.avoiding(avoided)
-        before = getattr(self, "_snapshots", None)
-        reused = config.inherit(before.config) if isinstance(before, _Built) and before.config is not config else 0
+        before = self._snapshots.config
+        reused = config.inherit(before) if before is not None and before is not config else 0
         built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
                         for g in wanted if g.region in config.vertex_regions})
         for region in {g.region for g in built}:  # here, off the event loop, rather than at the first push

@@ -618,14 +618,18 @@ class RegionConfig(_Strict):
         Returns how many models were taken over."""
         if self._reuse_key() != previous._reuse_key():
             return 0
-        # As JSON: dict equality ignores order, and order matters (pins, spreads, routes).
-        before = {m: spec.model_dump_json() for m, spec in previous.models.items()}
-        same = {m for m, spec in self.models.items() if before.get(m) == spec.model_dump_json()}
+        before, now = previous._model_specs(), self._model_specs()
+        same = {m for m in self.models if before.get(m) == now[m]}
         memo = self.__pydantic_private__["_memo"]
         for key, value in dict(previous.__pydantic_private__["_memo"]).items():  # a copy: read off the loop
             if key[0] == "model" and key[1] in same:
                 memo.setdefault(key, value)
         return len(same)
+
+    def _model_specs(self) -> dict[str, str]:
+        """Each model's spec as JSON, once per config (compared when it is inherited from and
+        when it inherits): dict equality ignores order, and order matters (pins, spreads)."""
+        return self.memo(("model_specs",), lambda: {m: spec.model_dump_json() for m, spec in self.models.items()})
 
     def _reuse_key(self) -> tuple:
         """Everything but the models' own specs that a model's resources may depend on."""

@@ -61,7 +61,7 @@ def resource_name(message: Message | Serialized) -> str:
 
 class Interner:
     """Serializes each resource object once; equal content yields the same version and the
-    same bytes (one copy in memory, one framing per stream type).
+    same bytes (one copy in memory).
 
     Entries unused by the latest generation are dropped by `retain`, so memory follows the
     config in force rather than every config ever loaded.

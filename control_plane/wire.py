@@ -31,23 +31,14 @@ class Serialized:
         return self.message_type.FromString(self.data)
 
 
+class Entries(bytes):
+    """Elements of a repeated message field, each already framed by entry(): a Template hole
+    given Entries takes them as they are."""
+
+
 def entry(number: int, data: bytes) -> bytes:
     """One length-delimited field (a sub-message, or one element of a repeated one)."""
     return _VarintBytes(number << 3 | _LENGTH_DELIMITED) + _VarintBytes(len(data)) + data
-
-
-def assemble(message: Message, field: str, entries: bytes) -> bytes:
-    """`message`'s bytes with its repeated message `field` holding `entries` (already framed
-    by entry()), in the order deterministic serialization writes fields."""
-    number = message.DESCRIPTOR.fields_by_name[field].number
-    head, tail = type(message)(), type(message)()
-    head.CopyFrom(message)
-    tail.CopyFrom(message)
-    for descriptor, _ in message.ListFields():
-        (head if descriptor.number > number else tail).ClearField(descriptor.name)
-    head.ClearField(field)
-    tail.ClearField(field)
-    return head.SerializeToString(deterministic=True) + entries + tail.SerializeToString(deterministic=True)
 
 
 class Template:
@@ -78,7 +69,8 @@ class Template:
 
     def fill(self, **values: str | bytes | Message) -> bytes:
         """The message's bytes; each hole's value a string, a message or its serialized bytes
-        (string, bytes and message fields only; an empty value leaves the field unset)."""
+        (string, bytes and message fields only; an empty value leaves the field unset), or
+        the Entries of a repeated message field."""
         out = []
         for part in self._parts:
             if isinstance(part, bytes):
@@ -86,6 +78,9 @@ class Template:
                 continue
             name, number = part
             value = values[name]
+            if isinstance(value, Entries):
+                out.append(value)
+                continue
             if isinstance(value, Message):
                 value = value.SerializeToString(deterministic=True)
             elif isinstance(value, str):

@@ -10,7 +10,7 @@ from control_plane.config import parse_config
 from control_plane.resources import ROUTE_TYPE, NodeGroup, build_serialized
 from control_plane.resources.clients import authorize_routes
 from control_plane.resources.routes import _virtual_host, region_routes
-from control_plane.wire import Serialized, assemble, entry
+from control_plane.wire import Entries, Serialized, Template, entry
 
 from .jwt_issuer import Issuer
 from .test_clients import CLIENTS
@@ -39,11 +39,13 @@ def test_route_configuration_is_the_whole_message_byte_for_byte(region, clients,
     assert built.parse().SerializeToString(deterministic=True) == built.data
 
 
-def test_assemble_keeps_field_order_around_the_repeated_field():
+def test_a_template_keeps_field_order_around_its_holes():
     vhost = route_components_pb2.VirtualHost(name="v", domains=["*"], include_attempt_count_in_response=True)
     routes = [route_components_pb2.Route(name=f"r{i}") for i in range(3)]
-    data = assemble(vhost, "routes", b"".join(entry(3, r.SerializeToString()) for r in routes))
+    data = Template(vhost, holes=("name", "routes")).fill(
+        name="w", routes=Entries(b"".join(entry(3, r.SerializeToString()) for r in routes)))
     whole = route_components_pb2.VirtualHost()
     whole.CopyFrom(vhost)
+    whole.name = "w"
     whole.routes.extend(routes)
     assert data == whole.SerializeToString(deterministic=True)

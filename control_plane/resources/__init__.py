@@ -119,8 +119,6 @@ def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[M
     }
 
 
-
-
 def _model_resources(config: RegionConfig, model: str, local_region: str
                      ) -> tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]]:
     """One model's clusters and endpoints at an Envoy of local_region."""

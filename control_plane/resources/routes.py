@@ -184,20 +184,16 @@ def route_configuration(config: RegionConfig, local_region: str) -> Serialized:
         entries = b"".join([
             *(config.memo_model(model, ("route_entries", local_region), lambda model=model: b"".join(
                 _entry(config, r) for r in _model_segment(config, model, local_region))) for model in config.models),
-            *(_entry(config, r) for r in _openai_routes(config, local_region)),
-            _entry(config, _default_route(config, local_region)),
-            _entry(config, config.memo(("not_found",), lambda: _not_found(config)))])
+            *(_entry(config, r) for r in _closing_routes(config, local_region))])
     else:  # per-identity variants of the routes (clients.py)
         entries = b"".join(_entry(config, r) for r in authorize_routes(config, local_region,
                                                                        region_routes(config, local_region)))
-    data = wire.assemble(config.memo(("route_configuration",), lambda: route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME)), "virtual_hosts", wire.entry(_VIRTUAL_HOSTS, wire.assemble(
-            config.memo(("virtual_host",), _virtual_host), "routes", entries)))
+    virtual_host = config.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
+    data = _ROUTE_CONFIGURATION.fill(virtual_hosts=virtual_host.fill(routes=wire.Entries(entries)))
     return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
 
 
-# Field numbers of what route_configuration() assembles.
-_VIRTUAL_HOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
+_ROUTE_CONFIGURATION = wire.Template(route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME), holes=("virtual_hosts",))
 _ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
 
 
@@ -219,16 +215,14 @@ def _virtual_host() -> route_components_pb2.VirtualHost:
 
 def region_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
     """Every route of this region's Envoys, in match order (before clients' authorization)."""
-    return [route for segment in _segments(config, local_region) for route in segment]
+    return [*(route for model in config.models for route in _model_segment(config, model, local_region)),
+            *_closing_routes(config, local_region)]
 
 
-def _segments(config: RegionConfig, local_region: str) -> list[tuple[route_components_pb2.Route, ...]]:
-    """The routes in runs: each model's (shared by the regions where its inputs are the same),
-    then the OpenAI paths, /predict and the JSON 404."""
-    return [*(_model_segment(config, model, local_region) for model in config.models),
-            tuple(_openai_routes(config, local_region)),
-            (_default_route(config, local_region),),
-            (config.memo(("not_found",), lambda: _not_found(config)),)]
+def _closing_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+    """After every model's own routes: the OpenAI paths, /predict and the JSON 404."""
+    return [*_openai_routes(config, local_region), _default_route(config, local_region),
+            config.memo(("not_found",), lambda: _not_found(config))]
 
 
 def _default_route(config: RegionConfig, local_region: str) -> route_components_pb2.Route:
