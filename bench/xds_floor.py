@@ -51,8 +51,8 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
     heap = HeapTrimmer()
     nonce = 0
 
-    async def stream(requests, context):
-        nonlocal nonce
+    def listen(requests) -> tuple[asyncio.Queue, asyncio.Task]:
+        """The stream's requests, then None, in an inbox that change notifications also reach."""
         inbox: asyncio.Queue = asyncio.Queue()
         inboxes.add(inbox)
 
@@ -63,7 +63,11 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
             finally:
                 inbox.put_nowait(None)
 
-        reader = asyncio.create_task(read())
+        return inbox, asyncio.create_task(read())
+
+    async def stream(requests, context):
+        nonlocal nonce
+        inbox, reader = listen(requests)
         subscribed: dict[str, frozenset[str] | None] = {}
         group = None
         try:
@@ -90,17 +94,7 @@ async def serve(config_path: Path, xds_port: int, admin_port: int) -> None:
 
     async def delta_stream(requests, context):
         nonlocal nonce
-        inbox: asyncio.Queue = asyncio.Queue()
-        inboxes.add(inbox)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    inbox.put_nowait(request)
-            finally:
-                inbox.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+        inbox, reader = listen(requests)
         subscribed: dict[str, set[str] | None] = {}
         sent: dict[str, dict[str, str]] = {}
         group = None
