@@ -10,8 +10,12 @@ message serializes to (tests/test_wire.py), so versions do not depend on the pat
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from google.protobuf import any_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import Message
 
@@ -95,5 +99,191 @@ def packed(type_url: str, data: bytes) -> bytes:
     return entry(1, type_url.encode()) + entry(2, data)
 
 
+def bytes_of(resource: Message | Serialized) -> bytes:
+    """The resource's deterministic serialization."""
+    return resource.data if isinstance(resource, Serialized) else resource.SerializeToString(deterministic=True)
+
+
 def as_message(resource: Message | Serialized) -> Message:
     return resource.parse() if isinstance(resource, Serialized) else resource
+
+
+class StencilError(ValueError):
+    """A message a stencil cannot be made from (a token in a map key: filling could reorder it)."""
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A string field holding tokens: its tag, and the string split at the tokens (odd items)."""
+
+    tag: bytes
+    parts: tuple[str, ...]
+    escaped: int  # 1: the field is a regex, tokens take their escaped value
+
+
+@dataclass(frozen=True)
+class _Nested:
+    """A sub-message holding tokens somewhere: its tag, and its own chunks."""
+
+    tag: bytes
+    chunks: tuple
+
+
+class Stencil:
+    """The bytes of a message whose strings hold tokens, ready to be filled with other values:
+    for many resources that are alike but for a few names (the models of one shape).
+
+    Made from a message serialized deterministically: every field without a token is kept as
+    its bytes; filling writes each string that held tokens with the tokens replaced, and the
+    lengths of the messages around it. Strings inside an Any are reached through its type
+    URL. The result is what the message built with the new values serializes to, provided
+    those values enter the message only as these tokens (the caller checks one fill against
+    a real build)."""
+
+    def __init__(self, data: bytes, descriptor: Descriptor, tokens: re.Pattern, escaped_in: frozenset[str]):
+        self._tokens = tokens
+        self._escaped_in = escaped_in
+        self.fill = _writer(self._compile(data, descriptor) or (data,))
+
+    def fill(self, values: Mapping[str, tuple[str, str]]) -> bytes:  # replaced per instance by _writer's
+        """The message's bytes with each token replaced: `values` maps a token to (its
+        replacement, the same escaped for a regex)."""
+        raise NotImplementedError
+
+    def _compile(self, data: bytes, descriptor: Descriptor) -> tuple | None:
+        """The message's chunks; None if no token occurs in it."""
+        chunks: list = []
+        found = False
+        pos, end = 0, len(data)
+        while pos < end:
+            start = pos
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type != _LENGTH_DELIMITED:
+                pos = _skip(data, pos, wire_type)
+                _append(chunks, data[start:pos])
+                continue
+            tag = data[start:pos]
+            length, body = _varint(data, pos)
+            pos = body + length
+            payload = data[body:pos]
+            field = descriptor.fields_by_number.get(number)
+            chunk = self._field(field, tag, payload) if field is not None else None
+            if chunk is None:
+                _append(chunks, data[start:pos])
+            else:
+                if descriptor.GetOptions().map_entry and number == 1:
+                    raise StencilError(f"a token in a map key of {descriptor.full_name}")
+                chunks.append(chunk)
+                found = True
+        return tuple(chunks) if found else None
+
+    def _field(self, field: FieldDescriptor, tag: bytes, payload: bytes) -> _Text | _Nested | None:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            parts = self._tokens.split(payload.decode())
+            return _Text(tag, tuple(parts), int(field.full_name in self._escaped_in)) if len(parts) > 1 else None
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            return None
+        inner = field.message_type
+        if inner.full_name == "google.protobuf.Any":
+            chunks = self._any(payload)
+        else:
+            chunks = self._compile(payload, inner)
+        return _Nested(tag, chunks) if chunks is not None else None
+
+    def _any(self, payload: bytes) -> tuple | None:
+        """An Any's chunks: its value compiled as the message its type URL names."""
+        probe = _ANY()
+        probe.MergeFromString(payload)
+        inner = descriptor_pool.Default().FindMessageTypeByName(probe.type_url.rpartition("/")[2])
+        value = self._compile(probe.value, inner)
+        if value is None:
+            return None
+        return (entry(1, probe.type_url.encode()), _Nested(_ANY_VALUE_TAG, value))
+
+
+def tokens_pattern(tokens: list[str]) -> re.Pattern:
+    """A pattern splitting strings at these tokens (longest first, so a token inside another is
+    not matched in it)."""
+    return re.compile("(" + "|".join(re.escape(t) for t in sorted(set(tokens), key=len, reverse=True)) + ")")
+
+
+def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
+    """A function writing the message: straight-line code generated once per stencil (a fill is
+    one call, with no walk of the chunks), e.g. for a route named after its model:
+        t1 = ('pin:' + v['<model>'][0] + '@us-east4').encode(); b0 = C[0] + _length(t1) + t1 + C[1]"""
+    constants: list[bytes] = []
+    lines: list[str] = []
+
+    def const(data: bytes) -> str:
+        constants.append(data)
+        return f"C[{len(constants) - 1}]"
+
+    def emit(chunks: tuple) -> str:
+        parts = []
+        for chunk in chunks:
+            if type(chunk) is bytes:
+                parts.append(const(chunk))
+                continue
+            if type(chunk) is _Nested:
+                inner = emit(chunk.chunks)
+            else:  # a string with tokens (values are never empty, so the field stays set)
+                inner = f"t{len(lines)}"
+                pieces = [repr(part) if i % 2 == 0 else f"v[{part!r}][{chunk.escaped}]"
+                          for i, part in enumerate(chunk.parts) if part or i % 2]
+                lines.append(f"{inner} = ({' + '.join(pieces)}).encode()")
+            parts.append(f"{const(chunk.tag)} + _length({inner}) + {inner}")
+        name = f"b{len(lines)}"
+        lines.append(f"{name} = {' + '.join(parts)}")
+        return name
+
+    result = emit(chunks)
+    source = "def fill(v):\n" + "".join(f"    {line}\n" for line in lines) + f"    return {result}\n"
+    scope = {"C": tuple(constants), "_length": _length}
+    exec(source, scope)  # noqa: S102 - our own generated code, from a message we serialized
+    return scope["fill"]
+
+
+def _length(data: bytes) -> bytes:
+    """The varint length prefix of `data`."""
+    n = len(data)
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    return _VarintBytes(n)
+
+
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+
+
+def _append(chunks: list, data: bytes) -> None:
+    if chunks and type(chunks[-1]) is bytes:
+        chunks[-1] += data
+    else:
+        chunks.append(data)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _skip(data: bytes, pos: int, wire_type: int) -> int:
+    if wire_type == 0:
+        return _varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 5:
+        return pos + 4
+    raise StencilError(f"wire type {wire_type} (groups) not supported")
+
+
+_ANY = any_pb2.Any
+_ANY_VALUE_TAG = bytes([2 << 3 | _LENGTH_DELIMITED])

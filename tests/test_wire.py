@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.type.matcher.v3 import regex_pb2
 
+from control_plane import wire
 from control_plane.config import parse_config
 from control_plane.resources import ROUTE_TYPE, NodeGroup, build_serialized
 from control_plane.resources.clients import authorize_routes
+from control_plane.resources.proto import _any, _struct
 from control_plane.resources.routes import _virtual_host, region_routes
 from control_plane.wire import Entries, Serialized, Template, entry
 
@@ -49,3 +52,32 @@ def test_a_template_keeps_field_order_around_its_holes():
     whole.name = "w"
     whole.routes.extend(routes)
     assert data == whole.SerializeToString(deterministic=True)
+
+
+REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})
+
+
+def _route(model: str, escaped: str) -> route_components_pb2.Route:
+    route = route_components_pb2.Route(name=f"pin:{model}@us-east4", match=route_components_pb2.RouteMatch(
+        safe_regex=regex_pb2.RegexMatcher(regex=f"^/v1/models/{escaped}:(predict)$")))
+    route.route.cluster = f"model/{model}"
+    route.metadata.filter_metadata["vertex"].CopyFrom(_struct({"model": model}))  # a token four messages down
+    route.typed_per_filter_config["inner"].CopyFrom(_any(route_components_pb2.Route(name=model)))  # inside an Any
+    return route
+
+
+def test_a_stencil_writes_what_the_message_built_with_other_values_serializes_to():
+    token = "zqtokenzq"
+    stencil = wire.Stencil(_route(token, token).SerializeToString(deterministic=True),
+                           route_components_pb2.Route.DESCRIPTOR, wire.tokens_pattern([token]), REGEX_FIELDS)
+    for model, escaped in [("m", "m"), ("my-model.v2", r"my\-model\.v2"), ("x" * 300, "x" * 300)]:
+        assert stencil.fill({token: (model, escaped)}) == _route(model, escaped).SerializeToString(deterministic=True)
+
+
+def test_a_stencil_refuses_a_token_in_a_map_key():
+    """Filling could change the order of map entries, which deterministic output sorts."""
+    message = route_components_pb2.Route()
+    message.metadata.filter_metadata["zqtokenzq"].CopyFrom(_struct({"a": "b"}))
+    with pytest.raises(wire.StencilError):
+        wire.Stencil(message.SerializeToString(deterministic=True), route_components_pb2.Route.DESCRIPTOR,
+                     wire.tokens_pattern(["zqtokenzq"]), REGEX_FIELDS)

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from ..config import RegionConfig
 from ..wire import Serialized, as_message
+from . import shapes
 from .clients import client_clusters, secure_listener
 from .clusters import (
     aggregate_cluster,
@@ -94,15 +95,18 @@ def build_resources(config: RegionConfig, group: NodeGroup) -> dict[str, list[Me
             for type_url, resources in build_serialized(config, group).items()}
 
 
-def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[Message | Serialized]]:
+def build_serialized(config: RegionConfig, group: NodeGroup, shaped: bool = True
+                     ) -> dict[str, list[Message | Serialized]]:
     """Every resource one Envoy (of this node group) is served, by type URL; the large ones
-    already serialized (wire.py)."""
+    already serialized (wire.py). `shaped`: models alike but for names and ids are written from
+    their shape (shapes.py; False for tests comparing with the ordinary build)."""
     clusters: list[Message | Serialized] = []
     endpoints: list[Message | Serialized] = []
     for model in config.models:
         # A reload that leaves this model (and all but the models) as it was takes these over.
         model_clusters, model_endpoints = config.memo_model(model, ("resources", group.region),
-                                                            lambda: _model_resources(config, model, group.region))
+                                                            lambda: _model_resources(config, model, group.region,
+                                                                                     shaped))
         clusters += model_clusters
         endpoints += model_endpoints
     # `clients:` (who may call): extra clusters, the listener's authentication, per-identity routes.
@@ -115,13 +119,19 @@ def build_serialized(config: RegionConfig, group: NodeGroup) -> dict[str, list[M
         CLUSTER_TYPE: clusters + extra_clusters,
         ENDPOINT_TYPE: endpoints + extra_endpoints,
         LISTENER_TYPE: [secure_listener(config, listener(group, config.observability))],
-        ROUTE_TYPE: [route_configuration(config, group.region)],
+        ROUTE_TYPE: [route_configuration(config, group.region, shaped)],
     }
 
 
-def _model_resources(config: RegionConfig, model: str, local_region: str
-                     ) -> tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]]:
+Built = tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]]
+
+
+def _model_resources(config: RegionConfig, model: str, local_region: str, shaped: bool = False) -> Built:
     """One model's clusters and endpoints at an Envoy of local_region."""
+    if shaped:
+        found = shapes.shaped(config, model, local_region, "resources", _model_resources)
+        if found is not None:
+            return found
     spec = config.models[model]
     regions = members(config, model, local_region)
     if not regions:

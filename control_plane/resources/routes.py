@@ -20,7 +20,7 @@ from google.protobuf import wrappers_pb2
 from .. import wire
 from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
 from ..wire import Serialized
-from . import openai
+from . import openai, shapes
 from .clients import authorize_routes
 from .names import (
     BUFFER_FILTER,
@@ -175,15 +175,17 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
-def route_configuration(config: RegionConfig, local_region: str) -> Serialized:
+def route_configuration(config: RegionConfig, local_region: str, shaped: bool = False) -> Serialized:
     """The route configuration of this region's Envoys, assembled from its routes' bytes: most
-    routes are shared by many regions' configurations, and serialized once per config."""
+    routes are shared by many regions' configurations, and serialized once per config.
+    `shaped`: models alike but for names and ids are written from their shape (shapes.py)."""
     if config.clients is None:
         # Each model's routes as bytes, once per (model, region); a reload that leaves the model
         # as it was takes them over (RegionConfig.inherit).
         entries = b"".join([
-            *(config.memo_model(model, ("route_entries", local_region), lambda model=model: b"".join(
-                _entry(config, r) for r in _model_segment(config, model, local_region))) for model in config.models),
+            *(config.memo_model(model, ("route_entries", local_region),
+                                lambda model=model: _model_entries(config, model, local_region, shaped))
+              for model in config.models),
             *(_entry(config, r) for r in _closing_routes(config, local_region))])
     else:  # per-identity variants of the routes (clients.py)
         entries = b"".join(_entry(config, r) for r in authorize_routes(config, local_region,
@@ -197,11 +199,17 @@ _ROUTE_CONFIGURATION = wire.Template(route_pb2.RouteConfiguration(name=ROUTE_CON
 _ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
 
 
-def _entry(config: RegionConfig, route: route_components_pb2.Route) -> bytes:
+def _model_entries(config: RegionConfig, model: str, local_region: str, shaped: bool) -> bytes:
+    routes = shapes.shaped(config, model, local_region, "routes", _model_segment) if shaped else None
+    if routes is None:
+        routes = _model_segment(config, model, local_region)
+    return b"".join(_entry(config, r) for r in routes)
+
+
+def _entry(config: RegionConfig, route: route_components_pb2.Route | Serialized) -> bytes:
     """The route framed as one entry of VirtualHost.routes, once per config (the memo keeps the
     route alive, so its id stays its own)."""
-    return config.memo(("route_entry", id(route)), lambda: (
-        route, wire.entry(_ROUTES, route.SerializeToString(deterministic=True))))[1]
+    return config.memo(("route_entry", id(route)), lambda: (route, wire.entry(_ROUTES, wire.bytes_of(route))))[1]
 
 
 def _virtual_host() -> route_components_pb2.VirtualHost:

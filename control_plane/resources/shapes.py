@@ -1,0 +1,202 @@
+"""Models alike but for their names and endpoint ids: built once, filled in per model.
+
+Large configs hold many models of one shape: the same regions, strategy, policy and
+credentials, only the model's name and its endpoint ids differ. Their resources differ in
+those strings only, so a cold build (start-up, `validate`, a global edit) builds one
+stand-in model per shape, with unmistakable names (SENTINEL_MODEL, sentinel ids), turns each
+of its resources into a wire.Stencil, and writes every member's resources by filling in the
+member's name and ids. The first member of each shape in each region is also built the
+ordinary way and must come out byte for byte equal, else the shape is not used (logged);
+tests/test_shapes.py checks every member of many shapes.
+
+Not shaped (built the ordinary way): the default model, models on the OpenAI paths,
+publisher models, models with a custom backend, shapes of fewer than MIN_MEMBERS models, and
+every model of a config that took models over from the config before it (an edit of a few
+models rebuilds those few: RegionConfig.inherit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf.message import Message
+
+from .. import wire
+from ..config import RegionConfig
+from ..wire import Serialized
+from ..xds_types import ENDPOINT_TYPE
+from .proto import _alternation, _re_escape
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Build = Callable[[RegionConfig, str, str], T]  # (config, model, local region) -> resources
+
+MIN_MEMBERS = 4
+SENTINEL_MODEL = "zqshapemodelzq"  # a valid model name no regex escaping changes
+# Strings of these fields are regexes: a token there takes its escaped value.
+_REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})
+
+
+def shaped(config: RegionConfig, model: str, local_region: str, kind: str, build: Build[T]) -> T | None:
+    """build(config, model, local_region) written from the model's shape; None: not shaped (the
+    caller builds it). `kind` names `build` (one stand-in build per shape, region and kind)."""
+    key = config.memo(("shape_keys",), lambda: _shape_keys(config)).get(model)
+    if key is None:
+        return None
+    shape = config.memo(("shape", key), lambda: _Shape(config, key))
+    return shape.resources(config, model, local_region, kind, build)
+
+
+def shaped_models(config: RegionConfig) -> set[str]:
+    """The models of this config written from a shape (for tests and tools)."""
+    return set(config.memo(("shape_keys",), lambda: _shape_keys(config)))
+
+
+def _shape_keys(config: RegionConfig) -> dict[str, str]:
+    """model -> its shape, for the models built from a shape (MIN_MEMBERS or more)."""
+    if _took_over_models(config):
+        return {}
+    members: dict[str, list[str]] = {}
+    for model in config.models:
+        key = _shape_key(config, model)
+        if key is not None:
+            members.setdefault(key, []).append(model)
+    return {model: key for key, models in members.items() if len(models) >= MIN_MEMBERS for model in models}
+
+
+def _shape_key(config: RegionConfig, model: str) -> str | None:
+    spec = config.models[model]
+    if (not spec.endpoints or spec.publisher_model or model == config.default_model
+            or config.serves_openai(model) or any(config.regions[r].custom for r in spec.endpoints)):
+        return None
+    # Everything of the spec but the endpoint ids, the regions in their order.
+    return json.dumps([spec.model_dump(mode="json", exclude={"endpoints"}), list(spec.endpoints)])
+
+
+def _took_over_models(config: RegionConfig) -> bool:
+    memo = config.__pydantic_private__["_memo"]
+    return any(key[0] == "model" for key in memo)
+
+
+class _Shape:
+    """One shape's stand-in model, its resources as stencils, and what was filled from them."""
+
+    def __init__(self, config: RegionConfig, key: str):
+        self.members = [m for m, k in config.memo(("shape_keys",), dict).items() if k == key]
+        spec = config.models[self.members[0]]
+        ids = {region: f"8{i:04d}7182818284" for i, region in enumerate(spec.endpoints)}
+        stand_in = config.model_copy(update={"models": {
+            **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
+        stand_in._memo = {}  # its own memos (a copy would share the config's)
+        self.stand_in = stand_in
+        self._ids = ids
+        self._alternation = _alternation(sorted(set(ids.values())))
+        self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
+        # (kind, region) -> the stand-in's resources; False: filling them in failed the check
+        self._built: dict[tuple[str, str], object] = {}
+        self._molds: dict[int, _Mold] = {}  # id of a stand-in's resource -> its mold
+        self._filled: dict[tuple[str, int], object] = {}  # (model, id of the stand-in's) -> the model's
+        self._values_of: dict[str, dict[str, tuple[str, str]]] = {}
+
+    def resources(self, config: RegionConfig, model: str, region: str, kind: str, build: Build[T]) -> T | None:
+        built = self._built.get((kind, region))
+        if built is None:
+            built = self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
+            if not self._check(config, region, kind, build, built):
+                built = self._built[kind, region] = False
+        return self._map(built, model, self._values(config, model)) if built is not False else None
+
+    def _check(self, config: RegionConfig, region: str, kind: str, build: Build, built: object) -> bool:
+        """The first member filled in equals the first member built: else this shape is not used."""
+        first = self.members[0]
+        try:
+            ok = _same(self._map(built, first, self._values(config, first)), build(config, first, region))
+        except wire.StencilError as exc:
+            log.warning("model shape not used (%s): %s", first, exc)
+            return False
+        if not ok:
+            log.warning("model shape not used: %s filled in differs from %s built (%s, region %s)",
+                        first, first, kind, region)
+        return ok
+
+    def _values(self, config: RegionConfig, model: str) -> dict[str, tuple[str, str]]:
+        """token -> (the model's value, escaped for a regex); once per model."""
+        found = self._values_of.get(model)
+        if found is None:
+            found = self._values_of[model] = self._compute_values(config, model)
+        return found
+
+    def _compute_values(self, config: RegionConfig, model: str) -> dict[str, tuple[str, str]]:
+        endpoints = config.models[model].endpoints
+        values = {self._alternation: (alternation := _alternation(sorted(set(endpoints.values()))), alternation)}
+        values.update({sentinel: (endpoints[r], _re_escape(endpoints[r])) for r, sentinel in self._ids.items()})
+        values[SENTINEL_MODEL] = (model, _re_escape(model))
+        return values
+
+    def _map(self, built: object, model: str, values: dict[str, tuple[str, str]]):
+        """The model's counterpart of the stand-in's resources `built` (a resource or nested tuples
+        of them): once per model (regions share the stand-in's resources and so the model's)."""
+        found = self._filled.get((model, id(built)))
+        if found is None:
+            if type(built) is tuple:
+                found = tuple([self._map(item, model, values) for item in built])
+            else:
+                mold = self._molds.get(id(built))
+                if mold is None:
+                    mold = self._molds[id(built)] = _Mold(built, self._tokens)
+                found = mold.fill(values)
+            self._filled[model, id(built)] = found
+        return found
+
+
+class _Mold:
+    """One resource of the stand-in model, ready to be written for another model."""
+
+    def __init__(self, built: Message | Serialized, tokens: re.Pattern):
+        self.built = built  # kept: shapes look molds up by the resource's id
+        data, self.message_type = _bytes(built)
+        self.write = wire.Stencil(data, self.message_type.DESCRIPTOR, tokens, _REGEX_FIELDS).fill
+        self.name = tokens.split(_name(built))
+        self.requires = tuple((type_url, tokens.split(name)) for type_url, name in _requires(built))
+
+    def fill(self, values: dict[str, tuple[str, str]]) -> Serialized:
+        return Serialized(_joined(self.name, values), self.write(values), self.message_type,
+                          tuple((type_url, _joined(name, values)) for type_url, name in self.requires))
+
+
+def _joined(parts: list[str], values: dict[str, tuple[str, str]]) -> str:
+    """A name split at the tokens, with each token's value."""
+    if len(parts) == 1:
+        return parts[0]
+    return "".join([part if i % 2 == 0 else values[part][0] for i, part in enumerate(parts)])
+
+
+def _bytes(built: Message | Serialized) -> tuple[bytes, type[Message]]:
+    if isinstance(built, Serialized):
+        return built.data, built.message_type
+    return built.SerializeToString(deterministic=True), type(built)
+
+
+def _name(built: Message | Serialized) -> str:
+    return getattr(built, "cluster_name", "") or built.name
+
+
+def _requires(built: Message | Serialized) -> tuple[tuple[str, str], ...]:
+    if isinstance(built, Serialized):
+        return built.requires
+    if isinstance(built, cluster_pb2.Cluster) and built.type == cluster_pb2.Cluster.EDS:
+        return ((ENDPOINT_TYPE, built.eds_cluster_config.service_name or built.name),)
+    return ()
+
+
+def _same(filled: object, built: object) -> bool:
+    if isinstance(built, (tuple, list)):
+        return isinstance(filled, tuple) and len(filled) == len(built) and all(map(_same, filled, built))
+    return (_bytes(filled)[0] == _bytes(built)[0] and _name(filled) == _name(built)
+            and filled.requires == _requires(built))
