@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
 from yaml.cyaml import CParser
 
 MAX_BYTES = 4 * 1024 * 1024
@@ -81,6 +80,8 @@ def line_finder(text: str) -> Callable[[tuple], int | None]:
     """A function from a key path (as in a validation error's loc) to the 1-based line of the
     deepest key of it present in `text`. Call only on text that `load` accepted."""
     try:
+        from ruamel.yaml import YAML  # only to report a problem: the start of every command is faster without it
+
         raw = YAML(typ="rt").load(text)
     except Exception:  # noqa: BLE001 - lines are a courtesy; the problems are reported anyway
         raw = None

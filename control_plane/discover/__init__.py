@@ -26,7 +26,7 @@ merge (`--write`, keeping comments), online (`validate --online`), cli (the comm
 their arguments).
 """
 
-from .cli import add_discover_arguments, discover_command, validate_online_command
+from .cli import discover_command, validate_online_command
 from .client import (
     ANONYMOUS_ENV,
     CALL_TIMEOUT,
@@ -49,7 +49,7 @@ from .render import render
 
 __all__ = [
     "ANONYMOUS_ENV", "CALL_TIMEOUT", "DEFAULT_API_ENDPOINT", "INSTALL_HINT", "ApiProblem", "DeployedModel",
-    "DiscoveryError", "Endpoint", "Group", "MergeResult", "OnlineReport", "_guess_indent", "add_discover_arguments",
+    "DiscoveryError", "Endpoint", "Group", "MergeResult", "OnlineReport", "_guess_indent",
     "api_url", "check_region_name", "credentials_for_cli", "discover_command", "explain", "group_endpoints",
     "list_endpoints", "load_credentials", "merge", "read_target", "render", "slug", "validate_online",
     "validate_online_command", "write_atomically",

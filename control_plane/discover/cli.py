@@ -88,17 +88,3 @@ def discover_command(args: argparse.Namespace, *, credentials: Any = None) -> in
         print(f"discover: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", help="Vertex project id or number (default: the --write file's project)")
-    parser.add_argument("--region", action="append", metavar="REGION",
-                        help="a region to list (repeat, or comma-separate; default: the --write file's regions)")
-    parser.add_argument("--display-name", metavar="NAME", help="only endpoints with exactly this display name")
-    parser.add_argument("--write", metavar="FILE",
-                        help="merge the models into this regions.yaml (comments and order kept; every region "
-                             "must already be defined there)")
-    parser.add_argument("--api-endpoint", metavar="URL",
-                        help="Vertex API root, {region} is substituted (default https://{region}-aiplatform.googleapis.com)")
-    parser.add_argument("--credentials", default="adc", metavar="adc|service_account:PATH",
-                        help="Google credentials for the API calls (default adc)")

@@ -5,9 +5,9 @@ credentials, only the model's name and its endpoint ids differ. Their resources 
 those strings only, so a cold build (start-up, `validate`, a global edit) builds one
 stand-in model per shape, with unmistakable names (SENTINEL_MODEL, sentinel ids), turns each
 of its resources into a wire.Stencil, and writes every member's resources by filling in the
-member's name and ids. The first member of each shape in each region is also built the
-ordinary way and must come out byte for byte equal, else the shape is not used (logged);
-tests/test_shapes.py checks every member of many shapes.
+member's name and ids. The first member of each shape is also built the ordinary way (in the
+first region built) and must come out byte for byte equal, else the shape is not used
+(logged); tests/test_shapes.py checks every member of many shapes in every region.
 
 Not shaped (built the ordinary way): the default model, models on the OpenAI paths,
 publisher models, models with a custom backend, shapes of fewer than MIN_MEMBERS models, and
@@ -98,8 +98,8 @@ class _Shape:
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
-        # (kind, region) -> the stand-in's resources; False: filling them in failed the check
-        self._built: dict[tuple[str, str], object] = {}
+        self._built: dict[tuple[str, str], object] = {}  # (kind, region) -> the stand-in's resources
+        self._checked: dict[str, bool] = {}  # kind -> whether the first member filled in is as built
         self._molds: dict[int, _Mold] = {}  # id of a stand-in's resource -> its mold
         self._filled: dict[tuple[str, int], object] = {}  # (model, id of the stand-in's) -> the model's
         self._values_of: dict[str, dict[str, tuple[str, str]]] = {}
@@ -108,9 +108,9 @@ class _Shape:
         built = self._built.get((kind, region))
         if built is None:
             built = self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
-            if not self._check(config, region, kind, build, built):
-                built = self._built[kind, region] = False
-        return self._map(built, model, self._values(config, model)) if built is not False else None
+        if kind not in self._checked:  # in the first region built: the names enter alike in every region
+            self._checked[kind] = self._check(config, region, kind, build, built)
+        return self._map(built, model, self._values(config, model)) if self._checked[kind] else None
 
     def _check(self, config: RegionConfig, region: str, kind: str, build: Build, built: object) -> bool:
         """The first member filled in equals the first member built: else this shape is not used."""
