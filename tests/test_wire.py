@@ -7,12 +7,12 @@ import pytest
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from control_plane.config import parse_config
+from control_plane.lab.jwt_issuer import Issuer
 from control_plane.resources import ROUTE_TYPE, NodeGroup, build_serialized
 from control_plane.resources.clients import authorize_routes
 from control_plane.resources.routes import _virtual_host, region_routes
 from control_plane.wire import Entries, Serialized, Template, entry
 
-from .jwt_issuer import Issuer
 from .test_clients import CLIENTS
 from .test_resources import CONFIG
 
