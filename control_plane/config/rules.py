@@ -11,6 +11,7 @@ from .clients import GOOGLE_ISSUER
 from .fields import is_ip
 from .regions import check_upstream_path
 
+# A region, model, JWT issuer or grant name: a letter or digit, then letters, digits, '-', '_', '.'.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
