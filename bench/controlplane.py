@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:
 from bench.common import machine, write_json  # noqa: E402
 from bench.controlplane_report import markdown, plot, verdicts  # noqa: E402
 from bench.fanout import BIG_SIZES, EDIT_POLICIES, _ms, median_run, part_big, part_fanout  # noqa: E402
+from control_plane.lab.loadgen import percentile  # noqa: E402
 from control_plane.xds_types import CLUSTER_TYPE, ROUTE_TYPE  # noqa: E402
 from control_plane.xds_types import short as _short  # noqa: E402
-from tests.loadgen import percentile  # noqa: E402
 
 SIZES = ((10, 5), (10, 20), (10, 40), (100, 5), (100, 20), (100, 40), (1000, 5), (1000, 20), (1000, 40))
 CLIENTS = (10, 100, 1000)
@@ -56,8 +56,8 @@ CLIENTS = (10, 100, 1000)
 
 
 def part_edit_to_ack(args: argparse.Namespace, delta: bool) -> dict:
-    from tests.harness import write_config
-    from tests.stack import Stack
+    from control_plane.lab.harness import write_config
+    from control_plane.lab.stack import Stack
 
     stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1", "us-east4"), delta=delta)
     plane = stack.plane.plane

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-    from tests.harness import ControlPlaneThread, LoopThread, write_config
+    from control_plane.lab.harness import ControlPlaneThread, LoopThread, write_config
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cp-memory-"))
     loop = LoopThread()

@@ -43,8 +43,8 @@ row also shows its CPU per request over static-1w's in the same round (median of
 ratios), and the verdicts include envoy-1w's.
 
 Load generator: wrk (installed from Debian when absent and running as root); without it the
-Python load generator of tests/loadgen.py runs in a separate process, and the output says so
-(its own cost then bounds every number).
+Python load generator of control_plane/lab/loadgen.py runs in a separate process, and the output
+says so (its own cost then bounds every number).
 
     python -m bench.dataplane [--duration 5] [--warmup 1] [--connections 1,16,64] [--rounds 1]
                               [--targets direct,static-1w,envoy-1w,envoy-2w,router-1p,router-2p] [--no-ablate]
@@ -87,9 +87,9 @@ from bench.common import (  # noqa: E402
 )
 from bench.failover import make_body  # noqa: E402
 from control_plane.lab.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
+from control_plane.lab.harness import free_port  # noqa: E402
+from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, build_resources  # noqa: E402
-from tests.harness import free_port  # noqa: E402
-from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"
@@ -480,7 +480,7 @@ _JWT: dict = {}
 def bench_jwt(workdir: Path) -> tuple[str, str]:
     """(JWKS file, a 1-hour RS256 token) from a local issuer, made once per run."""
     if not _JWT:
-        from tests.jwt_issuer import Issuer
+        from control_plane.lab.jwt_issuer import Issuer
         issuer = Issuer(BENCH_ISSUER)
         _JWT["jwks"] = issuer.write_jwks(workdir / "bench-jwks.json")
         _JWT["token"] = issuer.token(BENCH_AUDIENCE, lifetime=3600, sub="bench-client")
@@ -596,7 +596,7 @@ class Wrk:
 
 
 def _python_load(url: str, connections: int, duration: float, body: bytes, queue, headers=None) -> None:
-    from tests.loadgen import percentile, run_load
+    from control_plane.lab.loadgen import percentile, run_load
     result = asyncio.run(run_load(url, 10_000_000, connections, body, deadline_s=duration, headers=headers))
     lat = [s.latency * 1000 for s in result.samples]
     queue.put({"requests": len(lat), "duration_s": result.duration,
@@ -606,9 +606,9 @@ def _python_load(url: str, connections: int, duration: float, body: bytes, queue
 
 
 class PythonLoad:
-    """tests/loadgen.py in its own process: used only when wrk cannot be had."""
+    """control_plane/lab/loadgen.py in its own process: used only when wrk cannot be had."""
 
-    name = "python (tests/loadgen.py) -- FALLBACK: its own CPU cost bounds every number"
+    name = "python (control_plane/lab/loadgen.py) -- FALLBACK: its own CPU cost bounds every number"
     version = sys.version.split()[0]
 
     def __init__(self, body: bytes):
@@ -765,8 +765,9 @@ def run(args: argparse.Namespace) -> dict:
         (workdir / "chat").mkdir()
         chat_load = Wrk(wrk, chat, workdir / "chat")
     else:
-        print("WARNING: wrk unavailable; falling back to the Python load generator (tests/loadgen.py) in its own "
-              "process. Its CPU cost, not the proxies', bounds requests/s; compare ratios only.", file=sys.stderr)
+        print("WARNING: wrk unavailable; falling back to the Python load generator "
+              "(control_plane/lab/loadgen.py) in its own process. Its CPU cost, not the proxies', "
+              "bounds requests/s; compare ratios only.", file=sys.stderr)
         load = PythonLoad(body)
         chat_load = PythonLoad(chat)
     backend_kind = args.backend

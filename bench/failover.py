@@ -47,8 +47,8 @@ if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `py
 
 from bench import time_to_failover  # noqa: E402
 from control_plane.lab.envoy_process import envoy_binary  # noqa: E402
-from tests.loadgen import Sample, percentile, run_load  # noqa: E402
-from tests.stack import Stack  # noqa: E402
+from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
+from control_plane.lab.stack import Stack  # noqa: E402
 
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"

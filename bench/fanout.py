@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import cpu_seconds, rss_bytes, wait_until  # noqa: E402
 from bench.sim_envoy import DeltaSimEnvoy, SimEnvoy  # noqa: E402
-from tests.loadgen import percentile  # noqa: E402
+from control_plane.lab.loadgen import percentile  # noqa: E402
 
 # Two policies an edit toggles between: a route change and a cluster change at once.
 EDIT_POLICIES = ({"timeout": "30s", "outlier_detection": {"consecutive_5xx": 5}},
@@ -133,7 +133,7 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "
     """server: "product" (`python -m control_plane serve`) or "floor" (bench/xds_floor.py);
     mode: the simulated Envoys' xDS variant, "sotw" or "delta"."""
     from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-    from tests.harness import LoopThread, free_port, write_config
+    from control_plane.lab.harness import LoopThread, free_port, write_config
 
     loop = LoopThread()
     tokens = FakeTokenServer(expires_in=3600)
@@ -259,7 +259,7 @@ def part_big(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """Targets for large configs: `validate` (a process, as an operator runs it), `serve` from
     process start to a connected client's full set, and an edit (the file written) to every
     client ACKed. One simulated Envoy per region (at most --big-clients)."""
-    from tests.harness import write_config
+    from control_plane.lab.harness import write_config
 
     rows = []
     for models, regions in args.big_sizes:

@@ -113,7 +113,7 @@ def _metric(admin: str, name: str) -> float:
 
 def part_cpu(args, n: int, workdir: Path) -> dict:
     from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-    from tests.harness import LoopThread, free_port, write_config
+    from control_plane.lab.harness import LoopThread, free_port, write_config
 
     loop = LoopThread()
     tokens = FakeTokenServer(expires_in=3600)
@@ -154,8 +154,8 @@ def part_avoidance(args, interval: str) -> dict:
     import requests
 
     from control_plane.lab.envoy_process import EnvoyProcess
-    from tests.harness import free_port
-    from tests.stack import Stack
+    from control_plane.lab.harness import free_port
+    from control_plane.lab.stack import Stack
 
     times = []
     for _ in range(args.repeats):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tests.loadgen import Sample, percentile
+from control_plane.lab.loadgen import Sample, percentile
 
 SECOND = 1.0
 

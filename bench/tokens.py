@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:
 
 from bench.common import NO_MATPLOTLIB, machine, pyplot, verdict_rows, wait_until, write_json  # noqa: E402
 from bench.failover import make_body  # noqa: E402
-from tests.loadgen import Sample, percentile, run_load  # noqa: E402
-from tests.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
+from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
+from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 
 LOCAL, REMOTE = "us-central1", "us-east4"
 MODEL_PATH = "/v1/models/housing:predict"
@@ -210,7 +210,7 @@ def router_case(requests: int, concurrency: int, body: bytes, workdir: Path) -> 
     stack = Stack(regions=(LOCAL, REMOTE), envoys=(), token_lifetime=3600)
     proc = None
     try:
-        from tests.harness import free_port
+        from control_plane.lab.harness import free_port
         config = workdir / "router.json"
         config.write_text(json.dumps({
             "project": PROJECT, "local": LOCAL, "failover": [REMOTE], "default_model": "housing",

@@ -15,8 +15,7 @@ import requests
 import yaml
 
 from control_plane.lab.envoy_process import envoy_binary
-
-from .harness import wait_for
+from control_plane.lab.harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,8 +124,7 @@ def test_bootstrap_with_xds_mtls_is_accepted_by_envoy(tmp_path):
 
 def test_serve_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-
-    from .harness import LoopThread, free_port
+    from control_plane.lab.harness import LoopThread, free_port
 
     loop = LoopThread()
     tokens = FakeTokenServer()
@@ -161,8 +159,8 @@ def test_serve_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
 
 @pytest.mark.e2e
 def test_stats_listener_serves_prometheus_and_nothing_else(tmp_path):
-    from .harness import free_port
-    from .stack import Stack
+    from control_plane.lab.harness import free_port
+    from control_plane.lab.stack import Stack
 
     stack = Stack(regions=("us-east4",), envoys=())  # Envoy starts its listeners once xDS init is done
     admin, stats = free_port(), free_port()

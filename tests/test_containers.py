@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from .harness import wait_for
+from control_plane.lab.harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -14,9 +14,9 @@ from envoy.type.matcher.v3 import node_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.matcher.v3 import struct_pb2 as struct_matcher_pb2
 
 from control_plane.lab.ads_client import AdsClient
+from control_plane.lab.harness import write_config
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, token_secret_name
 
-from .harness import write_config
 from .test_server import BASE, names, plane, sync  # noqa: F401 (fixtures)
 
 FETCH = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"

@@ -22,7 +22,7 @@ import yaml
 
 from control_plane.__main__ import parser as cli_parser
 from control_plane.config import parse_config
-from control_plane.lab import emulator
+from control_plane.lab.emulator import cli as emulator
 from control_plane.lab.envoy_process import envoy_binary
 from control_plane.xds_identity import certificate_matches
 

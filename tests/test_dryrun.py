@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import write_config
+from control_plane.lab.harness import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = re.compile(r"^[0-9a-f]{16}$")

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .harness import LoopThread, wait_for
-from .jwt_issuer import Issuer
-from .stack import DELETE, Stack
+from control_plane.lab.harness import LoopThread, wait_for
+from control_plane.lab.jwt_issuer import Issuer
+from control_plane.lab.stack import DELETE, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,9 @@ import requests
 
 from control_plane.lab.custom_emulator import CustomBackendEmulator, ExpectHeader, ExpectIdToken
 from control_plane.lab.emulator import EmulatorThread
-
-from .harness import wait_for
-from .loadgen import run_load
-from .stack import DELETE, ENDPOINT_IDS, PROJECT, Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.loadgen import run_load
+from control_plane.lab.stack import DELETE, ENDPOINT_IDS, PROJECT, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -241,7 +240,7 @@ def test_the_id_token_is_refreshed_before_it_expires(tmp_path_factory):
 
 
 async def _pinned_load_until(stack, done, limit=2000, deadline=30.0):
-    from .loadgen import LoadResult
+    from control_plane.lab.loadgen import LoadResult
 
     total = LoadResult()
     loop = asyncio.get_running_loop()
@@ -326,8 +325,7 @@ def test_tls_to_a_custom_backend_uses_its_host_for_sni_and_the_certificate(tmp_p
 
 def test_a_missing_key_file_holds_the_envoy_until_it_is_there(tmp_path_factory):
     from control_plane.lab.envoy_process import EnvoyProcess
-
-    from .harness import free_port
+    from control_plane.lab.harness import free_port
 
     backends = Backends(tmp_path_factory)
     backends.key_file.unlink()  # not there yet: an operator forgot to mount the secret

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from .harness import wait_for
-from .stack import PROJECT, Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import PROJECT, Stack
 
 pytestmark = pytest.mark.e2e
 

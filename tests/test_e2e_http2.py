@@ -10,9 +10,8 @@ import trustme
 import yaml
 
 from control_plane.lab.envoy_process import envoy_binary
-
-from .harness import free_port, wait_for
-from .stack import Stack
+from control_plane.lab.harness import free_port, wait_for
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

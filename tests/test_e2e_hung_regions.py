@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from .harness import wait_for
-from .stack import Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

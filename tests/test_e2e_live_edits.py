@@ -9,9 +9,9 @@ import json
 import pytest
 import requests
 
-from .harness import wait_for
-from .loadgen import run_load, summary
-from .stack import DELETE, Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.loadgen import run_load, summary
+from control_plane.lab.stack import DELETE, Stack
 
 pytestmark = pytest.mark.e2e
 

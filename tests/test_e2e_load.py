@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from .loadgen import run_load, summary
-from .stack import Stack
+from control_plane.lab.loadgen import run_load, summary
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

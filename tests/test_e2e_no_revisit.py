@@ -9,8 +9,8 @@ from collections import defaultdict
 
 import pytest
 
-from .loadgen import run_load
-from .stack import DELETE, Stack
+from control_plane.lab.loadgen import run_load
+from control_plane.lab.stack import DELETE, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from .harness import wait_for
-from .stack import Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,7 @@ def test_envoy_series_carry_model_region_and_local_region_tags(stack):
 
 
 def test_an_authenticated_client_is_named_in_the_log_and_its_token_is_not(tmp_path):
-    from .jwt_issuer import Issuer
+    from control_plane.lab.jwt_issuer import Issuer
 
     issuer = Issuer("https://idp.log.test")
     jwks = issuer.write_jwks(tmp_path / "jwks.json")

@@ -8,10 +8,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 
 from control_plane.app import ControlPlane, PlaintextRefused
+from control_plane.lab.harness import ControlPlaneThread, wait_for
+from control_plane.lab.stack import Stack
 from control_plane.resources import CLUSTER_TYPE, build_resources
-
-from .harness import ControlPlaneThread, wait_for
-from .stack import Stack
 
 pytestmark = pytest.mark.e2e
 

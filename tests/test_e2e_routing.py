@@ -9,8 +9,8 @@ import os
 import pytest
 import requests
 
-from .harness import wait_for
-from .stack import PROJECT, Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import PROJECT, Stack
 
 pytestmark = pytest.mark.e2e
 

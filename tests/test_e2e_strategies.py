@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import requests
 
-from .loadgen import run_load
-from .stack import Stack
+from control_plane.lab.loadgen import run_load
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

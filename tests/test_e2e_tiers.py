@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .stack import PROJECT, Stack
+from control_plane.lab.stack import PROJECT, Stack
 
 pytestmark = pytest.mark.e2e
 

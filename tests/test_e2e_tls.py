@@ -8,7 +8,7 @@ import ssl
 import pytest
 import trustme
 
-from .stack import Stack
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,9 @@ import requests
 
 from control_plane.lab.envoy_process import EnvoyProcess
 from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-
-from .harness import free_port, wait_for
-from .loadgen import run_load
-from .stack import Stack
+from control_plane.lab.harness import free_port, wait_for
+from control_plane.lab.loadgen import run_load
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -109,7 +108,7 @@ def test_rotation_reaches_envoy_without_restart_or_failed_request():
 
 
 async def _load_until(stack, done, limit=3000, deadline=30.0):
-    from .loadgen import LoadResult
+    from control_plane.lab.loadgen import LoadResult
 
     total = LoadResult()
     loop = asyncio.get_running_loop()

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from .harness import wait_for
-from .stack import Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

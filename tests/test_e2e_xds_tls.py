@@ -12,8 +12,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from control_plane.app import ControlPlane, PlaintextRefused, ServerTls
 from control_plane.bootstrap import XdsTls
-
-from .stack import Stack
+from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,7 @@ import aiohttp
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
 from control_plane.exposure import open_listener_warning
-
-from .harness import write_config
+from control_plane.lab.harness import write_config
 
 BASE = {"project": "p", "regions": {"us-central1": {"address": "10.0.0.1"}},
         "models": {"m": {"default": True, "endpoints": {"us-central1": "1"}}}}

@@ -14,8 +14,8 @@ import pytest
 import requests
 import yaml
 
-from .harness import wait_for
-from .stack import Stack
+from control_plane.lab.harness import wait_for
+from control_plane.lab.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"

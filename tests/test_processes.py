@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .harness import ControlPlaneThread, free_port, wait_for, write_config
+from control_plane.lab.harness import ControlPlaneThread, free_port, wait_for, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"project": "p", "regions": {"us-central1": {"address": "10.0.0.1"}},

@@ -17,10 +17,9 @@ import yaml
 
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
+from control_plane.lab.configmap import ConfigMapVolume
 from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import build_resources
-
-from .harness import ConfigMapVolume
 
 BASE = {
     "project": "p-reload",

@@ -9,13 +9,13 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from control_plane import heap
 from control_plane.heap import HeapTrimmer
+from control_plane.lab.harness import until
 from control_plane.metrics import Metrics
 from control_plane.server import AdsServer, Outgoing, take
 from control_plane.status import ClientRegistry
 from control_plane.subscription import shared_names
 from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE
 
-from .harness import until
 from .xds_fakes import Driver, FakeCache, cluster_names
 
 

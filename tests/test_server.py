@@ -10,9 +10,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from control_plane.app import ControlPlane
 from control_plane.lab.ads_client import AdsClient
 from control_plane.lab.fake_oauth import write_service_account_key
+from control_plane.lab.harness import until, write_config
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-
-from .harness import until, write_config
 
 BASE = {
     "project": "p-1",

@@ -10,12 +10,12 @@ import grpc
 import pytest
 
 from control_plane.lab.ads_client import AdsClient
+from control_plane.lab.harness import until
 from control_plane.metrics import Metrics
 from control_plane.server import AdsServer
 from control_plane.status import ClientRegistry
 from control_plane.xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
-from .harness import until
 from .xds_fakes import Driver, FakeCache, cluster_names, sync
 
 

@@ -9,13 +9,13 @@ from envoy.type.matcher.v3 import regex_pb2
 
 from control_plane import wire
 from control_plane.config import parse_config
+from control_plane.lab.jwt_issuer import Issuer
 from control_plane.resources import ROUTE_TYPE, NodeGroup, build_serialized
 from control_plane.resources.clients import authorize_routes
 from control_plane.resources.proto import _any, _struct
 from control_plane.resources.routes import _virtual_host, region_routes
 from control_plane.wire import Entries, Serialized, Template, entry
 
-from .jwt_issuer import Issuer
 from .test_clients import CLIENTS
 from .test_resources import CONFIG
 

@@ -1,5 +1,6 @@
-"""A local OIDC-style issuer for tests: an RSA key, its JWKS, and RS256-signed tokens made with
-`cryptography` (what Google's metadata server or any OIDC provider would hand a client)."""
+"""A local OIDC-style issuer for the tests and the benchmarks: an RSA key, its JWKS, and RS256-signed
+tokens made with `cryptography` (in the test extra; what Google's metadata server or any OIDC
+provider would hand a client)."""
 
 from __future__ import annotations
 

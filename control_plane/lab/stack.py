@@ -1,5 +1,5 @@
-"""A whole gateway for end-to-end tests: Vertex emulators per region, the control plane,
-and one real Envoy per requested region, all on 127.0.0.1 ephemeral ports."""
+"""A whole gateway for the end-to-end tests and the benchmarks: Vertex emulators per region, the
+control plane, and one real Envoy per requested region, all on 127.0.0.1 ephemeral ports."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from control_plane.lab.emulator import EmulatorThread, VertexEmulator
-from control_plane.lab.envoy_process import EnvoyProcess
-from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
-
-from .harness import ConfigMapVolume, ControlPlaneThread, free_port, wait_for, write_config
+from .configmap import ConfigMapVolume
+from .emulator import EmulatorThread, VertexEmulator
+from .envoy_process import EnvoyProcess
+from .fake_oauth import FakeTokenServer, write_service_account_key
+from .harness import ControlPlaneThread, free_port, wait_for, write_config
 
 PROJECT = "p-e2e"
 GEMINI = ["google/gemini-2.0-flash"]  # publisher models every emulator serves

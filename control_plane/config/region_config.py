@@ -1,0 +1,116 @@
+"""The whole regions.yaml (RegionConfig): its sections, and what is derived from them
+(hosts, credentials, merged policies, the OpenAI door's models, the version)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field
+
+from .auth import DEFAULT_PROFILE, Auth
+from .clients import Clients
+from .fields import Strict, check_ip, check_project
+from .memo import Memoized
+from .models import Model, OpenAI
+from .observability import Observability
+from .policy import Policy
+from .regions import BackendCredential, Region
+
+
+class Listener(Strict):
+    address: Annotated[str, BeforeValidator(check_ip)] = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class RegionConfig(Memoized):
+    # "id or number": an unquoted project number arrives as an int
+    project: Annotated[str, BeforeValidator(check_project)]
+    listener: Listener = Listener()
+    regions: dict[str, Region]
+    models: dict[str, Model]
+    policy: Policy = Policy()
+    auth: Auth = Auth()
+    clients: Clients | None = None  # None: no client authentication (serve warns off loopback)
+    openai: OpenAI = OpenAI()
+    observability: Observability = Observability()
+
+    def host_of(self, region: str) -> str:
+        spec = self.regions[region]
+        if spec.custom:
+            return spec.host or spec.address  # an IP with TLS needs `host` (a rule says so)
+        # The `global` location has no regional host name.
+        default = "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
+        return spec.host or default
+
+    @property
+    def vertex_regions(self) -> list[str]:
+        """Regions an Envoy can be in (custom backends have no Envoy of their own)."""
+        return [name for name, spec in self.regions.items() if not spec.custom]
+
+    def backend_credential(self, region: str) -> BackendCredential:
+        return self.regions[region].credential or BackendCredential()
+
+    def credential_for(self, model: str, region: str) -> str | None:
+        """The credential an attempt to `region` for `model` carries: an auth profile's name (its
+        access token), `backend/{name}` (a custom backend's own header or ID token), or None."""
+        if not self.regions[region].custom:
+            return self.profile_for(model, region)
+        kind = self.backend_credential(region).type
+        if kind == "none":
+            return None
+        if kind == "access_token":
+            return self.regions[region].auth or DEFAULT_PROFILE
+        return f"backend/{region}"
+
+    def backends_in_use(self) -> list[str]:
+        """Custom backends some model uses whose credential is their own (a header or an ID token)."""
+        return self.memo(("backends",), lambda: sorted(
+            {r for spec in self.models.values() for r in spec.served_regions
+             if self.regions[r].custom and self.backend_credential(r).type in ("header", "id_token")}))
+
+    def audience_of(self, region: str) -> str:
+        return self.backend_credential(region).audience or f"https://{self.host_of(region)}"
+
+    @property
+    def default_model(self) -> str:
+        return next(name for name, model in self.models.items() if model.default)
+
+    def profile_for(self, model: str, region: str) -> str:
+        """The credentials profile an attempt to `region` for `model` uses."""
+        return self.models[model].auth or self.regions[region].auth or DEFAULT_PROFILE
+
+    def profiles_in_use(self) -> list[str]:
+        """Profiles whose access token some attempt carries (a backend's ID token is its own)."""
+        def compute() -> list[str]:
+            used = {self.credential_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}
+            return sorted(c for c in used if c is not None and not c.startswith("backend/"))
+        return self.memo(("profiles",), compute)
+
+    def policy_for(self, model: str, region: str) -> Policy:
+        """Defaults, then the region's overrides, then the model's (the most specific wins).
+        Pairs with the same overrides share one Policy object (most pairs have none), so what
+        is built from a policy can be memoized by its identity."""
+        region_override, model_override = self.regions[region].policy, self.models[model].policy
+        return self.memo(("policy", id(region_override), id(model_override)),
+                         lambda: self.policy.merged(region_override, model_override))
+
+    def openai_models(self) -> dict[str, str]:
+        """What POST /v1/chat/completions serves: the body's "model" -> the model key."""
+        names = self.openai.models
+        if names is None:
+            names = [m for m, spec in self.models.items() if spec.publisher_model]
+        return {self.models[m].publisher_model: m for m in names}  # type: ignore[misc]
+
+    def openai_endpoint_models(self) -> list[str]:
+        return list(self.openai.endpoint_models)
+
+    def serves_openai(self, model: str) -> bool:
+        """Whether the model is reachable on an OpenAI-compatible path (its clusters rewrite those)."""
+        served = self.memo(("openai_served",), lambda: set(self.openai_models().values())
+                           | set(self.openai_endpoint_models()))
+        return model in served
+
+    @property
+    def version(self) -> str:
+        return self.memo(("version",), lambda: hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])
