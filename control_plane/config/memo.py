@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .region_config import RegionConfig
 
 T = TypeVar("T")
+_TAKEN_OVER = ("models_taken_over",)
 
 
 class Memoized(Strict):
@@ -71,7 +72,13 @@ class Memoized(Strict):
         for key, value in dict(previous.__pydantic_private__["_memo"]).items():  # a copy: read off the loop
             if key[0] == "model" and key[1] in same:
                 memo.setdefault(key, value)
+        memo[_TAKEN_OVER] = len(same)
         return len(same)
+
+    @property
+    def models_taken_over(self) -> int:
+        """How many models' resources this config took over from the one before (inherit)."""
+        return self.__pydantic_private__["_memo"].get(_TAKEN_OVER, 0)
 
     def _model_specs(self) -> dict[str, str]:
         """Each model's spec as JSON, once per config (compared when it is inherited from and

@@ -60,7 +60,7 @@ def shaped_models(config: RegionConfig) -> set[str]:
 
 def _shape_keys(config: RegionConfig) -> dict[str, str]:
     """model -> its shape, for the models built from a shape (MIN_MEMBERS or more)."""
-    if _took_over_models(config):
+    if config.models_taken_over:  # an edit of a few models: those few are built the ordinary way
         return {}
     members: dict[str, list[str]] = {}
     for model in config.models:
@@ -77,11 +77,6 @@ def _shape_key(config: RegionConfig, model: str) -> str | None:
         return None
     # Everything of the spec but the endpoint ids, the regions in their order.
     return json.dumps([spec.model_dump(mode="json", exclude={"endpoints"}), list(spec.endpoints)])
-
-
-def _took_over_models(config: RegionConfig) -> bool:
-    memo = config.__pydantic_private__["_memo"]
-    return any(key[0] == "model" for key in memo)
 
 
 class _Shape:
