@@ -137,16 +137,17 @@ class _Shape:
     def _map(self, built: object, model: str, values: dict[str, tuple[str, str]]):
         """The model's counterpart of the stand-in's resources `built` (a resource or nested tuples
         of them): once per model (regions share the stand-in's resources and so the model's)."""
-        found = self._filled.get((model, id(built)))
+        filled = self._filled
+        found = filled.get((model, id(built)))
         if found is None:
-            if type(built) is tuple:
-                found = tuple([self._map(item, model, values) for item in built])
+            if type(built) is tuple:  # most items are filled already (shared between regions): no call for them
+                found = tuple([filled.get((model, id(item))) or self._map(item, model, values) for item in built])
             else:
                 mold = self._molds.get(id(built))
                 if mold is None:
                     mold = self._molds[id(built)] = _Mold(built, self._tokens)
                 found = mold.fill(values)
-            self._filled[model, id(built)] = found
+            filled[model, id(built)] = found
         return found
 
 
