@@ -204,9 +204,13 @@ class SnapshotCache:
 
 
 def _credentials_needed(config: RegionConfig, region: str) -> list[str]:
-    """A function of the config alone: once per config (avoidance reorders, never adds)."""
+    """A function of the config alone: once per config (avoidance reorders, never adds), from
+    each model's, which a reload that leaves the model as it was takes over."""
+    def of_model(model: str) -> frozenset[str | None]:
+        return config.memo_model(model, ("credentials", region), lambda: frozenset(
+            config.credential_for(model, r) for r in members(config, model, region)))
     return config.memo(("credentials_needed", region), lambda: sorted(
-        {config.credential_for(m, r) for m in config.models for r in members(config, m, region)} - {None}))
+        frozenset().union(*map(of_model, config.models)) - {None}))
 
 
 class _Built(dict):
