@@ -83,9 +83,12 @@ def test_weighted_ejected_region_gets_no_first_attempts():
 def test_least_request_favours_the_region_that_answers_faster():
     stack = Stack(regions=("us-central1", "us-east4"), extra={"models": {"housing": {"strategy": "least_request"}}})
     try:
-        stack.emulators["us-central1"].fail("slow", delay=0.1)
+        stack.emulators["us-central1"].fail("slow", delay=0.2)
         _, counts = spread(stack, total=400, concurrency=16)
-        assert counts["us-east4"] / 400 > 0.7, counts
+        # Envoy's least request samples two hosts with replacement (power of two choices): with two
+        # regions the faster one gets at most 75% (the other 25% both samples are the slow one).
+        # Even chance would be 50%; 0.7 failed now and then on a loaded machine (0.665).
+        assert counts["us-east4"] / 400 > 0.62, counts
     finally:
         stack.close()
 
