@@ -112,3 +112,12 @@ def _segment(config, model, region):
     from control_plane.resources.routes import _model_segment
 
     return _model_segment(config, model, region)
+
+
+def test_fleet_avoidance_reorders_shaped_models_as_it_does_the_others():
+    text = yaml.safe_dump(families(BASE), sort_keys=False)
+    shaped, plain = SnapshotCache(parse_config(text)), ordinary(text)
+    for cache in (shaped, plain):
+        cache.set_avoided(frozenset({"us-central1"}))
+    assert served(shaped) == served(plain)
+    assert shapes.shaped_models(shaped.config.avoiding(shaped.avoided))
