@@ -46,28 +46,31 @@ _REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})
 def shaped(config: RegionConfig, model: str, local_region: str, kind: str, build: Build[T]) -> T | None:
     """build(config, model, local_region) written from the model's shape; None: not shaped (the
     caller builds it). `kind` names `build` (one stand-in build per shape, region and kind)."""
-    key = config.memo(("shape_keys",), lambda: _shape_keys(config)).get(model)
-    if key is None:
+    members = _members(config).get(model)
+    if members is None:
         return None
-    shape = config.memo(("shape", key), lambda: _Shape(config, key))
+    shape = config.memo(("shape", members[0]), lambda: _Shape(config, members))
     return shape.resources(config, model, local_region, kind, build)
 
 
 def shaped_models(config: RegionConfig) -> set[str]:
     """The models of this config written from a shape (for tests and tools)."""
-    return set(config.memo(("shape_keys",), lambda: _shape_keys(config)))
+    return set(_members(config))
 
 
-def _shape_keys(config: RegionConfig) -> dict[str, str]:
-    """model -> its shape, for the models built from a shape (MIN_MEMBERS or more)."""
-    if config.models_taken_over:  # an edit of a few models: those few are built the ordinary way
-        return {}
-    members: dict[str, list[str]] = {}
-    for model in config.models:
-        key = _shape_key(config, model)
-        if key is not None:
-            members.setdefault(key, []).append(model)
-    return {model: key for key, models in members.items() if len(models) >= MIN_MEMBERS for model in models}
+def _members(config: RegionConfig) -> dict[str, tuple[str, ...]]:
+    """model -> the models of its shape, for the models built from a shape (MIN_MEMBERS or more)."""
+    def compute() -> dict[str, tuple[str, ...]]:
+        if config.models_taken_over:  # an edit of a few models: those few are built the ordinary way
+            return {}
+        shapes: dict[str, list[str]] = {}
+        for model in config.models:
+            key = _shape_key(config, model)
+            if key is not None:
+                shapes.setdefault(key, []).append(model)
+        groups = [tuple(models) for models in shapes.values() if len(models) >= MIN_MEMBERS]
+        return {model: members for members in groups for model in members}
+    return config.memo(("shapes",), compute)
 
 
 def _shape_key(config: RegionConfig, model: str) -> str | None:
@@ -82,9 +85,9 @@ def _shape_key(config: RegionConfig, model: str) -> str | None:
 class _Shape:
     """One shape's stand-in model, its resources as stencils, and what was filled from them."""
 
-    def __init__(self, config: RegionConfig, key: str):
-        self.members = [m for m, k in config.memo(("shape_keys",), dict).items() if k == key]
-        spec = config.models[self.members[0]]
+    def __init__(self, config: RegionConfig, members: tuple[str, ...]):
+        self.members = members
+        spec = config.models[members[0]]
         ids = {region: f"8{i:04d}7182818284" for i, region in enumerate(spec.endpoints)}
         stand_in = config.model_copy(update={"models": {
             **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
