@@ -22,6 +22,8 @@ import trustme
 
 from control_plane.lab.emulator import STREAM_INTERVAL, EmulatorThread, VertexEmulator
 
+from .streaming import timed_chunks
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "test-project"
 GEMINI = "google/gemini-2.0-flash"
@@ -36,11 +38,6 @@ def endpoint_url(emu: VertexEmulator, endpoint: str = "1234", verb: str = "predi
 def gemini_url(emu: VertexEmulator, verb: str, model: str = GEMINI, region: str = "us-central1") -> str:
     publisher, name = model.split("/")
     return f"{emu.url}/v1/projects/{PROJECT}/locations/{region}/publishers/{publisher}/models/{name}:{verb}"
-
-
-def timed_chunks(resp: requests.Response) -> list[tuple[float, bytes]]:
-    """The body as the client saw it arrive: one entry per HTTP chunk, with its arrival time."""
-    return [(time.monotonic(), chunk) for chunk in resp.iter_content(chunk_size=None)]
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
