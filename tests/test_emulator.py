@@ -21,6 +21,7 @@ import requests
 import trustme
 
 from control_plane.lab.emulator import STREAM_INTERVAL, EmulatorThread, VertexEmulator
+from control_plane.lab.harness import free_port
 
 from .streaming import timed_chunks
 
@@ -45,12 +46,6 @@ def wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
