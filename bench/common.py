@@ -155,3 +155,14 @@ def pyplot():
 
 
 NO_MATPLOTLIB = "matplotlib not installed: plot skipped (pip install matplotlib)"
+
+
+def save_plot(fig, path: Path, dpi: int = 100) -> str:
+    """Lay out, write and close a figure; returns the line a benchmark prints about it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return f"plot written to {path}"

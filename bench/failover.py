@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `py
     sys.path.insert(0, str(ROOT))
 
 from bench import time_to_failover  # noqa: E402
-from bench.common import fmt, machine, write_json  # noqa: E402
+from bench.common import fmt, machine, save_plot, write_json  # noqa: E402
 from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
 from control_plane.lab.stack import Stack  # noqa: E402
 
@@ -473,11 +473,7 @@ def plot(results: list[dict], path: Path) -> str:
                      f'outage throughput {100 * (r["outage_rps_share"] or 0):.0f}% of healthy', fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
     axes[-1, 0].set_xlabel("seconds since the healthy phase began")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot written to {path}"
+    return save_plot(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
