@@ -1,5 +1,6 @@
-"""Fixtures shared by several test modules: the one place a test module takes a fixture from
-another's (constants and helpers live in plain modules: configs.py, config_problems.py, ...)."""
+"""Fixtures shared by several test modules, all here: no test module imports from another.
+Shared constants and helpers are plain modules beside it (configs.py, config_problems.py,
+deploy_tree.py, ads_steps.py, streaming.py)."""
 
 from __future__ import annotations
 
