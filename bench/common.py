@@ -1,9 +1,10 @@
-"""Helpers shared by the benchmarks (beyond those of bench/failover.py, which they import)."""
+"""Helpers shared by the benchmarks."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,43 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.failover import fmt, machine  # noqa: E402,F401  (re-exported)
+from control_plane.lab.envoy_process import envoy_binary  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def fmt(value, spec: str = "", none: str = "–") -> str:
+    """A table cell: the value formatted, or `none` when there is none."""
+    if value is None:
+        return none
+    return format(value, spec)
+
+
+def machine() -> dict:
+    """What a result was measured on: CPU, Python, Envoy, the commit and the files changed from it."""
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30
+                               ).stdout.strip().rsplit("version: ", 1)[-1]
+    except (OSError, subprocess.SubprocessError):
+        envoy = "unknown"
+    commit, modified = "", []
+    try:  # read-only git queries
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        modified = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "envoy": envoy, "commit": commit, "modified_files": modified,
+            "loadavg_start": list(os.getloadavg())}
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -121,3 +155,14 @@ def pyplot():
 
 
 NO_MATPLOTLIB = "matplotlib not installed: plot skipped (pip install matplotlib)"
+
+
+def save_plot(fig, path: Path, dpi: int = 100) -> str:
+    """Lay out, write and close a figure; returns the line a benchmark prints about it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return f"plot written to {path}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.common import NO_MATPLOTLIB, pyplot, verdict_rows
+from bench.common import NO_MATPLOTLIB, pyplot, save_plot, verdict_rows
 from bench.fanout import _ms
 
 
@@ -227,8 +227,4 @@ def plot(doc: dict, path: Path) -> str:
         ax.legend(fontsize=7)
     fig.suptitle(f"Control plane; {doc['machine']['cores']} shared cores, Python {doc['machine']['python']}",
                  fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return f"plot written to {path}"
+    return save_plot(fig, path)

@@ -81,6 +81,7 @@ from bench.common import (  # noqa: E402
     fmt,
     machine,
     pyplot,
+    save_plot,
     verdict_rows,
     wait_until,
     write_json,
@@ -1109,11 +1110,7 @@ def plot(doc: dict, path: Path) -> str:
         axes[3].set_visible(False)
     fig.suptitle(f"Data plane, {doc['settings']['body_bytes']} B JSON POST, backend {doc['backend']}, "
                  f"load {doc['load'].split()[0]}; {doc['machine']['cores']} shared cores", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return f"plot written to {path}"
+    return save_plot(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

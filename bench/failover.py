@@ -29,10 +29,8 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +44,7 @@ if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `py
     sys.path.insert(0, str(ROOT))
 
 from bench import time_to_failover  # noqa: E402
-from control_plane.lab.envoy_process import envoy_binary  # noqa: E402
+from bench.common import fmt, machine, save_plot, write_json  # noqa: E402
 from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
 from control_plane.lab.stack import Stack  # noqa: E402
 
@@ -391,12 +389,6 @@ def both_out(health: list[dict], start: float, end: float) -> float:
 # --------------------------------------------------------------------------- output
 
 
-def fmt(value, spec: str = "", none: str = "–") -> str:
-    if value is None:
-        return none
-    return format(value, spec)
-
-
 def markdown(results: list[dict]) -> str:
     lines = ["| mode | phase | requests | errors | p50 ms | p99 ms | max ms | req/s | % of healthy | 2nd attempt "
              "| local % |",
@@ -481,36 +473,7 @@ def plot(results: list[dict], path: Path) -> str:
                      f'outage throughput {100 * (r["outage_rps_share"] or 0):.0f}% of healthy', fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=7, markerscale=3, borderaxespad=0)
     axes[-1, 0].set_xlabel("seconds since the healthy phase began")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot written to {path}"
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    except OSError:
-        pass
-    try:
-        envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30
-                               ).stdout.strip().rsplit("version: ", 1)[-1]
-    except (OSError, subprocess.SubprocessError):
-        envoy = "unknown"
-    commit, modified = "", []
-    try:  # read-only git queries
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        modified = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "envoy": envoy, "commit": commit, "modified_files": modified,
-            "loadavg_start": list(os.getloadavg())}
+    return save_plot(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -594,11 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples:
         for out, r in zip(doc["results"], results):
             out["samples"] = [asdict(s) for s in r["_samples"]]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"failover-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    path = write_json(args.out, "failover", started, doc)
     print(f"results written to {path}", file=sys.stderr)
     return 0
 

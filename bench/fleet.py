@@ -167,10 +167,6 @@ def part_avoidance(args, interval: str) -> dict:
                              node_id="envoy-b", workdir=stack.dir).start().wait_ready()
             url = stack.url("/v1/models/housing:predict")
 
-            def first_of_b() -> str:
-                dump = b.admin("config_dump?resource=dynamic_active_clusters&name_regex=model/housing$")
-                return dump.split('"clusters": [', 1)[1].split('"', 2)[1].rpartition("@")[2]
-
             def a_reported() -> bool:
                 requests.post(url, json={"instances": [1]}, timeout=10)
                 regions = requests.get(stack.plane.admin_url + "/debug/regions", timeout=5).json()
@@ -179,7 +175,7 @@ def part_avoidance(args, interval: str) -> dict:
             wait_until(a_reported, 30, "A's load reports")
             stack.emulators["us-central1"].fail("503")
             started = time.monotonic()
-            while first_of_b() != "us-east4":
+            while b.first_region() != "us-east4":
                 if time.monotonic() - started > 30:
                     raise TimeoutError("no avoidance in 30 s")
                 requests.post(url, json={"instances": [1]}, timeout=10)  # A's traffic keeps failing over

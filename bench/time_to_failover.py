@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bench.common import save_plot
 from control_plane.lab.loadgen import Sample, percentile
 
 SECOND = 1.0
@@ -134,8 +135,4 @@ def plot_throughput(results: list[dict], path: Path) -> str:
     ax.set_ylim(0, top)
     ax.set_title("Throughput in each second while the local region fails (64 connections)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return f"plot written to {path}"
+    return save_plot(fig, path, dpi=110)

@@ -44,7 +44,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import NO_MATPLOTLIB, machine, pyplot, verdict_rows, wait_until, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    NO_MATPLOTLIB,
+    machine,
+    pyplot,
+    save_plot,
+    verdict_rows,
+    wait_until,
+    write_json,
+)
 from bench.failover import make_body  # noqa: E402
 from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
 from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
@@ -338,11 +346,7 @@ def plot(doc: dict, path: Path) -> str:
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("OAuth grants per 10,000 requests (log)")
     ax.set_title("grants per 10,000 requests", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return f"plot written to {path}"
+    return save_plot(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

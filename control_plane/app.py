@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from .admin import admin_app
 from .cache import Builder, SnapshotCache
 from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
 from .csds import CsdsServer
-from .exposure import open_listener_warning
+from .exposure import is_loopback, open_listener_warning
 from .fleet import FleetLoad
 from .lrs import LoadReportServer
 from .metrics import Metrics
@@ -56,13 +55,6 @@ class ServerTls:
         client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
                                            require_client_auth=client_ca is not None)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class ControlPlane:

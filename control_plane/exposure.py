@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from .config import RegionConfig
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback IP (v4 or v6, brackets allowed) or `localhost`: reachable from this machine only."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -23,7 +24,7 @@ def open_listener_warning(config: RegionConfig, listen_addresses: Iterable[str] 
     if config.clients is not None:
         return None
     hosts = {config.listener.address} | {a.rpartition(":")[0].strip("[]") for a in listen_addresses if a}
-    exposed = sorted(h for h in hosts if h and not _is_loopback(h))
+    exposed = sorted(h for h in hosts if h and not is_loopback(h))
     if not exposed:
         return None
     return (f"no client authentication (regions.yaml has no `clients:` section) and the Envoy listener is "

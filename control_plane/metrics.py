@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .xds_types import PUSH_ORDER, short
+
 if TYPE_CHECKING:
     from .config import RegionConfig
 
-XDS_TYPES = ("Secret", "Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")
+XDS_TYPES = tuple(short(t) for t in PUSH_ORDER)  # the "type" label: "Secret", "Cluster", ...
 CLIENT_STATUSES = ("SYNCED", "STALE", "NACKED", "ERROR")
 
 

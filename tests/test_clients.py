@@ -17,20 +17,9 @@ from control_plane.resources import (
     build_resources,
 )
 
+from .config_problems import expect
+from .configs import CLIENTS, CONFIG, base
 from .envoy_static import assert_envoy_accepts
-from .test_config import base, expect
-from .test_resources import CONFIG
-
-CLIENTS = """
-clients:
-  jwt:
-    google: {issuer: "https://accounts.google.com", audiences: ["https://gw.test"], claim: email}
-    corp: {issuer: "https://idp.test", audiences: [gw], jwks_file: JWKS}
-  allow:
-    eu: {identities: [eu@corp.test], regions: [europe-west4]}
-    spread-eu: {identities: [s@corp.test], models: [spread], regions: [us-east4]}
-    ops: {identities: ["*"], models: [housing, gemini]}
-"""
 
 
 @pytest.fixture(scope="module")

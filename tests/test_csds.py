@@ -17,7 +17,8 @@ from control_plane.lab.ads_client import AdsClient
 from control_plane.lab.harness import write_config
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, token_secret_name
 
-from .test_server import BASE, names, plane, sync  # noqa: F401 (fixtures)
+from .ads_steps import sync
+from .xds_fakes import cluster_names
 
 FETCH = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
 ACKED, NACKED, REQUESTED = config_dump_shared_pb2.ACKED, config_dump_shared_pb2.NACKED, config_dump_shared_pb2.REQUESTED
@@ -87,7 +88,7 @@ async def test_fetch_and_stream_list_the_node_its_resources_and_acks(plane, csds
     # sent, not answered yet: every cluster STALE / REQUESTED, at the version sent
     stale = entries(await stub.FetchClientStatus(csds_pb2.ClientStatusRequest()), "envoy-test", CLUSTER_TYPE)
     assert {n: (g.config_status, g.client_status) for n, g in stale.items()} == {
-        n: (csds_pb2.STALE, REQUESTED) for n in names(cds)}
+        n: (csds_pb2.STALE, REQUESTED) for n in cluster_names(cds)}
     client.ack(cds)
     response = await fetch_until(stub, lambda r: all(
         g.client_status == ACKED for g in entries(r, "envoy-test", CLUSTER_TYPE).values()))
@@ -114,11 +115,11 @@ async def test_fetch_and_stream_list_the_node_its_resources_and_acks(plane, csds
     assert await asyncio.wait_for(call.read(), 5) == grpc.aio.EOF
 
 
-async def test_a_nack_shows_as_nacked_with_envoys_error(plane, csds, envoys):
+async def test_a_nack_shows_as_nacked_with_envoys_error(plane, plane_config, csds, envoys):
     stub, _ = csds
     client = envoys()
     await sync(client)
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert await plane.reload()
     bad = await client.recv()
     assert bad.type_url == CLUSTER_TYPE
@@ -230,13 +231,13 @@ async def test_a_backtracking_regex_is_evaluated_in_linear_time(plane, csds, env
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_nack_text_is_truncated_and_escaped_everywhere(plane, csds, envoys, caplog):
+async def test_nack_text_is_truncated_and_escaped_everywhere(plane, plane_config, csds, envoys, caplog):
     """A NACK's error is the Envoy's (or an impostor's) text: a newline must not forge a log
     line, and 100 KB must not make a 100 KB one, in the log, /debug/clients or CSDS."""
     stub, _ = csds
     client = envoys()
     await sync(client)
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 6}}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 6}}})
     assert await plane.reload()
     bad = await client.recv()
     forged = "bad cluster\n2026-01-01 00:00:00 INFO control_plane.app: config reloaded\x1b[31m" + "x" * 100_000

@@ -15,7 +15,7 @@ import requests
 from control_plane.lab.custom_emulator import CustomBackendEmulator, ExpectHeader, ExpectIdToken
 from control_plane.lab.emulator import EmulatorThread
 from control_plane.lab.harness import wait_for
-from control_plane.lab.loadgen import run_load
+from control_plane.lab.loadgen import load_until
 from control_plane.lab.stack import DELETE, ENDPOINT_IDS, PROJECT, Stack
 
 pytestmark = pytest.mark.e2e
@@ -228,7 +228,9 @@ def test_the_id_token_is_refreshed_before_it_expires(tmp_path_factory):
                       token_lifetime=3)
         backends.expect_id_tokens_from(stack)
         first = len(stack.token_server.id_tokens)
-        result = asyncio.run(_pinned_load_until(stack, lambda: len(stack.token_server.id_tokens) >= first + 2))
+        result = asyncio.run(load_until(stack.url("/v1/models/churn:predict"),
+                                        lambda: len(stack.token_server.id_tokens) >= first + 2, limit=2000,
+                                        headers={"x-vertex-pin-region": "cloudrun"}))
         assert len(stack.token_server.id_tokens) >= first + 2, "no refresh within the deadline"
         assert result.samples and not result.errors
         assert {r.status for r in backends.cloudrun.received} == {200}
@@ -237,20 +239,6 @@ def test_the_id_token_is_refreshed_before_it_expires(tmp_path_factory):
         if stack is not None:
             stack.close()
         backends.close()
-
-
-async def _pinned_load_until(stack, done, limit=2000, deadline=30.0):
-    from control_plane.lab.loadgen import LoadResult
-
-    total = LoadResult()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not done() and len(total.samples) < limit and loop.time() - start < deadline:
-        batch = await run_load(stack.url("/v1/models/churn:predict"), 20, 4, b'{"instances": [1]}', deadline_s=10,
-                               headers={"x-vertex-pin-region": "cloudrun"})
-        total.samples += batch.samples
-        await asyncio.sleep(0.05)  # pacing between bounded batches, not synchronisation
-    return total
 
 
 def test_a_rotated_key_file_is_sent_after_sighup_reread(stack, backends):

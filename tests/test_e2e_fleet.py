@@ -38,12 +38,6 @@ def load(stack) -> dict:
     return requests.get(stack.plane.admin_url + "/debug/regions", timeout=5).json()["load"]
 
 
-def first_region_of(envoy: EnvoyProcess, model: str = "housing") -> str:
-    """The first region of the model's aggregate cluster as this Envoy runs it."""
-    dump = envoy.admin(f"config_dump?resource=dynamic_active_clusters&name_regex=model/{model}$")
-    return dump.split('"clusters": [', 1)[1].split('"', 2)[1].rpartition("@")[2]
-
-
 def post(url: str) -> requests.Response:
     return requests.post(url + "/v1/models/housing:predict", json={"instances": [1]}, timeout=30)
 
@@ -57,19 +51,19 @@ def test_a_region_failing_behind_one_envoy_is_skipped_by_the_other_without_a_fai
     assert post(a_url).headers["x-vertex-region"] == "us-central1"
     wait_for(lambda: "envoy-us-central1" in load(stack)["regions"]["us-central1"]["envoys_sending"], timeout=10,
              what="A's load report")
-    assert first_region_of(b) == "us-central1"
+    assert b.first_region() == "us-central1"
 
     central.fail("503")
     started = time.monotonic()
     for _ in range(4):  # A's clients never see the failures: failover answers them
         response = post(a_url)
         assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-east4"
-    wait_for(lambda: first_region_of(b) == "us-east4", timeout=10, what="B's order to put us-central1 last")
+    wait_for(lambda: b.first_region() == "us-east4", timeout=10, what="B's order to put us-central1 last")
     elapsed = time.monotonic() - started
     view = load(stack)["regions"]["us-central1"]
     assert view["avoided"] is not None and view["envoys_failing"] == ["envoy-us-central1"]
     assert "1 of 1 Envoys" in view["avoided"]["reason"]
-    assert first_region_of(stack.envoys["us-central1"]) == "us-east4"  # A too
+    assert stack.envoys["us-central1"].first_region() == "us-east4"  # A too
 
     before = len(central.received)
     for _ in range(10):
@@ -88,7 +82,7 @@ def test_a_region_failing_behind_one_envoy_is_skipped_by_the_other_without_a_fai
     central.fail("none")
     answer = requests.post(stack.plane.admin_url + "/debug/regions/us-central1/restore", timeout=5).json()
     assert answer == {"region": "us-central1", "restored": True, "avoided": []}
-    wait_for(lambda: first_region_of(b) == "us-central1", timeout=10, what="B's order restored")
+    wait_for(lambda: b.first_region() == "us-central1", timeout=10, what="B's order restored")
     assert post(b_url).headers["x-vertex-region"] == "us-central1"
 
 
@@ -113,5 +107,5 @@ def test_avoidance_ends_by_itself_when_the_region_recovers_and_never_drains_the_
     # No Envoy fails against it any more: once the hold and the window are over it comes back.
     wait_for(lambda: not any(r["avoided"] for r in load(stack)["regions"].values()), timeout=15,
              what="the automatic restore")
-    wait_for(lambda: first_region_of(b) == "us-central1", timeout=10, what="B's order restored")
+    wait_for(lambda: b.first_region() == "us-central1", timeout=10, what="B's order restored")
     assert post(f"http://{b.listen}").headers["x-vertex-region"] == "us-central1"

@@ -13,7 +13,7 @@ import requests
 from control_plane.lab.envoy_process import EnvoyProcess
 from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 from control_plane.lab.harness import free_port, wait_for
-from control_plane.lab.loadgen import run_load
+from control_plane.lab.loadgen import load_until, run_load
 from control_plane.lab.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -98,26 +98,13 @@ def test_rotation_reaches_envoy_without_restart_or_failed_request():
         pid = stack.envoys["us-central1"].proc.pid
         first = stack.token_server.grants
         # bounded: until two more tokens were granted, at most 3000 requests or 30 s
-        result = asyncio.run(_load_until(stack, lambda: stack.token_server.grants >= first + 2))
+        result = asyncio.run(load_until(stack.url("/predict"), lambda: stack.token_server.grants >= first + 2))
         assert result.samples and not result.errors
         seen = {r.headers["authorization"] for r in stack.emulators["us-central1"].received}
         assert len(seen) >= 2  # the emulator saw the next token
         assert stack.envoys["us-central1"].proc.pid == pid and stack.envoys["us-central1"].proc.poll() is None
     finally:
         stack.close()
-
-
-async def _load_until(stack, done, limit=3000, deadline=30.0):
-    from control_plane.lab.loadgen import LoadResult
-
-    total = LoadResult()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not done() and len(total.samples) < limit and loop.time() - start < deadline:
-        batch = await run_load(stack.url("/predict"), 20, 4, b'{"instances": [1]}', deadline_s=10)
-        total.samples += batch.samples
-        await asyncio.sleep(0.05)  # pacing between bounded batches, not synchronisation
-    return total
 
 
 def test_expired_token_without_replacement_degrades_health():

@@ -21,6 +21,9 @@ import requests
 import trustme
 
 from control_plane.lab.emulator import STREAM_INTERVAL, EmulatorThread, VertexEmulator
+from control_plane.lab.harness import free_port
+
+from .streaming import timed_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "test-project"
@@ -38,22 +41,11 @@ def gemini_url(emu: VertexEmulator, verb: str, model: str = GEMINI, region: str 
     return f"{emu.url}/v1/projects/{PROJECT}/locations/{region}/publishers/{publisher}/models/{name}:{verb}"
 
 
-def timed_chunks(resp: requests.Response) -> list[tuple[float, bytes]]:
-    """The body as the client saw it arrive: one entry per HTTP chunk, with its arrival time."""
-    return [(time.monotonic(), chunk) for chunk in resp.iter_content(chunk_size=None)]
-
-
 def wait_until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

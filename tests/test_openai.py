@@ -15,7 +15,7 @@ from control_plane.config import ConfigError, parse_config
 from control_plane.lab.emulator import EmulatorThread, VertexEmulator
 from control_plane.resources import LISTENER_TYPE, ROUTE_TYPE, NodeGroup, build_resources
 
-from .test_emulator import timed_chunks
+from .streaming import timed_chunks
 
 GEMINI = "google/gemini-2.0-flash"
 CONFIG = {

@@ -19,6 +19,7 @@ from control_plane.app import ControlPlane
 from control_plane.config import parse_config
 from control_plane.lab.configmap import ConfigMapVolume
 from control_plane.lab.fake_oauth import write_service_account_key
+from control_plane.lab.harness import until
 from control_plane.resources import build_resources
 
 BASE = {
@@ -45,16 +46,6 @@ def config_text(tmp_path, token_server):
             data["policy"] = policy
         return yaml.safe_dump(data, sort_keys=False)
     return text
-
-
-async def until(condition, timeout: float = 10.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 
 
 def version_of(text: str) -> str:

@@ -19,40 +19,8 @@ from control_plane.resources import (
 )
 from control_plane.snapshot import Interner, Snapshot, type_version
 
+from .configs import CONFIG
 from .envoy_static import assert_envoy_accepts
-
-CONFIG = """
-project: p-123
-listener: {port: 8080}
-regions:
-  us-central1:
-    address: 10.128.0.10
-    failover: [us-east4, europe-west4]
-  us-east4:
-    address: 10.150.0.10
-    port: 8443
-    host: vertex.east.internal
-    http2: true
-    failover: [us-central1]
-  europe-west4:
-    address: psc.europe.internal
-    tls: false
-    failover: [us-central1]
-models:
-  housing:
-    default: true
-    endpoints: {us-central1: "111", us-east4: "222", europe-west4: "333"}
-  churn:
-    endpoints: {us-east4: "444"}
-  spread:
-    strategy: weighted
-    weights: {us-central1: 3, us-east4: 1, europe-west4: 0}
-    endpoints: {us-central1: "555", us-east4: "666", europe-west4: "777"}
-  gemini:
-    publisher_model: google/gemini-2.0-flash
-    regions: [us-central1, us-east4]
-    strategy: least_request
-"""
 
 
 @pytest.fixture(scope="module")

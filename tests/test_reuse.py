@@ -12,7 +12,7 @@ from control_plane.cache import SnapshotCache
 from control_plane.config import parse_config
 from control_plane.resources import NodeGroup
 
-from .test_resources import CONFIG
+from .configs import CONFIG
 
 BASE = yaml.safe_load(CONFIG)
 

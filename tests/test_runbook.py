@@ -18,7 +18,7 @@ import yaml
 from control_plane.config import parse_config
 from control_plane.lab.envoy_process import envoy_binary
 
-from .test_deploy import K8S, k8s, kustomization, serve_args
+from .deploy_tree import K8S, k8s, kustomization, serve_args
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "deploy" / "systemd"

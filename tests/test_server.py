@@ -5,34 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 
 from control_plane.app import ControlPlane
 from control_plane.lab.ads_client import AdsClient
 from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.lab.harness import until, write_config
-from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE
 
-BASE = {
-    "project": "p-1",
-    "listener": {"port": 8080},
-    "regions": {
-        "us-central1": {"address": "127.0.0.1", "port": 9001, "tls": False, "failover": ["us-east4"]},
-        "us-east4": {"address": "127.0.0.2", "port": 9001, "tls": False, "failover": ["us-central1"]},
-    },
-    "models": {"housing": {"default": True, "endpoints": {"us-central1": "111", "us-east4": "222"}}},
-}
-
-
-@pytest.fixture
-async def plane(tmp_path, token_server):
-    key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
-    BASE["auth"] = {"credentials": f"service_account:{key}"}
-    path = write_config(tmp_path / "regions.yaml", BASE)
-    plane = ControlPlane(path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False)
-    await plane.start()
-    yield plane
-    await plane.stop()
+from .ads_steps import sync
+from .configs import TWO_REGIONS
+from .xds_fakes import cluster_names
 
 
 @pytest.fixture
@@ -40,16 +22,6 @@ async def client(plane):
     client = AdsClient(f"127.0.0.1:{plane.xds_port}")
     yield client
     await client.close()
-
-
-def names(response):
-    out = []
-    for res in response.resources:
-        msg = cluster_pb2.Cluster() if res.type_url == CLUSTER_TYPE else None
-        if msg is not None:
-            res.Unpack(msg)
-            out.append(msg.name)
-    return sorted(out)
 
 
 def types(plane, node_id="envoy-test"):
@@ -60,7 +32,7 @@ async def test_initial_request_ack_and_status(plane, client):
     client.send(CLUSTER_TYPE)
     cds = await client.recv()
     assert cds.type_url == CLUSTER_TYPE and cds.nonce and cds.version_info
-    assert names(cds) == ["model/housing", "model/housing@us-central1", "model/housing@us-east4"]
+    assert cluster_names(cds) == ["model/housing", "model/housing@us-central1", "model/housing@us-east4"]
     assert types(plane)["Cluster"]["status"] == "STALE"
     client.ack(cds)
     client.send(ENDPOINT_TYPE, ["model/housing@us-east4"])
@@ -70,28 +42,9 @@ async def test_initial_request_ack_and_status(plane, client):
     assert types(plane)["Cluster"]["version_acked"] == cds.version_info
 
 
-async def sync(client) -> dict:
-    """Walk the protocol as Envoy does: clusters, their endpoints, listener, routes; ACK each."""
-    got = {}
-    client.send(CLUSTER_TYPE)
-    got[CLUSTER_TYPE] = await client.recv()
-    client.ack(got[CLUSTER_TYPE])
-    eds_names = [n for n in names(got[CLUSTER_TYPE]) if "@" in n]
-    client.send(ENDPOINT_TYPE, eds_names)
-    got[ENDPOINT_TYPE] = await client.recv()
-    client.ack(got[ENDPOINT_TYPE], eds_names)
-    client.send(LISTENER_TYPE)
-    got[LISTENER_TYPE] = await client.recv()
-    client.ack(got[LISTENER_TYPE])
-    client.send(ROUTE_TYPE, ["vertex"])
-    got[ROUTE_TYPE] = await client.recv()
-    client.ack(got[ROUTE_TYPE], ["vertex"])
-    return got
-
-
-async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, client):
+async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, client, plane_config):
     await sync(client)
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert await plane.reload()
     bad = await client.recv()
     assert bad.type_url == CLUSTER_TYPE
@@ -101,12 +54,12 @@ async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, 
     assert state["nack_error"] == "cluster rejected: bad thing"
     assert plane.metrics.nacks.labels("Cluster")._value.get() == 1
     # a route-only edit: clusters are not ACKed, so routes wait, and the rejected CDS is not re-sent
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5},
-                                                        "timeout": "30s"}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 5},
+                                                                "timeout": "30s"}})
     assert await plane.reload()
     # the next different cluster version is sent; its ACK clears NACKED and releases the routes
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 7},
-                                                        "timeout": "30s"}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 7},
+                                                                "timeout": "30s"}})
     assert await plane.reload()
     fixed = await client.recv()
     assert fixed.type_url == CLUSTER_TYPE and fixed.version_info != bad.version_info
@@ -118,10 +71,10 @@ async def test_nack_is_recorded_and_never_answered_with_the_same_version(plane, 
     assert types(plane)["Cluster"]["status"] == "SYNCED"
 
 
-async def test_stale_nonce_is_ignored(plane, client):
+async def test_stale_nonce_is_ignored(plane, client, plane_config):
     client.send(CLUSTER_TYPE)
     first = await client.recv()
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert await plane.reload()
     second = await client.recv()
     assert second.nonce != first.nonce
@@ -133,17 +86,17 @@ async def test_stale_nonce_is_ignored(plane, client):
     assert state["status"] == "STALE" and state["version_acked"] == ""
 
 
-async def test_routes_wait_for_their_clusters_and_removals_wait_for_routes(plane, client):
+async def test_routes_wait_for_their_clusters_and_removals_wait_for_routes(plane, client, plane_config):
     """Make-before-break: a new model's clusters and endpoints are ACKed before a route names
     them; a removed model's clusters go only after routes without it are ACKed."""
     await sync(client)
     extra = {"churn": {"endpoints": {"us-central1": "333", "us-east4": "444"}}}
-    write_config(plane.config_path, {**BASE, "models": {**BASE["models"], **extra}})
+    write_config(plane.config_path, {**plane_config, "models": {**plane_config["models"], **extra}})
     assert await plane.reload()
     cds = await client.recv()
-    assert cds.type_url == CLUSTER_TYPE and "model/churn" in names(cds)
+    assert cds.type_url == CLUSTER_TYPE and "model/churn" in cluster_names(cds)
     client.ack(cds)
-    eds_names = [n for n in names(cds) if "@" in n]
+    eds_names = [n for n in cluster_names(cds) if "@" in n]
     client.send(ENDPOINT_TYPE, eds_names)  # Envoy subscribes to the new clusters' endpoints
     eds = await client.recv()
     assert eds.type_url == ENDPOINT_TYPE
@@ -153,18 +106,18 @@ async def test_routes_wait_for_their_clusters_and_removals_wait_for_routes(plane
     assert routes.type_url == ROUTE_TYPE  # only now
     client.ack(routes, ["vertex"])
     # removal: routes first, clusters after their ACK
-    write_config(plane.config_path, BASE)
+    write_config(plane.config_path, plane_config)
     assert await plane.reload()
     routes = await client.recv()
     assert routes.type_url == ROUTE_TYPE
     client.ack(routes, ["vertex"])
     cds = await client.recv()
-    assert cds.type_url == CLUSTER_TYPE and "model/churn" not in names(cds)
+    assert cds.type_url == CLUSTER_TYPE and "model/churn" not in cluster_names(cds)
 
 
-async def test_reload_pushes_only_the_types_that_changed(plane, client):
+async def test_reload_pushes_only_the_types_that_changed(plane, client, plane_config):
     routes = (await sync(client))[ROUTE_TYPE]
-    write_config(plane.config_path, {**BASE, "policy": {"timeout": "30s"}})
+    write_config(plane.config_path, {**plane_config, "policy": {"timeout": "30s"}})
     assert await plane.reload()
     changed = await client.recv()
     assert changed.type_url == ROUTE_TYPE and changed.version_info != routes.version_info
@@ -200,7 +153,7 @@ async def test_two_replicas_serve_identical_versions(plane, client, tmp_path):
         await other.stop()
 
 
-async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
+async def test_rejected_reload_keeps_serving_the_old_config(plane, client, plane_config):
     client.send(CLUSTER_TYPE)
     cds = await client.recv()
     version = plane.cache.config.version
@@ -209,7 +162,7 @@ async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
     assert plane.cache.config.version == version
     assert not plane.last_reload["ok"] and "invalid YAML" in plane.last_reload["errors"][0]
     assert plane.metrics.reloads.labels("failed")._value.get() == 1
-    write_config(plane.config_path, {**BASE, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
+    write_config(plane.config_path, {**plane_config, "policy": {"outlier_detection": {"consecutive_5xx": 5}}})
     assert await plane.reload()
     assert plane.last_reload["ok"]
     # The same stream is still open and served: the next thing it receives is the good
@@ -219,7 +172,7 @@ async def test_rejected_reload_keeps_serving_the_old_config(plane, client):
     assert plane.metrics.pushes.labels("Cluster", "sotw")._value.get() == 2
 
 
-async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, token_server):
+async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, plane_config):
     from control_plane.resources import build_resources
 
     broken = {"on": False}
@@ -228,12 +181,11 @@ async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, 
         built = build_resources(config, group)
         return {**built, ROUTE_TYPE: []} if broken["on"] else built
 
-    key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
-    path = write_config(tmp_path / "regions.yaml", {**BASE, "auth": {"credentials": f"service_account:{key}"}})
+    path = write_config(tmp_path / "regions.yaml", plane_config)
     plane = ControlPlane(path, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", watch=False, builder=builder)
     version = plane.cache.config.version
     broken["on"] = True
-    write_config(path, {**BASE, "auth": {"credentials": f"service_account:{key}"}, "policy": {"timeout": "30s"}})
+    write_config(path, {**plane_config, "policy": {"timeout": "30s"}})
     assert not await plane.reload() and plane.cache.config.version == version
     assert "cannot build Envoy resources" in plane.last_reload["errors"][0]
     assert "needs route config" in plane.last_reload["errors"][0]
@@ -249,8 +201,8 @@ async def test_a_node_is_served_only_its_own_regions_token_secrets(tmp_path, tok
 
     key = write_service_account_key(tmp_path / "key.json", token_server.token_uri)
     key_b = write_service_account_key(tmp_path / "key-b.json", token_server.token_uri)
-    config = {**BASE, "auth": {"credentials": f"service_account:{key}",
-                               "profiles": {"b": {"credentials": f"service_account:{key_b}"}}},
+    config = {**TWO_REGIONS, "auth": {"credentials": f"service_account:{key}",
+                                      "profiles": {"b": {"credentials": f"service_account:{key_b}"}}},
               "regions": {"us-central1": {"address": "127.0.0.1", "port": 9001, "tls": False},
                           "us-east4": {"address": "127.0.0.2", "port": 9001, "tls": False, "auth": "b"}}}
     plane = ControlPlane(write_config(tmp_path / "regions.yaml", config), xds_address="127.0.0.1:0",

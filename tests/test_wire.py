@@ -16,8 +16,7 @@ from control_plane.resources.proto import _any, _struct
 from control_plane.resources.routes import _virtual_host, region_routes
 from control_plane.wire import Entries, Serialized, Template, entry
 
-from .test_clients import CLIENTS
-from .test_resources import CONFIG
+from .configs import CLIENTS, CONFIG
 
 
 def whole_message(config, region: str) -> bytes:

@@ -117,6 +117,12 @@ class EnvoyProcess:
                 out[name] = int(value)
         return out
 
+    def first_region(self, model: str = "housing") -> str:
+        """The first region of the model's aggregate cluster as this Envoy runs it: where its
+        requests go first."""
+        dump = self.admin(f"config_dump?resource=dynamic_active_clusters&name_regex=model/{model}$")
+        return dump.split('"clusters": [', 1)[1].split('"', 2)[1].rpartition("@")[2]
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

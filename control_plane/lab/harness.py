@@ -34,12 +34,15 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: float 
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """wait_for on the running event loop (a server on the same loop keeps running meanwhile)."""
+async def until(condition: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """wait_for on the running event loop (a server on the same loop keeps running meanwhile):
+    condition()'s first truthy value."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+    while not (value := condition()):
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         await asyncio.sleep(0.005)  # yields to the server on this loop; bounded by the deadline
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:

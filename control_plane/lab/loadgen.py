@@ -83,3 +83,17 @@ async def run_load(url: str, total: int, concurrency: int, body: bytes,
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     result.duration = time.monotonic() - begin
     return result
+
+
+async def load_until(url: str, done: Callable[[], object], body: bytes = b'{"instances": [1]}', limit: int = 3000,
+                     deadline_s: float = 30.0, headers: dict[str, str] | None = None) -> LoadResult:
+    """Small batches of POSTs until done(), `limit` requests or `deadline_s`: traffic throughout
+    something that takes its own time (a token's rotation), and no longer."""
+    total = LoadResult()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not done() and len(total.samples) < limit and loop.time() - start < deadline_s:
+        batch = await run_load(url, 20, 4, body, deadline_s=10, headers=headers)
+        total.samples += batch.samples
+        await asyncio.sleep(0.05)  # pacing between bounded batches, not synchronisation
+    return total

@@ -56,7 +56,7 @@ class Stack:
                 "churn": {"endpoints": {r: str(int(ENDPOINT_IDS[r]) + 1) for r in regions}},
             },
         }
-        _merge(self.config, extra or {})
+        _merge(self.config, copy.deepcopy(extra or {}))  # a test's module-level `extra` stays as written
         self.configmap = ConfigMapVolume(self.dir / "config") if configmap else None
         if self.configmap:
             self.configmap.write({"regions.yaml": yaml.safe_dump(self.config, sort_keys=False)})
