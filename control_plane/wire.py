@@ -10,6 +10,7 @@ message serializes to (tests/test_wire.py), so versions do not depend on the pat
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +43,13 @@ class Entries(bytes):
 
 def entry(number: int, data: bytes) -> bytes:
     """One length-delimited field (a sub-message, or one element of a repeated one)."""
-    return _VarintBytes(number << 3 | _LENGTH_DELIMITED) + _VarintBytes(len(data)) + data
+    return _tag(number) + _length(data) + data
+
+
+@functools.lru_cache(maxsize=None)
+def _tag(number: int) -> bytes:
+    """A length-delimited field's key (few field numbers are used; each is written once)."""
+    return _VarintBytes(number << 3 | _LENGTH_DELIMITED)
 
 
 class Template:
