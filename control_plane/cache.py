@@ -110,12 +110,14 @@ class SnapshotCache:
         and no others."""
         return _credentials_needed(self._config, group.region)
 
-    def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
+    def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[Mapping[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
         every stream of the group until the next generation (1,000 Envoys, 5 groups: 5 hashes)."""
-        def compute() -> tuple[dict[str, Resource], str]:
-            selection = self.select(group, type_url, names)
-            return {r.name: r for r in selection}, type_version(selection)
+        def compute() -> tuple[Mapping[str, Resource], str]:
+            if type_url != SECRET_TYPE:
+                return self.snapshot(group).target(type_url, names)
+            selection = {r.name: r for r in self.select(group, type_url, names)}
+            return selection, type_version(selection.values())
         return self._per_generation((group, type_url, names), compute)
 
     def _per_generation(self, key: tuple, compute: Callable[[], T]) -> T:
@@ -156,7 +158,7 @@ class SnapshotCache:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
             snapshots = self._prebuild(config, set(snapshots))
         self._config, self._snapshots = config, snapshots
-        self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
+        self._interner.retain(self._secrets.values())  # (every resource of `snapshots` was interned since the last)
         self._bump()
 
     @property
