@@ -116,6 +116,9 @@ def measure(models: int, regions: int, edits: int, delta: bool, clients: int, pr
     cache = SnapshotCache(config)
     cache.set_tokens({p: "token" for p in config.profiles_in_use()})
     loop = Loop(cache, list(data["regions"]), min(clients, regions), delta)
+    retired: list = []
+    if hasattr(cache, "retire"):  # (as the server does: freed once the push is over)
+        cache.retire = retired.append
     for client in loop.clients:
         client.subscribe("type.googleapis.com/envoy.config.cluster.v3.Cluster")
     loop.run()
@@ -141,7 +144,10 @@ def measure(models: int, regions: int, edits: int, delta: bool, clients: int, pr
             loop.apply(new, snapshots)
             loop.run()
             assert all(c.settled_on(b) for c, b in zip(loop.clients, base)), "not every client settled"
-            row["edits"].append({"kind": kind, "build_s": build_s, "loop_s": loop.loop_s, "responses": loop.responses})
+            t0 = time.process_time()
+            retired.clear()
+            row["edits"].append({"kind": kind, "build_s": build_s, "loop_s": loop.loop_s, "responses": loop.responses,
+                                 "retired_s": time.process_time() - t0})
     for kind in ("model", "policy"):
         values = [e["loop_s"] for e in row["edits"] if e["kind"] == kind]
         row[f"edit_{kind}_loop_s_median"] = statistics.median(values)
@@ -161,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         models, regions = (int(x) for x in size.split("x"))
         row = measure(models, regions, args.edits, args.mode == "delta", args.clients, profile)
-        edits = " ".join(f"{e['kind']}:{e['loop_s'] * 1000:.0f}ms(build {e['build_s']:.2f}s,{e['responses']}r)"
-                         for e in row["edits"])
+        edits = " ".join(f"{e['kind']}:{e['loop_s'] * 1000:.0f}ms(build {e['build_s']:.2f}s,{e['responses']}r,"
+                         f"freed later {e['retired_s'] * 1000:.0f}ms)" for e in row["edits"])
         print(f"{models}x{regions} {row['mode']} clients={row['clients']}: first full set loop "
               f"{row['first_set_loop_s'] * 1000:.0f} ms ({row['first_set_responses']} responses); edits {edits}")
     if profile:

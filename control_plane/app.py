@@ -108,6 +108,7 @@ class ControlPlane:
         self.cache = loading.checked(str(self.config_path), "cannot build Envoy resources",
                                      lambda: SnapshotCache(config, builder))
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
+        self.cache.retire = self.ads.heap.retire
         self.fleet = FleetLoad(lambda: self.cache.config.observability.load_reports, self.metrics,
                                self.cache.set_avoided, lambda: list(self.cache.config.regions))
         self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,

@@ -61,8 +61,12 @@ class SnapshotCache:
         self._memo: dict = {}
         self._memo_generation = -1
         self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
+        # Called with what a reload replaced (the config and snapshots before): the server hands
+        # it to its HeapTrimmer, so that freeing it does not delay the push. Default: freed now.
+        self.retire: Callable[[object], None] = _drop
         self._snapshots = _Built()
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
+        self._interner.retain()  # (what the next retain keeps: what was interned after this)
 
     @property
     def config(self) -> RegionConfig:
@@ -157,6 +161,7 @@ class SnapshotCache:
         if snapshots.avoided != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
             snapshots = self._prebuild(config, set(snapshots))
+        self.retire((self._config, self._snapshots))
         self._config, self._snapshots = config, snapshots
         self._interner.retain(self._secrets.values())  # (every resource of `snapshots` was interned since the last)
         self._bump()
@@ -203,6 +208,10 @@ class SnapshotCache:
             _credentials_needed(original, region)
         built.avoided, built.config, built.reused_models = avoided, config, reused
         return built
+
+
+def _drop(garbage: object) -> None:
+    pass
 
 
 def _credentials_needed(config: RegionConfig, region: str) -> list[str]:
