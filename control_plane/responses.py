@@ -31,6 +31,7 @@ from .xds_cache import Selection
 CONTROL_PLANE_ID = "vertex-gateway"
 _ENTRY = operator.attrgetter("response_entry")
 _VERSION = operator.attrgetter("version")
+_NAME = operator.attrgetter("name")
 _NONCE_TAG = b"\x2a"  # field 5 (nonce), length-delimited: in DiscoveryResponse and DeltaDiscoveryResponse
 
 
@@ -50,7 +51,7 @@ class DeltaPlan:
     version), and what the client holds once it applies it."""
 
     before: Mapping[str, str]  # (keeps the memo key's object alive)
-    parts: tuple[bytes, ...]
+    parts: list[bytes]
     removed: tuple[str, ...]
     updated: frozenset[str]
     after: Mapping[str, str]
@@ -95,30 +96,36 @@ class Responses:
             if found is not None:
                 return found
         exact = self._exact_map(type_url, version, desired)
-        if before is exact:  # (set operations below, not a loop per resource: thousands per edit)
-            changed, gone = [], ()
+        # (Set operations, not a loop per resource: thousands per edit, all of them at a first sync.)
+        if before is exact:
+            changed, gone = [], frozenset()
+        elif not before:
+            changed, gone = list(desired.values()), frozenset()
         else:
             changed = [desired[n] for n, _ in sorted(exact.items() - before.items())]
             gone = before.keys() - exact.keys()
         removed = tuple(sorted(gone if names is None else gone & names))
-        if changed or removed:
+        if len(removed) == len(gone):
+            after = exact  # the usual case: the client holds exactly the target, as others do
+        elif changed or removed:
             after = dict(before)
             after.update((r.name, r.version) for r in changed)
             for name in removed:
                 del after[name]
+            if shared:
+                after = Held(after)
         else:
             after = before
-        if after == exact:
-            after = exact  # the usual case: the client holds exactly the target, as others do
-        elif shared and after is not before:
-            after = Held(after)
-        parts: tuple[bytes, ...] = ()
+        parts: list[bytes] = []
         if changed or removed:
             header = discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=version, type_url=type_url, removed_resources=removed,
                 control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-            parts = (header.SerializeToString(), *(r.delta_entry for r in changed))
-        plan = DeltaPlan(before, parts, removed, frozenset(r.name for r in changed if r.name in before), after)
+            parts.append(header.SerializeToString())
+            for resource in changed:
+                parts += resource.delta_parts
+        updated = frozenset(before.keys() & set(map(_NAME, changed))) if before and changed else frozenset()
+        plan = DeltaPlan(before, parts, removed, updated, after)
         if shared:
             self._delta[key] = plan
         return plan

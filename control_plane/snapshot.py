@@ -38,7 +38,7 @@ class Resource:
     # into every SotW response that sends it.
     response_entry: bytes = field(repr=False, compare=False)
     _message: Message | None = field(default=None, init=False, repr=False, compare=False)
-    _delta_entry: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _delta_frame: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def any_bytes(self) -> bytes:
@@ -56,20 +56,36 @@ class Resource:
         return self._message
 
     @property
+    def delta_parts(self) -> tuple[bytes, bytes, bytes]:
+        """This resource framed as one `resources` entry of a DeltaDiscoveryResponse, in three
+        parts to join: an envoy.service.discovery.v3.Resource {version = 1, resource = 2,
+        name = 3} whose `resource` is response_entry as it is (the same tag and framing), so
+        no copy of the resource is kept for Delta."""
+        if self._delta_frame is None:
+            name, version, entry = self.name.encode(), self.version.encode(), self.response_entry
+            tail = b"\x1a" + _varint(len(name)) + name
+            body_length = 1 + len(_varint(len(version))) + len(version) + len(entry) + len(tail)
+            head = _RESOURCES_FIELD_TAG + _varint(body_length) + b"\x0a" + _varint(len(version)) + version
+            object.__setattr__(self, "_delta_frame", (head, tail))
+        head, tail = self._delta_frame
+        return head, self.response_entry, tail
+
+    @property
     def delta_entry(self) -> bytes:
-        """This resource framed as one `resources` entry of a DeltaDiscoveryResponse: an
-        envoy.service.discovery.v3.Resource {version = 1, resource = 2, name = 3}."""
-        if self._delta_entry is None:
-            name, version, any_bytes = self.name.encode(), self.version.encode(), self.any_bytes
-            body = (b"\x0a" + _VarintBytes(len(version)) + version
-                    + b"\x12" + _VarintBytes(len(any_bytes)) + any_bytes
-                    + b"\x1a" + _VarintBytes(len(name)) + name)
-            object.__setattr__(self, "_delta_entry", _RESOURCES_FIELD_TAG + _VarintBytes(len(body)) + body)
-        return self._delta_entry
+        return b"".join(self.delta_parts)
+
+
+def _varint(n: int) -> bytes:
+    """protobuf's _VarintBytes, without its generality for the lengths here (most under 16 KB)."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    return _VarintBytes(n)
 
 
 def response_entry(any_bytes: bytes) -> bytes:
-    return _RESOURCES_FIELD_TAG + _VarintBytes(len(any_bytes)) + any_bytes
+    return _RESOURCES_FIELD_TAG + _varint(len(any_bytes)) + any_bytes
 
 
 def resource_name(message: Message | Serialized) -> str:

@@ -110,3 +110,19 @@ def test_without_an_event_loop_a_replaced_config_is_freed_at_once():
     trimmer = HeapTrimmer(quiet=0.05)
     trimmer.retire(object())
     assert trimmer._retired == []
+
+
+def test_a_resource_is_framed_for_sotw_and_delta_as_protobuf_would_serialize_it():
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from control_plane.snapshot import Interner
+
+    for size in (10, 200, 20_000):  # one-, two- and three-byte lengths
+        resource = Interner().intern(CLUSTER_TYPE, cluster_pb2.Cluster(name="c", alt_stat_name="x" * size))
+        sotw = discovery_pb2.DiscoveryResponse()
+        sotw.resources.add().ParseFromString(resource.any_bytes)
+        assert resource.response_entry == sotw.SerializeToString(deterministic=True)
+        delta = discovery_pb2.DeltaDiscoveryResponse()
+        delta.resources.add(name="c", version=resource.version).resource.ParseFromString(resource.any_bytes)
+        assert resource.delta_entry == delta.SerializeToString(deterministic=True)
+        assert b"".join(resource.delta_parts) == resource.delta_entry
