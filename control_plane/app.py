@@ -175,7 +175,8 @@ class ControlPlane:
         and each reads the file as it is when its turn comes."""
         async with self._reload_lock:
             try:
-                return await self._reload(reason)
+                with self.ads.heap.holding():
+                    return await self._reload(reason)
             except Exception as exc:  # noqa: BLE001 - a reload must never stop later reloads
                 log.exception("reload failed unexpectedly")
                 return self._record_reload(reason, None, [f"{self.config_path}: internal error while reloading: "

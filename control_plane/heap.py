@@ -16,9 +16,11 @@ the very push the reload starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class HeapTrimmer:
     """`busy()` after each piece of work (cheap: two assignments); the heap is trimmed once
     no work has been done for `quiet` seconds since the last trim."""
 
-    __slots__ = ("quiet", "trims", "_last_busy", "_dirty", "_timer", "_retired")
+    __slots__ = ("quiet", "trims", "_last_busy", "_dirty", "_timer", "_retired", "_held")
 
     def __init__(self, quiet: float = QUIET_S):
         self.quiet = quiet
@@ -48,6 +50,7 @@ class HeapTrimmer:
         self._dirty = False
         self._timer: asyncio.TimerHandle | None = None
         self._retired: list[object] = []
+        self._held = 0
 
     def busy(self) -> None:
         self._last_busy = time.monotonic()
@@ -64,8 +67,21 @@ class HeapTrimmer:
         self._retired.append(garbage)
         self.busy()
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Work that is not xDS (a reload building in its thread): neither free nor trim until
+        it is over, since either holds the GIL that work needs."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self.busy()
+
     def _check(self) -> None:
         idle = time.monotonic() - self._last_busy
+        if self._held:
+            idle = 0.0
         if idle < self.quiet:  # still busy: look again when it may have gone quiet
             self._timer = asyncio.get_running_loop().call_later(self.quiet - idle, self._check)
             return

@@ -4,6 +4,7 @@ out (control_plane/responses.py, server.Outgoing, subscription.shared_names, hea
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 import pytest
@@ -126,3 +127,19 @@ def test_a_resource_is_framed_for_sotw_and_delta_as_protobuf_would_serialize_it(
         delta.resources.add(name="c", version=resource.version).resource.ParseFromString(resource.any_bytes)
         assert resource.delta_entry == delta.SerializeToString(deterministic=True)
         assert b"".join(resource.delta_parts) == resource.delta_entry
+
+
+async def test_nothing_is_freed_while_a_reload_builds():
+    trimmer = HeapTrimmer(quiet=0.02)
+
+    class Garbage:
+        pass
+
+    with trimmer.holding():
+        garbage = Garbage()
+        freed = weakref.ref(garbage)
+        trimmer.retire(garbage)
+        del garbage
+        await asyncio.sleep(0.1)  # quiet for five times `quiet`, but held
+        assert freed() is not None
+    await until(lambda: freed() is None)
