@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from .config import RegionConfig
 from .resources import NodeGroup, build_serialized, credential_secret, credential_secret_name, members
-from .snapshot import Interner, Resource, Snapshot, type_version
+from .snapshot import Interner, Resource, Snapshot, live_ids, type_version
 from .wire import Serialized
 from .xds_cache import NodeRefused
 from .xds_types import SECRET_TYPE
@@ -66,7 +66,6 @@ class SnapshotCache:
         self.retire: Callable[[object], None] = _drop
         self._snapshots = _Built()
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
-        self._interner.retain()  # (what the next retain keeps: what was interned after this)
 
     @property
     def config(self) -> RegionConfig:
@@ -155,7 +154,9 @@ class SnapshotCache:
 
     def prepare(self, config: RegionConfig) -> _Built:
         """The heavy part of a reload (building and serializing); safe to run off the event loop."""
-        return self._prebuild(config, set(self._snapshots))
+        built = self._prebuild(config, set(self._snapshots))
+        built.live = _live(built)
+        return built
 
     def apply(self, config: RegionConfig, snapshots: _Built) -> None:
         if snapshots.avoided != self._avoided:
@@ -163,7 +164,7 @@ class SnapshotCache:
             snapshots = self._prebuild(config, set(snapshots))
         self.retire((self._config, self._snapshots))
         self._config, self._snapshots = config, snapshots
-        self._interner.retain(self._secrets.values())  # (every resource of `snapshots` was interned since the last)
+        self._interner.retain_ids((snapshots.live or _live(snapshots)) | live_ids(self._secrets.values()))
         self._bump()
 
     @property
@@ -210,6 +211,10 @@ class SnapshotCache:
         return built
 
 
+def _live(snapshots: Mapping[NodeGroup, Snapshot]) -> set[int]:
+    return live_ids(*(of_type.values() for s in snapshots.values() for of_type in s.resources.values()))
+
+
 def _drop(garbage: object) -> None:
     pass
 
@@ -227,3 +232,4 @@ class _Built(dict):
     avoided: frozenset[str] = frozenset()
     config: RegionConfig | None = None
     reused_models: int = 0
+    live: set[int] | None = None  # ids of every resource of these snapshots (Interner.retain_ids)
