@@ -100,6 +100,7 @@ class ControlPlane:
         self.cache = loading.checked(str(self.config_path), "cannot build Envoy resources",
                                      lambda: SnapshotCache(config, builder))
         self.ads = AdsServer(self.cache, self.clients, self.metrics)
+        self.cache.retire = self.ads.heap.retire
         self.fleet = FleetLoad(lambda: self.cache.config.observability.load_reports, self.metrics,
                                self.cache.set_avoided, lambda: list(self.cache.config.regions))
         self.tokens = TokenRefresher(_profiles(config), config.auth.refresh_margin, self.cache.set_tokens,
@@ -166,7 +167,8 @@ class ControlPlane:
         and each reads the file as it is when its turn comes."""
         async with self._reload_lock:
             try:
-                return await self._reload(reason)
+                with self.ads.heap.holding():
+                    return await self._reload(reason)
             except Exception as exc:  # noqa: BLE001 - a reload must never stop later reloads
                 log.exception("reload failed unexpectedly")
                 return self._record_reload(reason, None, [f"{self.config_path}: internal error while reloading: "

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from .config import RegionConfig
 from .resources import NodeGroup, build_serialized, credential_secret, credential_secret_name, members
-from .snapshot import Interner, Resource, Snapshot, type_version
+from .snapshot import Interner, Resource, Snapshot, live_ids, type_version
 from .wire import Serialized
 from .xds_cache import NodeRefused
 from .xds_types import SECRET_TYPE
@@ -61,6 +61,9 @@ class SnapshotCache:
         self._memo: dict = {}
         self._memo_generation = -1
         self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
+        # Called with what a reload replaced (the config and snapshots before): the server hands
+        # it to its HeapTrimmer, so that freeing it does not delay the push. Default: freed now.
+        self.retire: Callable[[object], None] = _drop
         self._snapshots = _Built()
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
 
@@ -110,12 +113,14 @@ class SnapshotCache:
         and no others."""
         return _credentials_needed(self._config, group.region)
 
-    def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[dict[str, Resource], str]:
+    def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[Mapping[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
         every stream of the group until the next generation (1,000 Envoys, 5 groups: 5 hashes)."""
-        def compute() -> tuple[dict[str, Resource], str]:
-            selection = self.select(group, type_url, names)
-            return {r.name: r for r in selection}, type_version(selection)
+        def compute() -> tuple[Mapping[str, Resource], str]:
+            if type_url != SECRET_TYPE:
+                return self.snapshot(group).target(type_url, names)
+            selection = {r.name: r for r in self.select(group, type_url, names)}
+            return selection, type_version(selection.values())
         return self._per_generation((group, type_url, names), compute)
 
     def _per_generation(self, key: tuple, compute: Callable[[], T]) -> T:
@@ -149,14 +154,17 @@ class SnapshotCache:
 
     def prepare(self, config: RegionConfig) -> _Built:
         """The heavy part of a reload (building and serializing); safe to run off the event loop."""
-        return self._prebuild(config, set(self._snapshots))
+        built = self._prebuild(config, set(self._snapshots))
+        built.live = _live(built)
+        return built
 
     def apply(self, config: RegionConfig, snapshots: _Built) -> None:
         if snapshots.avoided != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
             snapshots = self._prebuild(config, set(snapshots))
+        self.retire((self._config, self._snapshots))
         self._config, self._snapshots = config, snapshots
-        self._interner.retain([*(r for s in snapshots.values() for r in s.all()), *self._secrets.values()])
+        self._interner.retain_ids((snapshots.live or _live(snapshots)) | live_ids(self._secrets.values()))
         self._bump()
 
     @property
@@ -203,6 +211,14 @@ class SnapshotCache:
         return built
 
 
+def _live(snapshots: Mapping[NodeGroup, Snapshot]) -> set[int]:
+    return live_ids(*(of_type.values() for s in snapshots.values() for of_type in s.resources.values()))
+
+
+def _drop(garbage: object) -> None:
+    pass
+
+
 def _credentials_needed(config: RegionConfig, region: str) -> list[str]:
     """A function of the config alone: once per config (avoidance reorders, never adds), from
     each model's, which a reload that leaves the model as it was takes over."""
@@ -220,3 +236,4 @@ class _Built(dict):
     avoided: frozenset[str] = frozenset()
     config: RegionConfig | None = None
     reused_models: int = 0
+    live: set[int] | None = None  # ids of every resource of these snapshots (Interner.retain_ids)

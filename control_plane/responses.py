@@ -1,9 +1,10 @@
 """Responses built once and shared by every stream that sends the same thing.
 
 1,000 Envoys of one region are sent the same clusters at the same version: their responses
-differ only by the nonce. So a response is built here once, as everything but its nonce
-(the `prefix`), and each stream appends its own nonce field (protobuf fields may come in any
-order on the wire).
+differ only by the nonce. So a response is worked out here once, as its parts but the nonce
+(the header and each resource's pre-serialized entry), and each stream joins them with its
+own nonce field (protobuf fields may come in any order on the wire): one copy of a response
+of several MB per stream, and none to hold it meanwhile.
 
 Delta also needs, per stream, what the client holds (name -> version) to work out what
 changed. Streams that were sent the same responses hold the same `Held` map (one object, never
@@ -17,7 +18,8 @@ now.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -27,6 +29,9 @@ from google.protobuf.internal.encoder import _VarintBytes
 from .xds_cache import Selection
 
 CONTROL_PLANE_ID = "vertex-gateway"
+_ENTRY = operator.attrgetter("response_entry")
+_VERSION = operator.attrgetter("version")
+_NAME = operator.attrgetter("name")
 _NONCE_TAG = b"\x2a"  # field 5 (nonce), length-delimited: in DiscoveryResponse and DeltaDiscoveryResponse
 
 
@@ -41,25 +46,26 @@ NOTHING_HELD = Held()
 
 @dataclass(frozen=True, slots=True)
 class DeltaPlan:
-    """What a Delta response sends a client holding `before`: `prefix` (b"" when there is
-    nothing to send), the names it removes, the updated names (held before at another
+    """What a Delta response sends a client holding `before`: its `parts` but the nonce
+    (none when there is nothing to send), the names it removes, the updated names (held before at another
     version), and what the client holds once it applies it."""
 
     before: Mapping[str, str]  # (keeps the memo key's object alive)
-    prefix: bytes
+    parts: list[bytes]
     removed: tuple[str, ...]
     updated: frozenset[str]
     after: Mapping[str, str]
 
 
-def with_nonce(prefix: bytes, nonce: str) -> bytes:
+def with_nonce(parts: Sequence[bytes], nonce: str) -> bytes:
+    """The response of these parts with this nonce, in one copy."""
     data = nonce.encode()
-    return prefix + (_NONCE_TAG + _VarintBytes(len(data)) + data)  # (the prefix copied once)
+    return b"".join([*parts, _NONCE_TAG + _VarintBytes(len(data)) + data])
 
 
 class Responses:
     def __init__(self) -> None:
-        self._sotw: dict[tuple, bytes] = {}
+        self._sotw: dict[tuple, list[bytes]] = {}
         self._delta: dict[tuple, DeltaPlan] = {}
         self._exact: dict[tuple, Held] = {}
         self._forgotten: dict[tuple, tuple[Held, Held]] = {}
@@ -67,16 +73,16 @@ class Responses:
     def clear(self) -> None:
         self._sotw, self._delta, self._exact, self._forgotten = {}, {}, {}, {}
 
-    def sotw(self, type_url: str, version: str, desired: Selection) -> bytes:
-        """The DiscoveryResponse sending `desired` (of this version), without its nonce."""
+    def sotw(self, type_url: str, version: str, desired: Selection) -> list[bytes]:
+        """The parts of the DiscoveryResponse sending `desired` (of this version, in name
+        order) but its nonce (with_nonce)."""
         key = (type_url, version)
         found = self._sotw.get(key)
         if found is None:
             header = discovery_pb2.DiscoveryResponse(
                 version_info=version, type_url=type_url,
                 control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-            found = self._sotw[key] = header.SerializeToString() + b"".join(
-                desired[n].response_entry for n in sorted(desired))
+            found = self._sotw[key] = [header.SerializeToString(), *map(_ENTRY, desired.values())]
         return found
 
     def delta(self, type_url: str, before: Mapping[str, str], desired: Selection, version: str,
@@ -89,28 +95,37 @@ class Responses:
             found = self._delta.get(key)
             if found is not None:
                 return found
-        changed = [desired[n] for n in sorted(desired) if before.get(n) != desired[n].version]
-        removed = tuple(sorted(n for n in before if n not in desired and (names is None or n in names)))
-        if changed or removed:
+        exact = self._exact_map(type_url, version, desired)
+        # (Set operations, not a loop per resource: thousands per edit, all of them at a first sync.)
+        if before is exact:
+            changed, gone = [], frozenset()
+        elif not before:
+            changed, gone = list(desired.values()), frozenset()
+        else:
+            changed = [desired[n] for n, _ in sorted(exact.items() - before.items())]
+            gone = before.keys() - exact.keys()
+        removed = tuple(sorted(gone if names is None else gone & names))
+        if len(removed) == len(gone):
+            after = exact  # the usual case: the client holds exactly the target, as others do
+        elif changed or removed:
             after = dict(before)
-            for resource in changed:
-                after[resource.name] = resource.version
+            after.update((r.name, r.version) for r in changed)
             for name in removed:
                 del after[name]
+            if shared:
+                after = Held(after)
         else:
             after = before
-        exact = self._exact_map(type_url, version, desired)
-        if after == exact:
-            after = exact  # the usual case: the client holds exactly the target, as others do
-        elif shared and after is not before:
-            after = Held(after)
-        prefix = b""
+        parts: list[bytes] = []
         if changed or removed:
             header = discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=version, type_url=type_url, removed_resources=removed,
                 control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID))
-            prefix = header.SerializeToString() + b"".join(r.delta_entry for r in changed)
-        plan = DeltaPlan(before, prefix, removed, frozenset(r.name for r in changed if r.name in before), after)
+            parts.append(header.SerializeToString())
+            for resource in changed:
+                parts += resource.delta_parts
+        updated = frozenset(before.keys() & set(map(_NAME, changed))) if before and changed else frozenset()
+        plan = DeltaPlan(before, parts, removed, updated, after)
         if shared:
             self._delta[key] = plan
         return plan
@@ -134,5 +149,5 @@ class Responses:
         key = (type_url, version)
         found = self._exact.get(key)
         if found is None:
-            found = self._exact[key] = Held({n: r.version for n, r in desired.items()})
+            found = self._exact[key] = Held(zip(desired, map(_VERSION, desired.values())))
         return found

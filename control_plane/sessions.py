@@ -126,11 +126,11 @@ class Session:
         target = found[0]
         if type_url == CLUSTER_TYPE:
             held = state.acked
-            if held.keys() <= target.keys() or self._routes_settled():
+            if held is target or held.keys() <= target.keys() or self._routes_settled():
                 return found  # nothing to keep, or routes no longer name the old clusters
             return _versioned({**held, **target})
         if type_url == ENDPOINT_TYPE:
-            if state.acked.keys() <= target.keys():
+            if state.acked is target or state.acked.keys() <= target.keys():
                 return found
             # Endpoints follow the Envoy's subscription, which keeps naming clusters still held.
             held = {n: r for n, r in state.acked.items()
@@ -161,13 +161,16 @@ class Session:
         nothing. After a NACK the routes wait for a version the Envoy accepts."""
         clusters = self._target(CLUSTER_TYPE, None)
         cds = self.stream.types.get(CLUSTER_TYPE)
-        if cds is None or not clusters.keys() <= cds.acked.keys() or cds.status is SyncStatus.NACKED:
+        # (Selections are shared: after an ACK of the target the Envoy holds that very mapping.)
+        if cds is None or cds.status is SyncStatus.NACKED or \
+                not (cds.acked is clusters or clusters.keys() <= cds.acked.keys()):
             return False
-        wanted = self._target(ENDPOINT_TYPE, None).keys()
+        wanted = self._target(ENDPOINT_TYPE, None)
         if not wanted:
             return True
         eds = self.stream.types.get(ENDPOINT_TYPE)
-        return eds is not None and wanted <= eds.acked.keys() and eds.status is not SyncStatus.NACKED
+        return eds is not None and eds.status is not SyncStatus.NACKED and \
+            (eds.acked is wanted or wanted.keys() <= eds.acked.keys())
 
     def _routes_settled(self) -> bool:
         for type_url in (LISTENER_TYPE, ROUTE_TYPE):
@@ -227,7 +230,8 @@ class Session:
 
 
 def _versioned(selection: Selection) -> tuple[Selection, str]:
-    return selection, type_version([selection[n] for n in sorted(selection)])
+    ordered = {n: selection[n] for n in sorted(selection)}  # (selections keep name order)
+    return ordered, type_version(ordered.values())
 
 
 @functools.lru_cache(maxsize=512)
@@ -247,7 +251,8 @@ class SotwSession(Session):
         answer = self.record_answer(state, request.response_nonce, request.version_info, error)
         if answer is Answer.STALE:
             return
-        names = shared_names(n for n in request.resource_names if n != "*")
+        names = frozenset(request.resource_names)  # (in C: an EDS request names thousands)
+        names = shared_names(names - {"*"} if "*" in names else names)
         state.names = None if request.type_url in WILDCARD_TYPES and not names else names
         state.subscribed = True
         yield from self.reconcile(resend=request.type_url if answer is Answer.AGAIN else None,
@@ -257,8 +262,8 @@ class SotwSession(Session):
              force: bool = False) -> Iterator[bytes]:
         if version == state.sent_version and state.sent_nonce and not force:
             return
-        prefix = self.responses.sotw(type_url, version, desired)
-        yield with_nonce(prefix, self.mark_sent(state, desired, version))
+        parts = self.responses.sotw(type_url, version, desired)
+        yield with_nonce(parts, self.mark_sent(state, desired, version))
 
 
 class DeltaSession(Session):
@@ -301,7 +306,7 @@ class DeltaSession(Session):
             return  # the client holds exactly this already (the common case: an ACK, nothing new)
         known = state.client if state.client is not None else NOTHING_HELD
         plan = self.responses.delta(type_url, known, desired, version, state.names)
-        if not plan.prefix:
+        if not plan.parts:
             if state.sent_version != version:  # the client already holds exactly this (a reconnect)
                 state.assume_held(desired, version)
             state.client, state.client_version = plan.after, version
@@ -315,4 +320,4 @@ class DeltaSession(Session):
                 endpoints.client_version = ""
         nonce = self.mark_sent(state, desired, version)
         state.client_before, state.client, state.client_version = known, plan.after, version
-        yield with_nonce(plan.prefix, nonce)
+        yield with_nonce(plan.parts, nonce)

@@ -4,6 +4,9 @@ out (control_plane/responses.py, server.Outgoing, subscription.shared_names, hea
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -84,3 +87,59 @@ async def test_the_heap_is_trimmed_once_after_a_burst_goes_quiet():
     trimmer.busy()
     await until(lambda: trimmer.trims == 2)
     assert trimmer._timer is None  # nothing left scheduled
+
+
+async def test_what_a_reload_replaced_is_freed_once_the_push_is_over():
+    """SnapshotCache.apply hands the config and snapshots it replaces to the server's
+    HeapTrimmer: freeing them (0.1 s at 1,000 models) must not delay the push."""
+    trimmer = HeapTrimmer(quiet=0.05)
+
+    class Garbage:
+        pass
+
+    garbage = Garbage()
+    freed = weakref.ref(garbage)
+    trimmer.retire(garbage)
+    del garbage
+    trimmer.busy()  # the push
+    assert freed() is not None
+    await until(lambda: freed() is None)
+    assert trimmer._timer is None
+
+
+def test_without_an_event_loop_a_replaced_config_is_freed_at_once():
+    trimmer = HeapTrimmer(quiet=0.05)
+    trimmer.retire(object())
+    assert trimmer._retired == []
+
+
+def test_a_resource_is_framed_for_sotw_and_delta_as_protobuf_would_serialize_it():
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from control_plane.snapshot import Interner
+
+    for size in (10, 200, 20_000):  # one-, two- and three-byte lengths
+        resource = Interner().intern(CLUSTER_TYPE, cluster_pb2.Cluster(name="c", alt_stat_name="x" * size))
+        sotw = discovery_pb2.DiscoveryResponse()
+        sotw.resources.add().ParseFromString(resource.any_bytes)
+        assert resource.response_entry == sotw.SerializeToString(deterministic=True)
+        delta = discovery_pb2.DeltaDiscoveryResponse()
+        delta.resources.add(name="c", version=resource.version).resource.ParseFromString(resource.any_bytes)
+        assert resource.delta_entry == delta.SerializeToString(deterministic=True)
+        assert b"".join(resource.delta_parts) == resource.delta_entry
+
+
+async def test_nothing_is_freed_while_a_reload_builds():
+    trimmer = HeapTrimmer(quiet=0.02)
+
+    class Garbage:
+        pass
+
+    with trimmer.holding():
+        garbage = Garbage()
+        freed = weakref.ref(garbage)
+        trimmer.retire(garbage)
+        del garbage
+        await asyncio.sleep(0.1)  # quiet for five times `quiet`, but held
+        assert freed() is not None
+    await until(lambda: freed() is None)

@@ -98,3 +98,15 @@ def test_unchanged_models_resources_are_the_same_objects_after_an_edit_of_anothe
     after = {r.name: r for r in cache.snapshot(group).all()}
     assert after["model/churn"] is before["model/churn"]  # taken over, not rebuilt
     assert after["model/housing@us-east4"].version != before["model/housing@us-east4"].version
+
+
+def test_a_reload_retires_the_generation_it_replaced_and_the_interner_keeps_only_what_is_served():
+    cache = SnapshotCache(parse_config(yaml.safe_dump(BASE, sort_keys=False)))
+    retired = []
+    cache.retire = retired.append
+    old_config = cache.config
+    cache.set_config(parse_config(yaml.safe_dump(edited(EDITS["global policy"][0]), sort_keys=False)))
+    [(config, snapshots)] = retired
+    assert config is old_config and snapshots
+    live = {(r.type_url, r.name, r.version) for s in cache._snapshots.values() for r in s.all()}
+    assert set(cache._interner._by_key) == live  # the old policy's resources forgotten
