@@ -201,7 +201,7 @@ class Snapshot:
     def check_consistent(self) -> None:
         """Every name a resource refers to is in the snapshot: Envoy would wait on it forever."""
         missing = [f"{_KIND[resource.type_url]} {resource.name} needs {_KIND[type_url]} {name}"
-                   for resource in self.all() for type_url, name in _requires(resource)
+                   for resource in self.all() for type_url, name in requires(resource.built)
                    if name not in self.resources.get(type_url, {})]
         if missing:
             raise InconsistentSnapshot("; ".join(missing))
@@ -210,9 +210,8 @@ class Snapshot:
 _KIND = {CLUSTER_TYPE: "cluster", ENDPOINT_TYPE: "endpoints", LISTENER_TYPE: "listener", ROUTE_TYPE: "route config"}
 
 
-def _requires(resource: Resource) -> tuple[tuple[str, str], ...]:
-    """(type URL, name) of what the resource refers to: a serialized one says so itself."""
-    built = resource.built
+def requires(built: Message | Serialized) -> tuple[tuple[str, str], ...]:
+    """(type URL, name) of what a resource refers to: a serialized one says so itself."""
     if isinstance(built, Serialized):
         return built.requires
     if isinstance(built, cluster_pb2.Cluster) and built.type == cluster_pb2.Cluster.EDS:

@@ -23,13 +23,12 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf.message import Message
 
 from .. import wire
 from ..config import RegionConfig
+from ..snapshot import requires, resource_name
 from ..wire import Serialized
-from ..xds_types import ENDPOINT_TYPE
 from .proto import _alternation, _re_escape
 
 log = logging.getLogger(__name__)
@@ -161,8 +160,8 @@ class _Mold:
         self.built = built  # kept: shapes look molds up by the resource's id
         data, self.message_type = _bytes(built)
         self.write = wire.Stencil(data, self.message_type.DESCRIPTOR, tokens, _REGEX_FIELDS).fill
-        self.name = tokens.split(_name(built))
-        self.requires = tuple((type_url, tokens.split(name)) for type_url, name in _requires(built))
+        self.name = tokens.split(resource_name(built))
+        self.requires = tuple((type_url, tokens.split(name)) for type_url, name in requires(built))
 
     def fill(self, values: dict[str, tuple[str, str]]) -> Serialized:
         return Serialized(_joined(self.name, values), self.write(values), self.message_type,
@@ -182,20 +181,8 @@ def _bytes(built: Message | Serialized) -> tuple[bytes, type[Message]]:
     return built.SerializeToString(deterministic=True), type(built)
 
 
-def _name(built: Message | Serialized) -> str:
-    return getattr(built, "cluster_name", "") or built.name
-
-
-def _requires(built: Message | Serialized) -> tuple[tuple[str, str], ...]:
-    if isinstance(built, Serialized):
-        return built.requires
-    if isinstance(built, cluster_pb2.Cluster) and built.type == cluster_pb2.Cluster.EDS:
-        return ((ENDPOINT_TYPE, built.eds_cluster_config.service_name or built.name),)
-    return ()
-
-
 def _same(filled: object, built: object) -> bool:
     if isinstance(built, (tuple, list)):
         return isinstance(filled, tuple) and len(filled) == len(built) and all(map(_same, filled, built))
-    return (_bytes(filled)[0] == _bytes(built)[0] and _name(filled) == _name(built)
-            and filled.requires == _requires(built))
+    return (_bytes(filled)[0] == _bytes(built)[0] and resource_name(filled) == resource_name(built)
+            and filled.requires == requires(built))
