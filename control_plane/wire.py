@@ -150,12 +150,10 @@ class Stencil:
     def __init__(self, data: bytes, descriptor: Descriptor, tokens: re.Pattern, escaped_in: frozenset[str]):
         self._tokens = tokens
         self._escaped_in = escaped_in
-        self.fill = _writer(self._compile(data, descriptor) or (data,))
-
-    def fill(self, values: Mapping[str, tuple[str, str]]) -> bytes:  # replaced per instance by _writer's
-        """The message's bytes with each token replaced: `values` maps a token to (its
-        replacement, the same escaped for a regex)."""
-        raise NotImplementedError
+        # The message's bytes with each token replaced, given a mapping of each token to (its
+        # replacement, the same escaped for a regex). A function, not a method: one call per fill.
+        self.fill: Callable[[Mapping[str, tuple[str, str]]], bytes] = _writer(
+            self._compile(data, descriptor) or (data,))
 
     def _compile(self, data: bytes, descriptor: Descriptor) -> tuple | None:
         """The message's chunks; None if no token occurs in it."""
@@ -202,7 +200,10 @@ class Stencil:
         """An Any's chunks: its value compiled as the message its type URL names."""
         probe = _ANY()
         probe.MergeFromString(payload)
-        inner = descriptor_pool.Default().FindMessageTypeByName(probe.type_url.rpartition("/")[2])
+        try:
+            inner = descriptor_pool.Default().FindMessageTypeByName(probe.type_url.rpartition("/")[2])
+        except KeyError:
+            raise StencilError(f"an Any of unknown type {probe.type_url}") from None
         value = self._compile(probe.value, inner)
         if value is None:
             return None

@@ -121,3 +121,20 @@ def test_fleet_avoidance_reorders_shaped_models_as_it_does_the_others():
         cache.set_avoided(frozenset({"us-central1"}))
     assert served(shaped) == served(plain)
     assert shapes.shaped_models(shaped.config.avoiding(shaped.avoided))
+
+
+def test_a_resource_that_cannot_be_made_a_stencil_is_built_the_ordinary_way_in_its_region(caplog):
+    """A token where filling could reorder the message (a map key) in one region only: that
+    region's members are built the ordinary way, the other regions still from the shape."""
+    config = parse_config(yaml.safe_dump(families(BASE), sort_keys=False))
+
+    def build(config, model, region):
+        route = route_components_pb2.Route(name=f"{model}@{region}")
+        route.metadata.filter_metadata[model if region == "europe-west4" else "vertex"].update({"model": model})
+        return (route,)
+
+    with caplog.at_level(logging.WARNING, logger="control_plane.resources.shapes"):
+        assert shapes.shaped(config, "fail-two", "us-east4", "keyed", build) is not None
+        assert shapes.shaped(config, "fail-two", "europe-west4", "keyed", build) is None
+        assert shapes.shaped(config, "fail_three", "europe-west4", "keyed", build) is None
+    assert "map key" in caplog.text

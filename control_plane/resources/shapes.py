@@ -95,19 +95,26 @@ class _Shape:
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
-        self._built: dict[tuple[str, str], object] = {}  # (kind, region) -> the stand-in's resources
+        self._built: dict[tuple[str, str], object] = {}  # (kind, region) -> the stand-in's resources, or None
         self._checked: dict[str, bool] = {}  # kind -> whether the first member filled in is as built
         self._molds: dict[int, _Mold] = {}  # id of a stand-in's resource -> its mold
         self._filled: dict[tuple[str, int], object] = {}  # (model, id of the stand-in's) -> the model's
         self._values_of: dict[str, dict[str, tuple[str, str]]] = {}
 
     def resources(self, config: RegionConfig, model: str, region: str, kind: str, build: Build[T]) -> T | None:
-        built = self._built.get((kind, region))
-        if built is None:
-            built = self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
+        if (kind, region) not in self._built:
+            self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
+        built = self._built[kind, region]  # None: not shaped in this region
         if kind not in self._checked:  # in the first region built: the names enter alike in every region
             self._checked[kind] = self._check(config, region, kind, build, built)
-        return self._map(built, model, self._values(config, model)) if self._checked[kind] else None
+        if not self._checked[kind] or built is None:
+            return None
+        try:
+            return self._map(built, model, self._values(config, model))
+        except wire.StencilError as exc:  # a resource of another region than the one checked
+            log.warning("model shape not used for %s in region %s: %s", kind, region, exc)
+            self._built[kind, region] = None
+            return None
 
     def _check(self, config: RegionConfig, region: str, kind: str, build: Build, built: object) -> bool:
         """The first member filled in equals the first member built: else this shape is not used."""
