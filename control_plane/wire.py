@@ -219,7 +219,7 @@ def tokens_pattern(tokens: list[str]) -> re.Pattern:
 def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
     """A function writing the message: straight-line code generated once per stencil (a fill is
     one call, with no walk of the chunks), e.g. for a route named after its model:
-        t1 = ('pin:' + v['<model>'][0] + '@us-east4').encode(); b0 = C[0] + _length(t1) + t1 + C[1]"""
+        t1 = ('pin:' + v['<model>'][0] + '@us-east4').encode(); b0 = C[0] + <t1's length> + t1 + C[1]"""
     constants: list[bytes] = []
     lines: list[str] = []
 
@@ -240,14 +240,15 @@ def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
                 pieces = [repr(part) if i % 2 == 0 else f"v[{part!r}][{chunk.escaped}]"
                           for i, part in enumerate(chunk.parts) if part or i % 2]
                 lines.append(f"{inner} = ({' + '.join(pieces)}).encode()")
-            parts.append(f"{const(chunk.tag)} + _length({inner}) + {inner}")
+            # The length prefix: one byte for most strings and messages here, without a call.
+            parts.append(f"{const(chunk.tag)} + (O[len({inner})] if len({inner}) < 128 else _length({inner})) + {inner}")
         name = f"b{len(lines)}"
         lines.append(f"{name} = {' + '.join(parts)}")
         return name
 
     result = emit(chunks)
     source = "def fill(v):\n" + "".join(f"    {line}\n" for line in lines) + f"    return {result}\n"
-    scope = {"C": tuple(constants), "_length": _length}
+    scope = {"C": tuple(constants), "O": _ONE_BYTE, "_length": _length}
     exec(source, scope)  # noqa: S102 - our own generated code, from a message we serialized
     return scope["fill"]
 
