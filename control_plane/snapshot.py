@@ -116,7 +116,7 @@ class Interner:
         found = self._by_id.get(id(message))
         if found is not None and found.built is message:
             return found
-        data = message.data if isinstance(message, Serialized) else message.SerializeToString(deterministic=True)
+        data = wire.bytes_of(message)
         version = hashlib.sha256(data).hexdigest()[:16]
         name = resource_name(message)
         key = (type_url, name, version)

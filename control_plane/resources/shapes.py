@@ -165,7 +165,8 @@ class _Mold:
 
     def __init__(self, built: Message | Serialized, tokens: re.Pattern):
         self.built = built  # kept: shapes look molds up by the resource's id
-        data, self.message_type = _bytes(built)
+        data = wire.bytes_of(built)
+        self.message_type = built.message_type if isinstance(built, Serialized) else type(built)
         self.write = wire.Stencil(data, self.message_type.DESCRIPTOR, tokens, _REGEX_FIELDS).fill
         self.name = tokens.split(resource_name(built))
         self.requires = tuple((type_url, tokens.split(name)) for type_url, name in requires(built))
@@ -182,14 +183,8 @@ def _joined(parts: list[str], values: dict[str, tuple[str, str]]) -> str:
     return "".join([part if i % 2 == 0 else values[part][0] for i, part in enumerate(parts)])
 
 
-def _bytes(built: Message | Serialized) -> tuple[bytes, type[Message]]:
-    if isinstance(built, Serialized):
-        return built.data, built.message_type
-    return built.SerializeToString(deterministic=True), type(built)
-
-
 def _same(filled: object, built: object) -> bool:
     if isinstance(built, (tuple, list)):
         return isinstance(filled, tuple) and len(filled) == len(built) and all(map(_same, filled, built))
-    return (_bytes(filled)[0] == _bytes(built)[0] and resource_name(filled) == resource_name(built)
+    return (wire.bytes_of(filled) == wire.bytes_of(built) and resource_name(filled) == resource_name(built)
             and filled.requires == requires(built))
