@@ -22,15 +22,10 @@ from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.lab.harness import until
 from control_plane.resources import build_resources
 
-BASE = {
-    "project": "p-reload",
-    "listener": {"port": 8080},
-    "regions": {
-        "us-central1": {"address": "127.0.0.1", "port": 9001, "tls": False, "failover": ["us-east4"]},
-        "us-east4": {"address": "127.0.0.2", "port": 9001, "tls": False, "failover": ["us-central1"]},
-    },
-    "models": {"housing": {"default": True, "endpoints": {"us-central1": "111", "us-east4": "222"}}},
-}
+from .configs import TWO_REGIONS
+
+# The plane fixture's two loopback regions, as this module's own project.
+BASE = {**TWO_REGIONS, "project": "p-reload"}
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
 
