@@ -83,11 +83,8 @@ class VertexApi:
             events = [_sse({"region": self.region, **about, "model": model, "index": i, "body_sha256": digest})
                       for i in range(STREAM_CHUNKS)]
             return await self._stream(request, events, "text/event-stream")
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        parsed = _json_object(body)
+        if parsed is None:
             return self._error(400, "Invalid JSON payload received. Unexpected token.")
         if endpoint_id is not None:
             return await self._predict(request, parsed, endpoint_id, model, verb)
@@ -148,11 +145,8 @@ class VertexApi:
         Completions and Embeddings, shaped like OpenAI's answers; the content names the region."""
         endpoint_id, op = m["id"], m["op"]
         what = f"Endpoint `projects/{m['project']}/locations/{m['region']}/endpoints/{endpoint_id}`"
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        parsed = _json_object(body)
+        if parsed is None:
             return self._error(400, "Invalid JSON payload received. Unexpected token.")
         if m["region"] != self.region:
             return self._error(404, f"{what} not found.")
@@ -229,3 +223,11 @@ class VertexApi:
         await resp.write_eof()
         return resp
 
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object; None if it is not one (Vertex answers 400 to both paths)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
