@@ -211,7 +211,17 @@ def parser() -> argparse.ArgumentParser:
     boot.set_defaults(func=_bootstrap)
 
     discover = sub.add_parser("discover", help="list Vertex endpoints in regions; print or merge a models: section")
-    _add_discover_arguments(discover)
+    discover.add_argument("--project", help="Vertex project id or number (default: the --write file's project)")
+    discover.add_argument("--region", action="append", metavar="REGION",
+                          help="a region to list (repeat, or comma-separate; default: the --write file's regions)")
+    discover.add_argument("--display-name", metavar="NAME", help="only endpoints with exactly this display name")
+    discover.add_argument("--write", metavar="FILE",
+                          help="merge the models into this regions.yaml (comments and order kept; every region "
+                               "must already be defined there)")
+    discover.add_argument("--api-endpoint", metavar="URL",
+                          help="Vertex API root, {region} is substituted (default https://{region}-aiplatform.googleapis.com)")
+    discover.add_argument("--credentials", default="adc", metavar="adc|service_account:PATH",
+                          help="Google credentials for the API calls (default adc)")
     discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")
@@ -231,20 +241,6 @@ def parser() -> argparse.ArgumentParser:
 # default threshold (700) the cyclic collector rescans the whole live config over and over
 # (measured: 0.9 s of a 3.1 s reload of 1,000 models x 5 regions). Collect far less often.
 GC_THRESHOLDS = (100_000, 20, 100)
-
-
-def _add_discover_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", help="Vertex project id or number (default: the --write file's project)")
-    parser.add_argument("--region", action="append", metavar="REGION",
-                        help="a region to list (repeat, or comma-separate; default: the --write file's regions)")
-    parser.add_argument("--display-name", metavar="NAME", help="only endpoints with exactly this display name")
-    parser.add_argument("--write", metavar="FILE",
-                        help="merge the models into this regions.yaml (comments and order kept; every region "
-                             "must already be defined there)")
-    parser.add_argument("--api-endpoint", metavar="URL",
-                        help="Vertex API root, {region} is substituted (default https://{region}-aiplatform.googleapis.com)")
-    parser.add_argument("--credentials", default="adc", metavar="adc|service_account:PATH",
-                        help="Google credentials for the API calls (default adc)")
 
 
 def main(argv: list[str] | None = None) -> int:
