@@ -175,7 +175,7 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
-def route_configuration(config: RegionConfig, local_region: str, shaped: bool = False) -> Serialized:
+def route_configuration(config: RegionConfig, local_region: str, shaped: bool) -> Serialized:
     """The route configuration of this region's Envoys, assembled from its routes' bytes: most
     routes are shared by many regions' configurations, and serialized once per config.
     `shaped`: models alike but for names and ids are written from their shape (shapes.py)."""
