@@ -8,6 +8,7 @@ versions, so an Envoy moving between them is not re-sent anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 from collections.abc import Iterable, Mapping
@@ -89,8 +90,17 @@ def _varint(n: int) -> bytes:
     return _VarintBytes(n)
 
 
-def response_entry(any_bytes: bytes) -> bytes:
-    return _RESOURCES_FIELD_TAG + _varint(len(any_bytes)) + any_bytes
+def response_entry(type_url: str, data: bytes) -> bytes:
+    """`data` as one `resources` entry: an Any {type_url = 1, value = 2} after a tag and length."""
+    head = _any_head(type_url)
+    length = _varint(len(data))
+    return b"".join((_RESOURCES_FIELD_TAG, _varint(len(head) + len(length) + len(data)), head, length, data))
+
+
+@functools.lru_cache(maxsize=None)
+def _any_head(type_url: str) -> bytes:
+    """An Any's type_url field and its value's tag: the same for every resource of a type."""
+    return wire.entry(1, type_url.encode()) + b"\x12"
 
 
 def resource_name(message: Message | Serialized) -> str:
@@ -122,7 +132,7 @@ class Interner:
         key = (type_url, name, version)
         found = self._by_key.get(key)
         if found is None:
-            found = Resource(name, type_url, version, message, response_entry(wire.packed(type_url, data)))
+            found = Resource(name, type_url, version, message, response_entry(type_url, data))
         elif found.built is not message:
             # The same content built again (a new config): the same bytes, now held through
             # this object, which later builds and reloads hand in again.
