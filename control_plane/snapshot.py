@@ -18,7 +18,6 @@ from types import MappingProxyType
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf.internal.encoder import _VarintBytes
 from google.protobuf.message import Message
 
 from . import wire
@@ -69,9 +68,9 @@ class Resource:
         no copy of the resource is kept for Delta."""
         if self._delta_frame is None:
             name, version, entry = self.name.encode(), self.version.encode(), self.response_entry
-            tail = b"\x1a" + _varint(len(name)) + name
-            body_length = 1 + len(_varint(len(version))) + len(version) + len(entry) + len(tail)
-            head = _RESOURCES_FIELD_TAG + _varint(body_length) + b"\x0a" + _varint(len(version)) + version
+            tail = b"\x1a" + wire.varint(len(name)) + name
+            body_length = 1 + len(wire.varint(len(version))) + len(version) + len(entry) + len(tail)
+            head = _RESOURCES_FIELD_TAG + wire.varint(body_length) + b"\x0a" + wire.varint(len(version)) + version
             object.__setattr__(self, "_delta_frame", (head, tail))
         head, tail = self._delta_frame
         return head, self.response_entry, tail
@@ -81,20 +80,11 @@ class Resource:
         return b"".join(self.delta_parts)
 
 
-def _varint(n: int) -> bytes:
-    """protobuf's _VarintBytes, without its generality for the lengths here (most under 16 KB)."""
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    return _VarintBytes(n)
-
-
 def response_entry(type_url: str, data: bytes) -> bytes:
     """`data` as one `resources` entry: an Any {type_url = 1, value = 2} after a tag and length."""
     head = _any_head(type_url)
-    length = _varint(len(data))
-    return b"".join((_RESOURCES_FIELD_TAG, _varint(len(head) + len(length) + len(data)), head, length, data))
+    length = wire.varint(len(data))
+    return b"".join((_RESOURCES_FIELD_TAG, wire.varint(len(head) + len(length) + len(data)), head, length, data))
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 _LENGTH_DELIMITED = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Serialized:
     """A resource held as its bytes (what the snapshot sends); parsed only when looked at."""
 
@@ -43,7 +43,7 @@ class Entries(bytes):
 
 def entry(number: int, data: bytes) -> bytes:
     """One length-delimited field (a sub-message, or one element of a repeated one)."""
-    return _tag(number) + _length(data) + data
+    return _tag(number) + varint(len(data)) + data
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,8 +243,8 @@ def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
                 pieces = [const(part) if i % 2 == 0 else f"v[{const(part)}][{chunk.escaped}]"
                           for i, part in enumerate(chunk.parts) if part or i % 2]
                 lines.append(f"{inner} = ({' + '.join(pieces)}).encode()")
-            # The length prefix: one byte for most strings and messages here, without a call.
-            parts.append(f"{const(chunk.tag)} + (O[len({inner})] if len({inner}) < 128 else _length({inner})) + {inner}")
+            # The length prefix from a table (every length a resource here has), without a call.
+            parts.append(f"{const(chunk.tag)} + (L[len({inner})] if len({inner}) < {_SHORT} else _length({inner})) + {inner}")
         name = f"b{len(lines)}"
         lines.append(f"{name} = {' + '.join(parts)}")
         return name
@@ -258,22 +258,24 @@ def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
 @functools.lru_cache(maxsize=4096)
 def _bound(source: str) -> Callable[[tuple], Callable[[Mapping[str, tuple[str, str]]], bytes]]:
     """The generated `bind` of one structure: compiled once, bound to each stencil's constants."""
-    scope = {"O": _ONE_BYTE, "_length": _length}
+    scope = {"L": _SHORT_LENGTHS, "_length": _length}
     exec(source, scope)  # noqa: S102 - our own generated code, from a message we serialized
     return scope["bind"]
 
 
+def varint(n: int) -> bytes:
+    """A length as a varint: from a table for the lengths resources here have."""
+    return _SHORT_LENGTHS[n] if n < _SHORT else _VarintBytes(n)
+
+
 def _length(data: bytes) -> bytes:
     """The varint length prefix of `data`."""
-    n = len(data)
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    return _VarintBytes(n)
+    return varint(len(data))
 
 
-_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+_SHORT = 0x4000  # lengths below take one or two bytes: the table holds them all (16,384 entries)
+_SHORT_LENGTHS = (tuple(bytes((n,)) for n in range(0x80))
+                  + tuple(bytes((n & 0x7F | 0x80, n >> 7)) for n in range(0x80, _SHORT)))
 
 
 def _append(chunks: list, data: bytes) -> None:

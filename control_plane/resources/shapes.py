@@ -97,30 +97,41 @@ class _Shape:
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
         self._built: dict[tuple[str, str], object] = {}  # (kind, region) -> the stand-in's resources, or None
         self._checked: dict[str, bool] = {}  # kind -> whether the first member filled in is as built
-        self._molds: dict[int, _Mold] = {}  # id of a stand-in's resource -> its mold
-        self._filled: dict[tuple[str, int], object] = {}  # (model, id of the stand-in's) -> the model's
-        self._values_of: dict[str, dict[str, tuple[str, str]]] = {}
+        # id of a stand-in's resource (or tuple of them) -> (it, its counterpart for every member,
+        # in member order): regions share many of the stand-in's resources, so those are filled once.
+        self._columns: dict[int, tuple[object, list]] = {}
+        self._by_member: dict[tuple[str, str], dict[str, object]] = {}  # (kind, region) -> model -> filled
+        self._member_values: list[dict[str, tuple[str, str]]] | None = None
 
     def resources(self, config: RegionConfig, model: str, region: str, kind: str, build: Build[T]) -> T | None:
+        found = self._by_member.get((kind, region))
+        if found is None:  # every member at once: one pass over the stand-in's resources per region
+            found = self._by_member[kind, region] = self._fill_all(config, region, kind, build)
+        return found.get(model)
+
+    def _fill_all(self, config: RegionConfig, region: str, kind: str, build: Build) -> dict[str, object]:
+        """model -> its resources for (kind, region); empty: not shaped there."""
         if (kind, region) not in self._built:
             self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
         built = self._built[kind, region]  # None: not shaped in this region
-        if kind not in self._checked:  # in the first region built: the names enter alike in every region
-            self._checked[kind] = self._check(config, region, kind, build, built)
-        if not self._checked[kind] or built is None:
-            return None
+        if self._member_values is None:
+            self._member_values = [self._compute_values(config, m) for m in self.members]
         try:
-            return self._map(built, model, self._values(config, model))
+            if kind not in self._checked:  # in the first region built: the names enter alike in every region
+                self._checked[kind] = self._check(config, region, kind, build, built)
+            if not self._checked[kind] or built is None:
+                return {}
+            return dict(zip(self.members, self._column(built)))
         except wire.StencilError as exc:  # a resource of another region than the one checked
             log.warning("model shape not used for %s in region %s: %s", kind, region, exc)
             self._built[kind, region] = None
-            return None
+            return {}
 
     def _check(self, config: RegionConfig, region: str, kind: str, build: Build, built: object) -> bool:
         """The first member filled in equals the first member built: else this shape is not used."""
         first = self.members[0]
         try:
-            ok = _same(self._map(built, first, self._values(config, first)), build(config, first, region))
+            ok = _same(self._column(built)[0], build(config, first, region))
         except wire.StencilError as exc:
             log.warning("model shape not used (%s): %s", first, exc)
             return False
@@ -129,55 +140,52 @@ class _Shape:
                         first, first, kind, region)
         return ok
 
-    def _values(self, config: RegionConfig, model: str) -> dict[str, tuple[str, str]]:
-        """token -> (the model's value, escaped for a regex); once per model."""
-        found = self._values_of.get(model)
-        if found is None:
-            found = self._values_of[model] = self._compute_values(config, model)
-        return found
-
     def _compute_values(self, config: RegionConfig, model: str) -> dict[str, tuple[str, str]]:
+        """token -> (the model's value, escaped for a regex)."""
         endpoints = config.models[model].endpoints
         values = {self._alternation: (alternation := _alternation(sorted(set(endpoints.values()))), alternation)}
         values.update({sentinel: (endpoints[r], _re_escape(endpoints[r])) for r, sentinel in self._ids.items()})
         values[SENTINEL_MODEL] = (model, _re_escape(model))
         return values
 
-    def _map(self, built: object, model: str, values: dict[str, tuple[str, str]]):
-        """The model's counterpart of the stand-in's resources `built` (a resource or nested tuples
-        of them): once per model (regions share the stand-in's resources and so the model's)."""
-        filled = self._filled
-        found = filled.get((model, id(built)))
+    def _column(self, built: object) -> list:
+        """Every member's counterpart of the stand-in's resources `built` (a resource or nested
+        tuples of them), in member order."""
+        found = self._columns.get(id(built))
         if found is None:
-            if type(built) is tuple:  # most items are filled already (shared between regions): no call for them
-                found = tuple([filled.get((model, id(item))) or self._map(item, model, values) for item in built])
+            if type(built) is tuple:  # the items' columns, turned into one tuple per member (in C)
+                column = list(zip(*map(self._column, built))) if built else [()] * len(self.members)
             else:
-                mold = self._molds.get(id(built))
-                if mold is None:
-                    mold = self._molds[id(built)] = _Mold(built, self._tokens)
-                found = mold.fill(values)
-            filled[model, id(built)] = found
-        return found
+                column = _Mold(built, self._tokens).fill_all(self._member_values)
+            found = self._columns[id(built)] = (built, column)  # `built` kept: its id stays its own
+        return found[1]
 
 
 class _Mold:
     """One resource of the stand-in model, ready to be written for another model."""
 
     def __init__(self, built: Message | Serialized, tokens: re.Pattern):
-        self.built = built  # kept: shapes look molds up by the resource's id
         data = wire.bytes_of(built)
         self.message_type = built.message_type if isinstance(built, Serialized) else type(built)
         self.write = wire.Stencil(data, self.message_type.DESCRIPTOR, tokens, _REGEX_FIELDS).fill
         self.name = tokens.split(resource_name(built))
         self.requires = tuple((type_url, tokens.split(name)) for type_url, name in requires(built))
 
-    def fill(self, values: dict[str, tuple[str, str]]) -> Serialized:
-        return Serialized(_joined(self.name, values), self.write(values), self.message_type,
-                          tuple((type_url, _joined(name, values)) for type_url, name in self.requires))
+    def fill_all(self, members: list[dict[str, tuple[str, str]]]) -> list[Serialized]:
+        """The resource written for each member (given each member's token values)."""
+        write, message_type, name, requires = self.write, self.message_type, self.name, self.requires
+        if len(name) == 1 and all(len(parts) == 1 for _, parts in requires):  # names without tokens
+            fixed = tuple((type_url, parts[0]) for type_url, parts in requires)
+            return [Serialized(name[0], write(values), message_type, fixed) for values in members]
+        return [Serialized(_joined(name, values), write(values), message_type,
+                           tuple((type_url, _joined(parts, values)) for type_url, parts in requires))
+                for values in members]
 
 
 def _joined(parts: list[str], values: dict[str, tuple[str, str]]) -> str:
     """A name split at the tokens, with each token's value."""
+    if len(parts) == 3:  # one token: most names (model/<model>/...)
+        return parts[0] + values[parts[1]][0] + parts[2]
     if len(parts) == 1:
         return parts[0]
     return "".join([part if i % 2 == 0 else values[part][0] for i, part in enumerate(parts)])
