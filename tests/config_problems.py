@@ -1,10 +1,10 @@
 """Writing a regions.yaml for a test and asserting how it is rejected: the file, the key path,
-the meaningful part of the message and the line (tests/test_config.py, tests/test_clients.py)."""
+the meaningful part of the message and the line (tests/test_config_*.py, tests/test_clients.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -14,6 +14,16 @@ from control_plane.config import ConfigError, Problem, RegionConfig, load_config
 
 def to_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def set_key(*keys: str, value: Any) -> Callable[[dict], None]:
+    """A mutation of a config dict: data[keys[0]]...[keys[-1]] = value, making the mappings on the way."""
+    def mutate(data: dict) -> None:
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return mutate
 
 
 def write(tmp_path: Path, content: str | dict, name: str = "regions.yaml") -> Path:

@@ -8,11 +8,13 @@ import copy
 
 import pytest
 
+from control_plane import discover
 from control_plane.app import ControlPlane
 from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
 from control_plane.lab.harness import write_config
 
 from .configs import TWO_REGIONS
+from .fake_vertex_api import FakeVertexAPI
 
 
 @pytest.fixture
@@ -40,3 +42,16 @@ async def plane(tmp_path, plane_config):
     await plane.start()
     yield plane
     await plane.stop()
+
+
+@pytest.fixture
+def api():
+    """The fake Vertex AI REST API (tests/fake_vertex_api.py) of project my-project (number 123456789012)."""
+    with FakeVertexAPI(project="my-project", project_number="123456789012") as fake:
+        yield fake
+
+
+@pytest.fixture
+def anonymous(monkeypatch):
+    """The CLI's `discover` and `validate --online` use anonymous credentials (google-auth would call out)."""
+    monkeypatch.setenv(discover.ANONYMOUS_ENV, "1")

@@ -211,3 +211,15 @@ def _error(code: int, status: str, message: str, reason: str | None = None, doma
         error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
                              "domain": domain, "metadata": metadata or {}}]
     return web.json_response({"error": error}, status=code)
+
+
+def populate(api: FakeVertexAPI) -> None:
+    """The discovery tests' usual project: two regions, endpoints with PSC, a dedicated endpoint, a
+    VPC network, and one without a deployed model."""
+    api.add("us-central1", "1234567890", "Housing Prod", private_service_connect_config={
+        "enablePrivateServiceConnect": True, "projectAllowlist": ["consumer-project"],
+        "serviceAttachment": "projects/tenant/regions/us-central1/serviceAttachments/sa-1234567890"})
+    api.add("us-east4", "9876543210", "Housing Prod", dedicatedEndpointEnabled=True,
+            dedicatedEndpointDns="9876543210.us-east4-123456789012.prediction.vertexai.goog")
+    api.add("us-central1", "4444", "churn", network="projects/123456789012/global/networks/vpc-a")
+    api.add("us-east4", "5555", "scratch", deployed=0)

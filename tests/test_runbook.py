@@ -1,7 +1,8 @@
 """docs/RUNBOOK.md's "Google Cloud" section, run as far as a machine without a project can:
 the systemd units (systemd-analyze verify, their commands accepted by the CLI and by Envoy),
 the control_plane commands it shows, its regions.yaml snippets, the docker build and image
-names, the Workload Identity member, the internal load balancer patch."""
+names, the Workload Identity member, the internal load balancer patch; and that the metrics it
+names are ones the control plane exports."""
 
 from __future__ import annotations
 
@@ -210,3 +211,16 @@ def test_runbook_internal_load_balancer_patch_applies_to_the_region_service(tmp_
     result = yaml.safe_load(annotated.stdout)
     assert result["spec"]["type"] == "LoadBalancer" and result["metadata"]["annotations"][key] == value
     assert [p["port"] for p in result["spec"]["ports"]] == [8080]
+
+
+def test_runbook_names_only_metrics_the_control_plane_exports():
+    from control_plane.metrics import Metrics
+
+    exported = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["", "_bucket", "_count", "_sum"]}.get(family.type, [""])
+        exported |= {family.name + s for s in suffixes}
+    runbook = (ROOT / "docs" / "RUNBOOK.md").read_text()
+    named = set(re.findall(r"\bvertex_gateway_[a-z_]+", runbook))
+    assert named, "the runbook names the control plane's metrics"
+    assert named <= exported, f"not exported: {sorted(named - exported)}"

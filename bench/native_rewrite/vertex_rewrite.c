@@ -1,9 +1,10 @@
 /* A prototype of the per-attempt rewrite as an Envoy dynamic module (HTTP filter ABI v0.x of
- * Envoy 1.40), for bench/dataplane.py's "native rewrite" row only: what the rewrite costs when
- * it is native code instead of header_mutation + Lua. Run as an upstream filter on the cluster a
- * route names, once per attempt after the host is chosen, it reads the chosen host's metadata
- * (vertex: endpoint_path, host, upstream_path, tier) itself, so no temporary headers exist, and
- * sets :path and :authority as the Lua script does. Not the product: no OpenAI-path branch.
+ * Envoy 1.40), for bench.dataplane's "native rewrite" row only (bench/dataplane/variants.py):
+ * what the rewrite costs when it is native code instead of header_mutation + Lua. Run as an
+ * upstream filter on the cluster a route names, once per attempt after the host is chosen, it
+ * reads the chosen host's metadata (vertex: endpoint_path, host, upstream_path, tier) itself,
+ * so no temporary headers exist, and sets :path and :authority as the Lua script does. Not the
+ * product: no OpenAI-path branch.
  *
  * Only the declarations this file uses are written out here, in the ABI's own names. */
 #include <stdbool.h>
