@@ -251,7 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file event at INFO
-    return args.func(args)
+    code = args.func(args)
+    if argv is None and args.func is _validate:  # a process of its own (the command line)
+        # It holds every region's built resources: leave without freeing them one object at a
+        # time (0.1 s of `validate` at 1,000 models x 5 regions).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
