@@ -142,6 +142,18 @@ def verdict_rows(verdicts: list[dict]) -> list[str]:
     return rows
 
 
+def make_body(target: int = 1024) -> bytes:
+    """A Vertex `instances` payload of about `target` bytes (deterministic)."""
+    instances: list[dict] = []
+    while True:
+        i = len(instances)
+        candidate = instances + [{"id": i, "features": [round((i * 7 + j) * 0.0137, 4) for j in range(6)]}]
+        body = json.dumps({"instances": candidate}, separators=(",", ":")).encode()
+        if len(body) > target:
+            return json.dumps({"instances": instances}, separators=(",", ":")).encode()
+        instances = candidate
+
+
 def pyplot():
     """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
-import json
 import os
 import re
 import shutil
@@ -44,7 +43,7 @@ if str(ROOT) not in sys.path:  # `python bench/failover.py` works as well as `py
     sys.path.insert(0, str(ROOT))
 
 from bench import time_to_failover  # noqa: E402
-from bench.common import fmt, machine, write_json  # noqa: E402
+from bench.common import fmt, machine, make_body, write_json  # noqa: E402
 from bench.failover_report import LOCAL, PHASES, REMOTE, Phase, analyse, markdown, plot  # noqa: E402
 from control_plane.lab.loadgen import run_load  # noqa: E402
 from control_plane.lab.stack import Stack  # noqa: E402
@@ -59,18 +58,6 @@ MODES = ("503", "429", "reset", "down", "hang", "tls")
 KNOWN_MODES = ("503", "429", "500", "502", "504", "reset", "hang", "down", "tls")
 WARMUP = 512
 POLL_S = 0.05  # outlier-stats polling period
-
-
-def make_body(target: int = 1024) -> bytes:
-    """A Vertex `instances` payload of about `target` bytes (deterministic)."""
-    instances: list[dict] = []
-    while True:
-        i = len(instances)
-        candidate = instances + [{"id": i, "features": [round((i * 7 + j) * 0.0137, 4) for j in range(6)]}]
-        body = json.dumps({"instances": candidate}, separators=(",", ":")).encode()
-        if len(body) > target:
-            return json.dumps({"instances": instances}, separators=(",", ":")).encode()
-        instances = candidate
 
 
 # --------------------------------------------------------------------------- Envoy stats

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import time_to_failover
-from bench.common import fmt, save_plot
+from bench.common import NO_MATPLOTLIB, fmt, pyplot, save_plot
 from control_plane.lab.loadgen import Sample, percentile
 
 if TYPE_CHECKING:
@@ -182,12 +182,9 @@ def markdown(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> str:
-    try:
-        import matplotlib
-    except ImportError:
-        return "matplotlib not installed: plot skipped (pip install matplotlib)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
     from matplotlib import ticker
 
     fig, axes = plt.subplots(len(results), 1, figsize=(13, 3.2 * len(results)), sharex=True, squeeze=False)

@@ -47,13 +47,13 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     NO_MATPLOTLIB,
     machine,
+    make_body,
     pyplot,
     save_plot,
     verdict_rows,
     wait_until,
     write_json,
 )
-from bench.failover import make_body  # noqa: E402
 from control_plane.lab.loadgen import Sample, percentile, run_load  # noqa: E402
 from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack  # noqa: E402
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import cpu_seconds, ensure_debian_package, fmt, wait_until
+from bench.common import cpu_seconds, ensure_debian_package, fmt, make_body, wait_until
 from bench.dataplane.load import PythonLoad, Wrk
 from bench.dataplane.targets import (
     BENCH_TOKEN,
@@ -42,7 +42,6 @@ from bench.dataplane.variants import (
     bench_jwt,
     build_native_module,
 )
-from bench.failover import make_body
 from control_plane.lab.harness import free_port
 from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack
 
