@@ -27,23 +27,37 @@ from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, R
 _RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
 
 
-@dataclass(frozen=True, slots=True)
 class Resource:
-    name: str
-    type_url: str
-    version: str  # content hash of the serialized message
-    built: Message | Serialized = field(repr=False, compare=False)
-    # This resource framed as one `resources` entry of a DiscoveryResponse (its Any after a
-    # tag and length): made once, when interned (in the reload's thread), and joined as it is
-    # into every SotW response that sends it.
-    response_entry: bytes = field(repr=False, compare=False)
-    # This resource's line in its selection's version (type_version): hashed per group, type and reload.
-    version_line: bytes = field(init=False, repr=False, compare=False)
-    _message: Message | None = field(default=None, init=False, repr=False, compare=False)
-    _delta_frame: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    """One resource as served: immutable once interned (every snapshot and stream holding it
+    shares it). A plain slotted class, not a frozen dataclass: 35,000 are made per cold build
+    of 1,000 models x 5 regions, at a quarter of the cost."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "version_line", f"{self.name}\0{self.version}\n".encode())
+    __slots__ = ("name", "type_url", "version", "built", "response_entry", "version_line", "_message", "_delta_frame")
+
+    def __init__(self, name: str, type_url: str, version: str, built: Message | Serialized, response_entry: bytes):
+        self.name = name
+        self.type_url = type_url
+        self.version = version  # content hash of the serialized message
+        self.built = built
+        # This resource framed as one `resources` entry of a DiscoveryResponse (its Any after a
+        # tag and length): made once, when interned (in the reload's thread), and joined as it is
+        # into every SotW response that sends it.
+        self.response_entry = response_entry
+        # Its line in its selection's version (type_version): hashed per group, type and reload.
+        self.version_line = f"{name}\0{version}\n".encode()
+        self._message: Message | None = None
+        self._delta_frame: tuple[bytes, bytes] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Resource):
+            return NotImplemented
+        return (self.name, self.type_url, self.version) == (other.name, other.type_url, other.version)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.type_url, self.version))
+
+    def __repr__(self) -> str:
+        return f"Resource(name={self.name!r}, type_url={self.type_url!r}, version={self.version!r})"
 
     @property
     def any_bytes(self) -> bytes:
@@ -57,7 +71,7 @@ class Resource:
     def message(self) -> Message:
         """The resource as a message (a serialized one is parsed on first use: debug views)."""
         if self._message is None:
-            object.__setattr__(self, "_message", as_message(self.built))
+            self._message = as_message(self.built)
         return self._message
 
     @property
@@ -71,7 +85,7 @@ class Resource:
             tail = b"\x1a" + wire.varint(len(name)) + name
             body_length = 1 + len(wire.varint(len(version))) + len(version) + len(entry) + len(tail)
             head = _RESOURCES_FIELD_TAG + wire.varint(body_length) + b"\x0a" + wire.varint(len(version)) + version
-            object.__setattr__(self, "_delta_frame", (head, tail))
+            self._delta_frame = head, tail
         head, tail = self._delta_frame
         return head, self.response_entry, tail
 
