@@ -149,6 +149,7 @@ class Stencil:
 
     def __init__(self, data: bytes, descriptor: Descriptor, tokens: re.Pattern, escaped_in: frozenset[str]):
         self._tokens = tokens
+        self._in_bytes = re.compile(tokens.pattern.encode())  # ASCII tokens: a field without one is kept whole
         self._escaped_in = escaped_in
         # The message's bytes with each token replaced, given a mapping of each token to (its
         # replacement, the same escaped for a regex). A function, not a method: one call per fill.
@@ -172,7 +173,7 @@ class Stencil:
             length, body = _varint(data, pos)
             pos = body + length
             payload = data[body:pos]
-            field = descriptor.fields_by_number.get(number)
+            field = descriptor.fields_by_number.get(number) if self._in_bytes.search(payload) else None
             chunk = self._field(field, tag, payload) if field is not None else None
             if chunk is None:
                 _append(chunks, data[start:pos])
