@@ -167,6 +167,7 @@ class SnapshotCache:
     def apply(self, config: RegionConfig, snapshots: _Built) -> None:
         if snapshots.build.avoided != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
+            self.retire(snapshots)  # freed off the push, as what the reload replaces is
             snapshots = self._prebuild(config, set(snapshots))
         self.retire((self._config, self._snapshots))
         self._config, self._snapshots = config, snapshots

@@ -115,7 +115,7 @@ class RegionConfig(Strict):
         is built from a policy can be memoized by its identity."""
         region_override, model_override = self.regions[region].policy, self.models[model].policy
         return self._once(("policy", id(region_override), id(model_override)),
-                         lambda: self.policy.merged(region_override, model_override))
+                          lambda: self.policy.merged(region_override, model_override))
 
     def openai_models(self) -> dict[str, str]:
         """What POST /v1/chat/completions serves: the body's "model" -> the model key."""
@@ -130,7 +130,7 @@ class RegionConfig(Strict):
     def serves_openai(self, model: str) -> bool:
         """Whether the model is reachable on an OpenAI-compatible path (its clusters rewrite those)."""
         served = self._once(("openai_served",), lambda: set(self.openai_models().values())
-                           | set(self.openai_endpoint_models()))
+                            | set(self.openai_endpoint_models()))
         return model in served
 
     @property

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from ..config import RegionConfig
 
-if TYPE_CHECKING:
-    from .build import Build
-
 # Type URLs and push order are the generic layer's (xds_types, which every layer imports);
 # re-exported for the builders.
 from ..xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, SECRET_TYPE  # noqa: F401
+
+if TYPE_CHECKING:
+    from .build import Build  # build.py imports the config only; names stays import-light
 
 LISTENER_NAME = "ingress"
 ROUTE_CONFIG_NAME = "vertex"
