@@ -179,7 +179,7 @@ def synthetic_config(models: int, regions: int, failover: int) -> dict:
 def part_build(args: argparse.Namespace) -> list[dict]:
     from control_plane.cache import SnapshotCache
     from control_plane.config import RegionConfig, parse_config
-    from control_plane.resources import NodeGroup, build_serialized
+    from control_plane.resources import Build, NodeGroup, build_serialized
     from control_plane.snapshot import Interner, Snapshot
 
     rows = []
@@ -187,13 +187,14 @@ def part_build(args: argparse.Namespace) -> list[dict]:
         data = synthetic_config(models, regions, args.failover)
         config = RegionConfig.model_validate(data)
         group = NodeGroup("region-00", config.listener.address, config.listener.port)
-        build_serialized(config, group)  # warm imports and caches
+        build = Build(config)
+        build_serialized(build, group)  # warm imports and caches
         build_t, snap_t, sizes = [], [], {}
         budget = time.monotonic() + args.build_budget
         for run in range(args.runs):
             gc.collect()
             t = time.perf_counter()
-            built = build_serialized(config, group)  # what the product serves (pre-serialized parts)
+            built = build_serialized(build, group)  # what the product serves (pre-serialized parts)
             t1 = time.perf_counter()
             snapshot = Snapshot.build(built, Interner())
             t2 = time.perf_counter()

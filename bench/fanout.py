@@ -284,7 +284,7 @@ def part_big(args: argparse.Namespace, workdir: Path) -> list[dict]:
             if done.returncode != 0:
                 raise RuntimeError(f"validate failed: {done.stdout}{done.stderr}")
         # Edits alternate: the global policy (a full rebuild) and one model's policy (the other
-        # models' resources are taken over from the config before: RegionConfig.inherit).
+        # models' resources are taken over from the build before: Build.inherit).
         sub = argparse.Namespace(**{**vars(args), "fanout_models": models, "fanout_regions": regions,
                                     "fanout_edits": 2 * args.big_edits, "edit_kinds": ("policy", "model")})
         fan = part_fanout(sub, min(regions, args.big_clients), workdir, mode=getattr(args, "big_mode", "sotw"))

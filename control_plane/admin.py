@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from .cache import UnknownRegion, node_group
 from .dryrun import upstream, upstream_fields
 from .exposure import client_authentication
-from .resources import members
+from .resources import Build, members
 from .xds_types import PUSH_ORDER, SECRET_TYPE, short
 
 if TYPE_CHECKING:
@@ -66,9 +66,10 @@ def admin_app(plane: ControlPlane) -> web.Application:
                  json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
                 for r in plane.cache.select(group, type_url)]
         config_now = plane.cache.config
+        build = Build(config_now)  # the file's orders, fleet avoidance aside
         models = {}
         for name, spec in config_now.models.items():
-            chain = members(config_now, name, group.region)
+            chain = members(build, name, group.region)
             models[name] = {"strategy": spec.strategy, "weights": spec.weights or None, "regions": chain,
                             "upstreams": {r: upstream_fields(upstream(config_now, name, r)) for r in chain}}
         return _json({"node_id": node_id, "region": group.region, "models": models,

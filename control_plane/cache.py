@@ -14,7 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from .config import RegionConfig
-from .resources import NodeGroup, build_serialized, credential_secret, credential_secret_name, members
+from .resources import Build, NodeGroup, build_serialized, credential_secret, credential_secret_name, members
 from .snapshot import Interner, Resource, Snapshot, live_ids, type_version
 from .wire import Serialized
 from .xds_cache import NodeRefused
@@ -22,7 +22,7 @@ from .xds_types import SECRET_TYPE
 
 log = logging.getLogger(__name__)
 
-Builder = Callable[[RegionConfig, NodeGroup], Mapping[str, list[Message | Serialized]]]
+Builder = Callable[[Build, NodeGroup], Mapping[str, list[Message | Serialized]]]
 T = TypeVar("T")
 
 
@@ -61,8 +61,9 @@ class SnapshotCache:
         self._memo: dict = {}
         self._memo_generation = -1
         self._avoided: frozenset[str] = frozenset()  # fleet avoidance (control_plane/fleet.py)
-        # Called with what a reload replaced (the config and snapshots before): the server hands
-        # it to its HeapTrimmer, so that freeing it does not delay the push. Default: freed now.
+        # Called with what a reload replaced (the config, and the snapshots before with the builds
+        # they came from): the server hands it to its HeapTrimmer, so that freeing it does not
+        # delay the push. Default: freed now.
         self.retire: Callable[[object], None] = _drop
         self._snapshots = _Built()
         self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
@@ -72,8 +73,14 @@ class SnapshotCache:
         return self._config
 
     @property
+    def build(self) -> Build:
+        """The build served (fleet avoidance applied): what is built from the config in force."""
+        assert self._snapshots.build is not None
+        return self._snapshots.build
+
+    @property
     def reused_models(self) -> int:
-        """Models the last build took over from the one before (RegionConfig.inherit)."""
+        """Models the last build took over from the one before (Build.inherit)."""
         return self._snapshots.reused_models
 
     def set_tokens(self, tokens: Mapping[str, str]) -> None:
@@ -111,7 +118,7 @@ class SnapshotCache:
         """The credentials an Envoy of this group injects (auth profiles' access tokens, custom
         backends' own): those of the regions its routes can reach. It is served those secrets
         and no others."""
-        return _credentials_needed(self._config, group.region)
+        return _credentials_needed(self._snapshots.base, group.region)
 
     def target(self, group: NodeGroup, type_url: str, names: frozenset[str] | None) -> tuple[Mapping[str, Resource], str]:
         """What a node of `group` subscribed to `names` should hold, and its version. Shared by
@@ -144,8 +151,7 @@ class SnapshotCache:
     def snapshot(self, group: NodeGroup) -> Snapshot:
         found = self._snapshots.get(group)
         if found is None:
-            found = self._snapshots[group] = Snapshot.build(
-                self._builder(self._config.avoiding(self._avoided), group), self._interner)
+            found = self._snapshots[group] = Snapshot.build(self._builder(self.build, group), self._interner)
         return found
 
     def set_config(self, config: RegionConfig) -> None:
@@ -159,8 +165,9 @@ class SnapshotCache:
         return built
 
     def apply(self, config: RegionConfig, snapshots: _Built) -> None:
-        if snapshots.avoided != self._avoided:
+        if snapshots.build.avoided != self._avoided:
             # Prepared (off the loop) before the fleet's avoidance changed: build again with it.
+            self.retire(snapshots)  # freed off the push, as what the reload replaces is
             snapshots = self._prebuild(config, set(snapshots))
         self.retire((self._config, self._snapshots))
         self._config, self._snapshots = config, snapshots
@@ -199,15 +206,18 @@ class SnapshotCache:
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
                                       for r in config.vertex_regions}
-        avoided = self._avoided
-        original, config = config, config.avoiding(avoided)
-        before = self._snapshots.config
-        reused = config.inherit(before) if before is not None and before is not config else 0
-        built = _Built({g: Snapshot.build(self._builder(config, g), self._interner)
+        now = self._snapshots
+        # The config in force again (fleet avoidance changed): its build, which keeps the builds
+        # for other avoided regions (going back to an order built before costs nothing).
+        base = now.base if now.base is not None and now.base.config is config else Build(config)
+        build = base.avoiding(self._avoided)
+        before = now.build
+        reused = build.inherit(before) if before is not None and before is not build else 0
+        built = _Built({g: Snapshot.build(self._builder(build, g), self._interner)
                         for g in wanted if g.region in config.vertex_regions})
         for region in {g.region for g in built}:  # here, off the event loop, rather than at the first push
-            _credentials_needed(original, region)
-        built.avoided, built.config, built.reused_models = avoided, config, reused
+            _credentials_needed(base, region)
+        built.base, built.build, built.reused_models = base, build, reused
         return built
 
 
@@ -219,21 +229,26 @@ def _drop(garbage: object) -> None:
     pass
 
 
-def _credentials_needed(config: RegionConfig, region: str) -> list[str]:
-    """A function of the config alone: once per config (avoidance reorders, never adds), from
-    each model's, which a reload that leaves the model as it was takes over."""
+def _credentials_needed(base: Build | None, region: str) -> list[str]:
+    """A function of the config alone: once per config's build without avoidance (avoidance
+    reorders, never adds), from each model's, which a reload that leaves the model as it was
+    takes over."""
+    assert base is not None
+    config = base.config
+
     def of_model(model: str) -> frozenset[str | None]:
-        return config.memo_model(model, ("credentials", region), lambda: frozenset(
-            config.credential_for(model, r) for r in members(config, model, region)))
-    return config.memo(("credentials_needed", region), lambda: sorted(
+        return base.memo_model(model, ("credentials", region), lambda: frozenset(
+            config.credential_for(model, r) for r in members(base, model, region)))
+    return base.memo(("credentials_needed", region), lambda: sorted(
         frozenset().union(*map(of_model, config.models)) - {None}))
 
 
 class _Built(dict):
-    """Snapshots by node group, the config they were built from (fleet avoidance applied), and
-    how many models' resources were taken over from the build before."""
+    """Snapshots by node group, the build they came from (fleet avoidance applied) and the
+    config's build without avoidance (which keeps it), and how many models' resources were
+    taken over from the build before."""
 
-    avoided: frozenset[str] = frozenset()
-    config: RegionConfig | None = None
+    base: Build | None = None
+    build: Build | None = None
     reused_models: int = 0
     live: set[int] | None = None  # ids of every resource of these snapshots (Interner.retain_ids)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from .config import ConfigError, RegionConfig, load_config
-from .resources import NodeGroup, attempts, build_serialized, credential_secret_name, members, upstream_path
+from .resources import Build, NodeGroup, attempts, build_serialized, credential_secret_name, members, upstream_path
 from .resources.clients import grant_members
 from .snapshot import InconsistentSnapshot, Interner, Snapshot
 from .xds_types import PUSH_ORDER, SECRET_TYPE, short
@@ -105,11 +105,12 @@ class PlanError(Exception):
 def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
     """region -> what an Envoy of that region (default listener) is served."""
     interner = Interner()
+    build = Build(config)  # shared by every region's Envoy, as the snapshot cache's is
     out: dict[str, EnvoyPlan] = {}
     for region in config.vertex_regions:  # custom backends have no Envoy of their own
         group = NodeGroup(region, config.listener.address, config.listener.port)
         try:
-            snapshot = Snapshot.build(build_serialized(config, group), interner)
+            snapshot = Snapshot.build(build_serialized(build, group), interner)
         except InconsistentSnapshot as exc:
             raise PlanError(f"cannot build a consistent snapshot for region {region}: {exc}") from None
         envoy = EnvoyPlan(
@@ -118,20 +119,21 @@ def plan(config: RegionConfig) -> dict[str, EnvoyPlan]:
             secrets=[])
         profiles: set[str] = set()
         for model, spec in config.models.items():
-            chain = members(config, model, region)
+            chain = members(build, model, region)
             profiles.update(config.credential_for(model, r) for r in chain)
             envoy.models[model] = ModelPlan(default=spec.default, chain=chain, upstreams=[
                 upstream(config, model, r) for r in chain],
-                strategy=spec.strategy, weights=dict(spec.weights) or None, callers=_callers(config, model, region))
+                strategy=spec.strategy, weights=dict(spec.weights) or None, callers=_callers(build, model, region))
         envoy.secrets = sorted(credential_secret_name(p) for p in profiles if p is not None)
         out[region] = envoy
     return out
 
 
-def _callers(config: RegionConfig, model: str, region: str) -> dict[str, list[str]] | None:
+def _callers(build: Build, model: str, region: str) -> dict[str, list[str]] | None:
+    config = build.config
     if config.clients is None:
         return None
-    return {name: grant_members(config, grant, model, region) for name, grant in config.clients.allow.items()
+    return {name: grant_members(build, grant, model, region) for name, grant in config.clients.allow.items()
             if grant.models is None or model in grant.models}
 
 

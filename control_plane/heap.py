@@ -9,7 +9,7 @@ returns those free pages. It is called once the work has been quiet for a moment
 costs one call per burst, never one per response. Where there is no glibc it does nothing.
 
 The same quiet moment frees what a reload replaced (`retire`): dropping the last reference to
-a large config costs up to 0.15 s of deallocation (1,000 models), which would otherwise delay
+a large config's build costs up to 0.15 s of deallocation (1,000 models), which would otherwise delay
 the very push the reload starts.
 """
 

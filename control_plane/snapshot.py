@@ -122,7 +122,7 @@ class Interner:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, str], Resource] = {}
         # Each built object is serialized once, however many node groups' builds share it and
-        # however many reloads take it over (RegionConfig.inherit); the Resource holds the
+        # however many reloads take it over (Build.inherit); the Resource holds the
         # object, so its id cannot be reused while the entry lives.
         self._by_id: dict[int, Resource] = {}
 

@@ -13,6 +13,7 @@ from control_plane.resources import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    Build,
     NodeGroup,
     build_resources,
 )
@@ -33,7 +34,7 @@ def config(jwks):
 
 
 def build(config, region="us-central1"):
-    return build_resources(config, NodeGroup(region, "127.0.0.1", 8080))
+    return build_resources(Build(config), NodeGroup(region, "127.0.0.1", 8080))
 
 
 # ---------------------------------------------------------------- rules

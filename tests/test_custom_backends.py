@@ -15,7 +15,7 @@ from control_plane import dryrun
 from control_plane.cache import SnapshotCache, UnknownRegion, node_group
 from control_plane.config import AuthProfile, ConfigError, parse_config
 from control_plane.lab.fake_oauth import write_service_account_key
-from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, NodeGroup, build_resources
+from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, Build, NodeGroup, build_resources
 from control_plane.tokens import FileHeader, HeaderFileSource, IdTokenSource, make_source_credentials
 
 from .envoy_static import assert_envoy_accepts
@@ -135,7 +135,7 @@ def test_endpoint_ids_stay_unique_among_vertex_regions_only():
 
 
 def test_custom_endpoint_metadata_carries_its_path_host_and_credential_key(config):
-    res = build_resources(config, CENTRAL)
+    res = build_resources(Build(config), CENTRAL)
     la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/housing@vllm"])
     ep = la["endpoints"][0]["lbEndpoints"][0]
     assert ep["endpoint"]["address"]["socketAddress"] == {"address": "10.9.0.5", "portValue": 8000}
@@ -152,7 +152,7 @@ def test_custom_endpoint_metadata_carries_its_path_host_and_credential_key(confi
 
 
 def test_each_credential_gets_its_own_injector_under_a_matcher(config):
-    res = build_resources(config, CENTRAL)
+    res = build_resources(Build(config), CENTRAL)
     agg = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing"])
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "httpFilters"]
@@ -170,7 +170,7 @@ def test_each_credential_gets_its_own_injector_under_a_matcher(config):
 
 def test_a_backend_without_credential_puts_every_injector_under_a_matcher():
     text = CONFIG.replace("    credential: {type: header, header: x-api-key, file: /etc/keys/vllm}\n", "")
-    res = build_resources(parse_config(text), CENTRAL)
+    res = build_resources(Build(parse_config(text)), CENTRAL)
     agg = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing"])
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "httpFilters"]
@@ -181,7 +181,7 @@ def test_a_backend_without_credential_puts_every_injector_under_a_matcher():
 
 
 def test_routes_native_paths_only_for_vertex_ids(config):
-    routes = json_format.MessageToDict(build_resources(config, CENTRAL)[ROUTE_TYPE][0])["virtualHosts"][0]["routes"]
+    routes = json_format.MessageToDict(build_resources(Build(config), CENTRAL)[ROUTE_TYPE][0])["virtualHosts"][0]["routes"]
     names = {r["name"]: r for r in routes}
     assert "native:housing" in names and "native:only-custom" not in names
     assert "/v1/completions" not in names["native:housing"]["match"]["safeRegex"]["regex"]
@@ -206,7 +206,7 @@ def test_envoys_are_only_in_vertex_regions(config):
 
 @pytest.mark.parametrize("region", ["us-central1", "us-east4"])
 def test_envoy_accepts_the_generated_config(config, region, tmp_path):
-    assert_envoy_accepts(build_resources(config, NodeGroup(region, "127.0.0.1", 8080)), tmp_path)
+    assert_envoy_accepts(build_resources(Build(config), NodeGroup(region, "127.0.0.1", 8080)), tmp_path)
 
 
 # ---------------------------------------------------------------- credential sources

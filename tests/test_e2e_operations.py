@@ -21,8 +21,8 @@ class PoisonSwitch:
     def __init__(self):
         self.on = False
 
-    def __call__(self, config, group):
-        built = build_resources(config, group)
+    def __call__(self, build, group):
+        built = build_resources(build, group)
         if self.on:
             poison = cluster_pb2.Cluster(name="poison", connect_timeout=duration_pb2.Duration(seconds=-1))
             built = {**built, CLUSTER_TYPE: [*built[CLUSTER_TYPE], poison]}

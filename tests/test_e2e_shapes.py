@@ -27,7 +27,7 @@ def stack():
 
 
 def test_shaped_models_are_served_with_their_own_path_first_and_on_failover(stack):
-    assert set(MEMBERS) <= shapes.shaped_models(stack.plane.plane.cache.config)
+    assert set(MEMBERS) <= shapes.shaped_models(stack.plane.plane.cache.build)
     for model, ids in MEMBERS.items():
         stack.reset()
         response = stack.post(f"/v1/models/{model}:predict", json={"instances": [1]})

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from control_plane.bootstrap import bootstrap
 from control_plane.config import ConfigError, parse_config
-from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, NodeGroup, build_resources, failover_chain
+from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, Build, NodeGroup, build_resources, failover_chain
 from control_plane.resources.observability import ACCESS_LOG_FIELDS, COLLECTOR_CLUSTER
 
 from .envoy_static import assert_envoy_accepts
@@ -27,7 +27,7 @@ GROUP = NodeGroup("us-central1", "0.0.0.0", 8080)
 
 
 def hcm(config) -> hcm_pb2.HttpConnectionManager:
-    (listener,) = build_resources(config, GROUP)[LISTENER_TYPE]
+    (listener,) = build_resources(Build(config), GROUP)[LISTENER_TYPE]
     manager = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     return manager
@@ -39,7 +39,7 @@ def test_defaults_log_every_request_to_stdout_and_trace_nothing():
     (log,) = manager.access_log
     assert log.name == "envoy.access_loggers.stdout" and not log.HasField("filter")
     assert not manager.HasField("tracing")
-    assert COLLECTOR_CLUSTER not in {c.name for c in build_resources(config, GROUP)[CLUSTER_TYPE]}
+    assert COLLECTOR_CLUSTER not in {c.name for c in build_resources(Build(config), GROUP)[CLUSTER_TYPE]}
 
 
 def test_the_log_format_names_no_header_but_the_request_id():
@@ -64,7 +64,7 @@ def test_tracing_adds_the_tracer_and_the_collector_cluster():
     assert tracing.provider.name == "envoy.tracers.opentelemetry" and tracing.spawn_upstream_span.value
     assert tracing.random_sampling.value == 10
     assert {t.tag for t in tracing.custom_tags} == {"vertex.model", "vertex.region", "vertex.attempt"}
-    cluster = {c.name: c for c in build_resources(config, GROUP)[CLUSTER_TYPE]}[COLLECTOR_CLUSTER]
+    cluster = {c.name: c for c in build_resources(Build(config), GROUP)[CLUSTER_TYPE]}[COLLECTOR_CLUSTER]
     assert cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 4317
 
 
@@ -83,19 +83,18 @@ def test_bad_observability_values_are_reported_with_their_key(extra, path, fragm
     assert any(p.path == path and fragment in p.message for p in info.value.problems), info.value
 
 
-def test_avoided_regions_go_last_in_every_chain_and_the_file_config_is_unchanged():
+def test_avoided_regions_go_last_in_every_chain_and_the_file_order_is_unchanged():
     config = parse_config(BASE)
-    avoiding = config.avoiding(frozenset({"us-central1"}))
-    assert failover_chain(avoiding, "housing", "us-central1") == ["us-east4", "europe-west4", "us-central1"]
-    assert failover_chain(avoiding, "housing", "us-east4") == ["us-east4", "us-central1"]
+    avoided = frozenset({"us-central1"})
+    assert failover_chain(config, "housing", "us-central1", avoided) == ["us-east4", "europe-west4", "us-central1"]
+    assert failover_chain(config, "housing", "us-east4", avoided) == ["us-east4", "us-central1"]
     assert failover_chain(config, "housing", "us-central1") == ["us-central1", "us-east4", "europe-west4"]
-    assert avoiding.version == config.version and config.avoided == frozenset()
 
 
 def test_envoy_accepts_the_listener_with_log_and_tracer(tmp_path):
     config = parse_config(BASE + "observability: {access_log: {sample_percent: 50}, "
                                  "tracing: {collector: '127.0.0.1:4317'}}")
-    assert_envoy_accepts(build_resources(config, GROUP), tmp_path)
+    assert_envoy_accepts(build_resources(Build(config), GROUP), tmp_path)
 
 
 def test_bootstrap_tags_stats_by_model_and_region_and_reports_load_to_the_control_plane():
@@ -107,10 +106,11 @@ def test_bootstrap_tags_stats_by_model_and_region_and_reports_load_to_the_contro
     assert lrs["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
 
 
-def test_an_avoiding_config_does_not_reuse_the_orders_built_for_the_file_config():
+def test_an_avoiding_build_does_not_reuse_the_orders_built_for_the_file_order():
     config = parse_config(BASE)
-    before = build_resources(config, GROUP)  # fills the file config's memos
-    after = build_resources(config.avoiding(frozenset({"us-central1"})), GROUP)
+    build = Build(config)
+    before = build_resources(build, GROUP)  # fills the build's memos
+    after = build_resources(build.avoiding(frozenset({"us-central1"})), GROUP)
 
     def order(built):
         (aggregate,) = [c for c in built[CLUSTER_TYPE] if c.name == "model/housing"]
@@ -118,4 +118,5 @@ def test_an_avoiding_config_does_not_reuse_the_orders_built_for_the_file_config(
 
     assert order(before)[0] == "model/housing@us-central1"
     assert order(after) == ["model/housing@us-east4", "model/housing@europe-west4", "model/housing@us-central1"]
-    assert config.avoiding(frozenset({"us-central1"})) is config.avoiding(frozenset({"us-central1"}))
+    assert build.avoiding(frozenset({"us-central1"})) is build.avoiding(frozenset({"us-central1"}))
+    assert build.avoiding(frozenset()) is build

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from control_plane.config import ConfigError, parse_config
 from control_plane.lab.emulator import EmulatorThread, VertexEmulator
-from control_plane.resources import LISTENER_TYPE, ROUTE_TYPE, NodeGroup, build_resources
+from control_plane.resources import LISTENER_TYPE, ROUTE_TYPE, Build, NodeGroup, build_resources
 
 from .streaming import timed_chunks
 
@@ -72,7 +72,7 @@ def test_two_models_with_the_same_publisher_model_cannot_both_be_served():
 
 
 def routes_of(cfg, region="us-central1") -> dict[str, dict]:
-    message = build_resources(cfg, NodeGroup(region, "127.0.0.1", 8080))[ROUTE_TYPE][0]
+    message = build_resources(Build(cfg), NodeGroup(region, "127.0.0.1", 8080))[ROUTE_TYPE][0]
     routes = json_format.MessageToDict(message)["virtualHosts"][0]["routes"]
     return {r["name"]: r for r in routes}
 
@@ -128,7 +128,7 @@ def test_openai_endpoint_models_must_name_endpoint_models():
 
 
 def test_listener_maps_envoys_own_errors_on_openai_paths_first():
-    listener = json_format.MessageToDict(build_resources(config(), NodeGroup("us-central1", "127.0.0.1", 8080))[
+    listener = json_format.MessageToDict(build_resources(Build(config()), NodeGroup("us-central1", "127.0.0.1", 8080))[
         LISTENER_TYPE][0])
     hcm = listener["filterChains"][0]["filters"][0]["typedConfig"]
     mappers = hcm["localReplyConfig"]["mappers"]
@@ -206,7 +206,7 @@ def test_only_clusters_of_models_on_openai_paths_carry_the_longer_rewrite():
         return next(f for f in filters if f["name"] == "envoy.filters.http.lua")["typedConfig"][
             "defaultSourceCode"]["inlineString"]
 
-    clusters = {c.name: c for c in build_resources(config(models=["gemini"]), NodeGroup(
+    clusters = {c.name: c for c in build_resources(Build(config(models=["gemini"])), NodeGroup(
         "us-central1", "127.0.0.1", 8080))[CLUSTER_TYPE]}
     assert lua_of(clusters["model/gemini"]) == lua_of(clusters["model/gemini@us-east4"]) == OPENAI_REWRITE_LUA
     assert lua_of(clusters["model/housing"]) == lua_of(clusters["model/llama"]) == REWRITE_LUA

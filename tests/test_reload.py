@@ -111,10 +111,10 @@ async def test_editor_save_styles(tmp_path, config_text, style):
 async def test_a_rejected_edit_is_recorded_and_later_edits_apply(tmp_path, config_text):
     broken = {"timeout": 33.0}
 
-    def builder(config, group):  # a build failure the rules cannot foresee (a bug, say)
-        if config.policy.timeout == broken["timeout"]:
+    def builder(build, group):  # a build failure the rules cannot foresee (a bug, say)
+        if build.config.policy.timeout == broken["timeout"]:
             raise RuntimeError("boom in the builder")
-        return build_resources(config, group)
+        return build_resources(build, group)
 
     path = tmp_path / "regions.yaml"
     save(path, config_text())
@@ -197,10 +197,10 @@ async def test_a_deleted_file_is_reported_and_applied_when_back(tmp_path, config
 async def test_sighup_and_file_events_are_serialized(tmp_path, config_text):
     slow = {"on": False}
 
-    def builder(config, group):  # a slow build, so that a reload is in progress when the file changes
+    def builder(build, group):  # a slow build, so that a reload is in progress when the file changes
         if slow["on"]:
             time.sleep(0.3)
-        return build_resources(config, group)
+        return build_resources(build, group)
 
     path = tmp_path / "regions.yaml"
     save(path, config_text())

@@ -13,6 +13,7 @@ from control_plane.resources import (
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    Build,
     NodeGroup,
     build_resources,
     failover_chain,
@@ -41,7 +42,7 @@ def test_failover_chain_is_local_first_then_the_regions_failover_list(config):
 
 
 def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(config):
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     clusters = by_name(res[CLUSTER_TYPE])
     agg = json_format.MessageToDict(clusters["model/housing"])
     assert agg["clusterType"]["typedConfig"]["clusters"] == [
@@ -55,7 +56,7 @@ def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(co
 
 
 def test_region_cluster_endpoint_metadata_tls_and_eds(config):
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     east = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing@us-east4"])
     assert east["type"] == "EDS"
     tls = east["transportSocket"]["typedConfig"]
@@ -75,7 +76,7 @@ def test_region_cluster_endpoint_metadata_tls_and_eds(config):
 
 
 def test_hostname_address_is_resolved_by_envoy_not_eds(config):
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     europe = by_name(res[CLUSTER_TYPE])["model/housing@europe-west4"]
     assert json_format.MessageToDict(europe)["type"] == "STRICT_DNS"
     assert "transportSocket" not in json_format.MessageToDict(europe)  # tls: false
@@ -85,7 +86,7 @@ def test_hostname_address_is_resolved_by_envoy_not_eds(config):
 
 
 def test_routes_cover_the_client_paths(config):
-    res = build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-east4", "0.0.0.0", 8080))
     vhost = json_format.MessageToDict(res[ROUTE_TYPE][0])["virtualHosts"][0]
     routes = {r["name"]: r for r in vhost["routes"]}
     assert routes["model:housing"]["match"]["safeRegex"]["regex"].startswith("^/v1/models/housing:(predict|")
@@ -106,7 +107,7 @@ def test_routes_cover_the_client_paths(config):
 
 
 def test_weighted_model_is_one_aggregate_per_first_region_picked_by_weight(config):
-    res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("europe-west4", "0.0.0.0", 8080))
     clusters = by_name(res[CLUSTER_TYPE])
     assert "model/spread" not in clusters
     orders = {name: json_format.MessageToDict(c)["clusterType"]["typedConfig"]["clusters"]
@@ -125,7 +126,7 @@ def test_weighted_model_is_one_aggregate_per_first_region_picked_by_weight(confi
 
 
 def test_least_request_model_is_one_spread_cluster_with_many_host_reselections(config):
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
     assert gemini["lbPolicy"] == "LEAST_REQUEST"
     assert gemini["commonLbConfig"]["healthyPanicThreshold"] == {}  # 0%: never route to ejected regions
@@ -135,7 +136,7 @@ def test_least_request_model_is_one_spread_cluster_with_many_host_reselections(c
 
 
 def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):
-    res = build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-east4", "0.0.0.0", 8080))
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
     assert routes["pin:housing@us-central1"].route.cluster == "model/housing@us-central1"
     assert routes["pin:housing@us-central1"].route.retry_policy.num_retries.value == 0
@@ -147,7 +148,7 @@ def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):
 
 
 def test_publisher_model_paths(config):
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini@us-east4"])
     assert la["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]["endpoint_path"] == \
         "/v1/projects/p-123/locations/us-east4/publishers/google/models/gemini-2.0-flash"
@@ -157,20 +158,20 @@ def test_publisher_model_paths(config):
 
 
 def test_unreachable_model_gets_a_json_503_route(config):
-    res = build_resources(config, NodeGroup("europe-west4", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("europe-west4", "0.0.0.0", 8080))
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
     assert routes["model:churn"].direct_response.status == 503
     assert "model/churn" not in by_name(res[CLUSTER_TYPE])
 
 
 def test_listener_address_comes_from_the_node_group(config):
-    res = build_resources(config, NodeGroup("us-east4", "127.0.0.7", 9090))
+    res = build_resources(Build(config), NodeGroup("us-east4", "127.0.0.7", 9090))
     sock = res[LISTENER_TYPE][0].address.socket_address
     assert (sock.address, sock.port_value) == ("127.0.0.7", 9090)
 
 
 def test_listener_scrubs_client_control_headers_before_routing(config):
-    res = build_resources(config, NodeGroup("us-east4", "127.0.0.7", 9090))
+    res = build_resources(Build(config), NodeGroup("us-east4", "127.0.0.7", 9090))
     hcm = json_format.MessageToDict(res[LISTENER_TYPE][0])["filterChains"][0]["filters"][0]["typedConfig"]
     mutations = hcm["earlyHeaderMutationExtensions"][0]["typedConfig"]["mutations"]
     assert {"removeOnMatch": {"keyMatcher": {"prefix": "x-envoy-"}}} in mutations
@@ -182,21 +183,21 @@ def test_listener_scrubs_client_control_headers_before_routing(config):
 
 def test_building_is_pure_and_versions_are_content_hashes(config):
     group = NodeGroup("us-central1", "0.0.0.0", 8080)
-    first = Snapshot.build(build_resources(config, group), Interner())
-    second = Snapshot.build(build_resources(parse_config(CONFIG), group), Interner())
+    first = Snapshot.build(build_resources(Build(config), group), Interner())
+    second = Snapshot.build(build_resources(Build(parse_config(CONFIG)), group), Interner())
     for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
         assert type_version(first.select(type_url)) == type_version(second.select(type_url))
     # a sub-cluster is the same resource whichever region's Envoy gets it: shared, one serialization
-    interner = Interner()
-    a = Snapshot.build(build_resources(config, group), interner)
-    b = Snapshot.build(build_resources(config, NodeGroup("us-east4", "0.0.0.0", 8080)), interner)
+    interner, build = Interner(), Build(config)
+    a = Snapshot.build(build_resources(build, group), interner)
+    b = Snapshot.build(build_resources(build, NodeGroup("us-east4", "0.0.0.0", 8080)), interner)
     assert a.resources[CLUSTER_TYPE]["model/housing@us-east4"] is b.resources[CLUSTER_TYPE]["model/housing@us-east4"]
     assert a.resources[CLUSTER_TYPE]["model/housing"].version != b.resources[CLUSTER_TYPE]["model/housing"].version
 
 
 @pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
 def test_envoy_accepts_the_generated_config(config, region, tmp_path):
-    assert_envoy_accepts(build_resources(config, NodeGroup(region, "127.0.0.1", 8080)), tmp_path)
+    assert_envoy_accepts(build_resources(Build(config), NodeGroup(region, "127.0.0.1", 8080)), tmp_path)
 
 
 def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
@@ -210,7 +211,7 @@ def test_envoy_accepts_every_bound_the_rules_allow(tmp_path):
   outlier_detection: {consecutive_5xx: 4294967295, interval: 2562047h, base_ejection_time: 2562047h,
                       max_ejection_percent: 100}
 models:""", 1))
-    assert_envoy_accepts(build_resources(at_bounds, NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)
+    assert_envoy_accepts(build_resources(Build(at_bounds), NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)
 
 
 def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
@@ -220,7 +221,7 @@ def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
         "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n",
         "    endpoints: {us-central1: \"111\", us-east4: \"222\", europe-west4: \"333\"}\n"
         "    policy: {hedge: true, first_byte_timeout: 3s}\n", 1))
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     clusters = {name: json_format.MessageToDict(c) for name, c in by_name(res[CLUSTER_TYPE]).items()}
     hc = clusters["model/housing@us-central1"]["healthChecks"][0]
     assert hc["httpHealthCheck"]["host"] == "us-central1-aiplatform.googleapis.com"
@@ -258,7 +259,7 @@ models:
     (", policy: {connect_timeout: 10s}", "", "10s"),
 ])
 def test_the_connect_timeout_follows_per_try_timeout_between_1_and_5_s_unless_set(region, model, expected, tmp_path):
-    res = build_resources(parse_config(CONNECT % (region, model, model)), NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(parse_config(CONNECT % (region, model, model))), NodeGroup("us-central1", "0.0.0.0", 8080))
     clusters = {name: json_format.MessageToDict(c) for name, c in by_name(res[CLUSTER_TYPE]).items()}
     for name in ("model/housing@us-central1", "model/spread@us-central1", "model/spread"):
         assert clusters[name]["connectTimeout"] == expected, name
@@ -269,7 +270,7 @@ def test_capacity_tiers_are_one_cluster_per_region_and_tier_in_attempt_order(tmp
     config = parse_config(CONFIG.replace(
         "    strategy: least_request\n",
         "    tiers: {us-central1: [dedicated, shared], us-east4: [priority]}\n"))
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     clusters = by_name(res[CLUSTER_TYPE])
     agg = json_format.MessageToDict(clusters["model/gemini"])
     assert agg["clusterType"]["typedConfig"]["clusters"] == [
@@ -289,7 +290,7 @@ def test_a_least_request_spread_is_probed_when_its_regions_agree_on_probes(tmp_p
     config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
                                          "    failover: [us-east4, europe-west4]\n" + probes, 1)
                           .replace("    failover: [us-central1]\n", "    failover: [us-central1]\n" + probes, 1))
-    res = build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     gemini = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/gemini"])
     assert gemini["healthChecks"][0]["httpHealthCheck"]["path"] == "/"
     la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/gemini"])
@@ -299,6 +300,6 @@ def test_a_least_request_spread_is_probed_when_its_regions_agree_on_probes(tmp_p
     # regions that disagree (one without probes): no probes on the spread
     config = parse_config(CONFIG.replace("    failover: [us-east4, europe-west4]\n",
                                          "    failover: [us-east4, europe-west4]\n" + probes, 1))
-    gemini = json_format.MessageToDict(by_name(build_resources(config, NodeGroup("us-central1", "0.0.0.0", 8080))[
+    gemini = json_format.MessageToDict(by_name(build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))[
         CLUSTER_TYPE])["model/gemini"])
     assert "healthChecks" not in gemini

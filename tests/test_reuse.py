@@ -1,4 +1,4 @@
-"""A reload takes over the resources of the models an edit left alone (RegionConfig.inherit),
+"""A reload takes over the resources of the models an edit left alone (Build.inherit),
 and what it serves is exactly what a fresh build of the edited file would serve."""
 
 from __future__ import annotations

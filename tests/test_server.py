@@ -177,8 +177,8 @@ async def test_a_config_that_cannot_be_built_consistently_is_rejected(tmp_path, 
 
     broken = {"on": False}
 
-    def builder(config, group):  # test hook: drop the route config the listener names
-        built = build_resources(config, group)
+    def builder(build, group):  # test hook: drop the route config the listener names
+        built = build_resources(build, group)
         return {**built, ROUTE_TYPE: []} if broken["on"] else built
 
     path = write_config(tmp_path / "regions.yaml", plane_config)

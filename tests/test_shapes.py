@@ -15,7 +15,7 @@ from google.protobuf import wrappers_pb2
 
 from control_plane.cache import SnapshotCache
 from control_plane.config import parse_config
-from control_plane.resources import NodeGroup, build_serialized, shapes
+from control_plane.resources import Build, NodeGroup, build_serialized, shapes
 
 from .configs import CONFIG
 
@@ -73,7 +73,7 @@ def test_every_envoy_is_served_what_the_ordinary_build_serves(variant):
     text = yaml.safe_dump(VARIANTS[variant], sort_keys=False)
     cache = SnapshotCache(parse_config(text))
     assert served(cache) == served(ordinary(text))
-    shaped = shapes.shaped_models(cache.config)
+    shaped = shapes.shaped_models(cache.build)
     # churn (of the base config) has the east family's shape.
     assert shaped == {name.format(f=f) for f in FAMILIES for name in NAMES} - {"fail.one"} | {"churn"}
 
@@ -89,29 +89,29 @@ def test_a_global_edit_is_shaped_and_a_one_model_edit_is_built_the_ordinary_way(
         text = yaml.safe_dump(data, sort_keys=False)
         cache.set_config(parse_config(text))
         assert served(cache) == served(ordinary(text))
-        assert bool(shapes.shaped_models(cache.config)) == shaped_after
+        assert bool(shapes.shaped_models(cache.build)) == shaped_after
 
 
 def test_a_shape_whose_fill_differs_from_the_build_is_not_used(caplog):
     """A resource that depends on the model other than through its name and ids (here the
     name's length) cannot be written from the stand-in: the first member's check catches it."""
-    config = parse_config(yaml.safe_dump(families(BASE), sort_keys=False))
+    build = Build(parse_config(yaml.safe_dump(families(BASE), sort_keys=False)))
 
-    def build(config, model, region):
+    def odd(build, model, region):
         return (route_components_pb2.Route(name=f"{model}@{region}", request_body_buffer_limit=wrappers_pb2.UInt64Value(
             value=len(model))),)
 
     with caplog.at_level(logging.WARNING, logger="control_plane.resources.shapes"):
-        assert shapes.shaped(config, "fail-two", "us-east4", "odd", build) is None
+        assert shapes.shaped(build, "fail-two", "us-east4", "odd", odd) is None
     assert "differs" in caplog.text
     # The kinds that can be written from the shape still are.
-    assert shapes.shaped(config, "fail-two", "us-east4", "routes", _segment) is not None
+    assert shapes.shaped(build, "fail-two", "us-east4", "routes", _segment) is not None
 
 
-def _segment(config, model, region):
+def _segment(build, model, region):
     from control_plane.resources.routes import _model_segment
 
-    return _model_segment(config, model, region)
+    return _model_segment(build, model, region)
 
 
 def test_fleet_avoidance_reorders_shaped_models_as_it_does_the_others():
@@ -120,21 +120,21 @@ def test_fleet_avoidance_reorders_shaped_models_as_it_does_the_others():
     for cache in (shaped, plain):
         cache.set_avoided(frozenset({"us-central1"}))
     assert served(shaped) == served(plain)
-    assert shapes.shaped_models(shaped.config.avoiding(shaped.avoided))
+    assert shaped.build.avoided == {"us-central1"} and shapes.shaped_models(shaped.build)
 
 
 def test_a_resource_that_cannot_be_made_a_stencil_is_built_the_ordinary_way_in_its_region(caplog):
     """A token where filling could reorder the message (a map key) in one region only: that
     region's members are built the ordinary way, the other regions still from the shape."""
-    config = parse_config(yaml.safe_dump(families(BASE), sort_keys=False))
+    build = Build(parse_config(yaml.safe_dump(families(BASE), sort_keys=False)))
 
-    def build(config, model, region):
+    def keyed(build, model, region):
         route = route_components_pb2.Route(name=f"{model}@{region}")
         route.metadata.filter_metadata[model if region == "europe-west4" else "vertex"].update({"model": model})
         return (route,)
 
     with caplog.at_level(logging.WARNING, logger="control_plane.resources.shapes"):
-        assert shapes.shaped(config, "fail-two", "us-east4", "keyed", build) is not None
-        assert shapes.shaped(config, "fail-two", "europe-west4", "keyed", build) is None
-        assert shapes.shaped(config, "fail_three", "europe-west4", "keyed", build) is None
+        assert shapes.shaped(build, "fail-two", "us-east4", "keyed", keyed) is not None
+        assert shapes.shaped(build, "fail-two", "europe-west4", "keyed", keyed) is None
+        assert shapes.shaped(build, "fail_three", "europe-west4", "keyed", keyed) is None
     assert "map key" in caplog.text

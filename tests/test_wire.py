@@ -10,7 +10,7 @@ from envoy.type.matcher.v3 import regex_pb2
 from control_plane import wire
 from control_plane.config import parse_config
 from control_plane.lab.jwt_issuer import Issuer
-from control_plane.resources import ROUTE_TYPE, NodeGroup, build_serialized
+from control_plane.resources import ROUTE_TYPE, Build, NodeGroup, build_serialized
 from control_plane.resources.clients import authorize_routes
 from control_plane.resources.proto import _any, _struct
 from control_plane.resources.routes import _virtual_host, region_routes
@@ -21,7 +21,8 @@ from .configs import CLIENTS, CONFIG
 
 def whole_message(config, region: str) -> bytes:
     vhost = _virtual_host()
-    vhost.routes.extend(authorize_routes(config, region, region_routes(config, region)))
+    build = Build(config)
+    vhost.routes.extend(authorize_routes(build, region, region_routes(build, region)))
     return route_pb2.RouteConfiguration(name="vertex", virtual_hosts=[vhost]).SerializeToString(deterministic=True)
 
 
@@ -35,7 +36,7 @@ def with_clients(tmp_path_factory):
 @pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
 def test_route_configuration_is_the_whole_message_byte_for_byte(region, clients, with_clients):
     config = with_clients if clients else parse_config(CONFIG)
-    (built,) = build_serialized(config, NodeGroup(region, "127.0.0.1", 8080))[ROUTE_TYPE]
+    (built,) = build_serialized(Build(config), NodeGroup(region, "127.0.0.1", 8080))[ROUTE_TYPE]
     assert isinstance(built, Serialized)
     assert built.data == whole_message(config, region)
     assert built.parse().SerializeToString(deterministic=True) == built.data

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from bench.common import ROOT
-from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, build_resources
+from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, Build, build_resources
 
 # Cumulative from "full" down: each variant drops one more part of the filter chain than the one
 # before. "+tracing" is "full" plus the OpenTelemetry tracer (every request sampled, spans
@@ -60,17 +60,17 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
 
     from control_plane.config import Observability, Tracing
 
-    def build(config, group):
+    def ablated(build, group):
         variant = variant_by_port.get(group.listen_port, "full")
         if variant.startswith("+jwt"):
-            built = build_resources(with_jwt_clients(config), group)
+            built = build_resources(with_jwt_clients(build), group)
             if variant == "+jwt (no cache)":
                 without_jwt_cache(built)
             return built
         if variant == "+tracing":
-            return build_resources(config.model_copy(update={"observability": Observability(
-                tracing=Tracing(collector=collector))}), group)
-        built = build_resources(config, group)
+            return build_resources(build.memo(("bench-tracing",), lambda: Build(build.config.model_copy(update={
+                "observability": Observability(tracing=Tracing(collector=collector))}), build.avoided)), group)
+        built = build_resources(build, group)
         if variant in ALTERNATIVES:
             alternative(variant.removesuffix(", -access log"), built)
             if not variant.endswith("-access log"):
@@ -129,7 +129,7 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
                         vh.routes.extend(keep)
         return built
 
-    return build
+    return ablated
 
 
 # The "lua, one header" row: header_mutation writes the chosen host's endpoint_path, host,
@@ -263,14 +263,15 @@ def without_jwt_cache(built: dict) -> None:
                 flt.typed_config.Pack(manager)
 
 
-def with_jwt_clients(config):
-    """The config with a `clients:` section: one issuer (JWKS file), any authenticated client."""
+def with_jwt_clients(build):
+    """A build of the config with a `clients:` section: one issuer (JWKS file), any authenticated
+    client; one per build (shared by its node groups)."""
     from control_plane.config import RegionConfig
     jwks = _JWT["jwks"]
-    return config.memo(("bench-jwt",), lambda: RegionConfig.model_validate({
-        **config.model_dump(), "clients": {
+    return build.memo(("bench-jwt",), lambda: Build(RegionConfig.model_validate({
+        **build.config.model_dump(), "clients": {
             "jwt": {"bench": {"issuer": BENCH_ISSUER, "audiences": [BENCH_AUDIENCE], "jwks_file": jwks}},
-            "allow": {"all": {"identities": ["*"]}}}}))
+            "allow": {"all": {"identities": ["*"]}}}}), build.avoided))
 
 
 class SpanSink:

@@ -13,7 +13,6 @@ auth.py         auth: and its profiles
 clients.py      clients: (who may call)
 observability.py  observability: (access log, tracing, load reports)
 region_config.py  RegionConfig, the whole file, and what is derived from it
-memo.py         what a config computes once, and what a reload takes over (memo_model, inherit)
 rules.py        the cross-reference rules
 problems.py     Problem, ConfigError, pydantic's errors in the project's words
 parse.py        load_config / parse_config: YAML, models, rules, every problem at once

@@ -1,21 +1,25 @@
 """The whole regions.yaml (RegionConfig): its sections, and what is derived from them
-(hosts, credentials, merged policies, the OpenAI door's models, the version)."""
+(hosts, credentials, merged policies, the OpenAI door's models, the version).
+
+Data only: what is built from a config lives in a build of it (resources/build.py)."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, PrivateAttr
 
 from .auth import DEFAULT_PROFILE, Auth
 from .clients import Clients
 from .fields import Strict, check_ip, check_project
-from .memo import Memoized
 from .models import Model, OpenAI
 from .observability import Observability
 from .policy import Policy
 from .regions import BackendCredential, Region
+
+T = TypeVar("T")
 
 
 class Listener(Strict):
@@ -23,7 +27,7 @@ class Listener(Strict):
     port: int = Field(8080, ge=1, le=65535)
 
 
-class RegionConfig(Memoized):
+class RegionConfig(Strict):
     # "id or number": an unquoted project number arrives as an int
     project: Annotated[str, BeforeValidator(check_project)]
     listener: Listener = Listener()
@@ -34,6 +38,24 @@ class RegionConfig(Memoized):
     clients: Clients | None = None  # None: no client authentication (serve warns off loopback)
     openai: OpenAI = OpenAI()
     observability: Observability = Observability()
+
+    # The config is immutable, so the cheap values derived from it alone (merged policies, the
+    # version, ...) are computed once: a build asks for the same policy thousands of times.
+    # Never anything built from it (resources/build.py holds that).
+    _derived: dict = PrivateAttr(default_factory=dict)
+
+    def model_copy(self, *, update=None, deep: bool = False) -> RegionConfig:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._derived = {}  # derived from this config's values, not the copy's (a copy would share the dict)
+        return copy
+
+    def _once(self, key: tuple, compute: Callable[[], T]) -> T:
+        derived = self.__pydantic_private__["_derived"]  # not self._derived: pydantic's __getattr__ is slow
+        try:
+            return derived[key]
+        except KeyError:
+            value = derived[key] = compute()
+            return value
 
     def host_of(self, region: str) -> str:
         spec = self.regions[region]
@@ -65,7 +87,7 @@ class RegionConfig(Memoized):
 
     def backends_in_use(self) -> list[str]:
         """Custom backends some model uses whose credential is their own (a header or an ID token)."""
-        return self.memo(("backends",), lambda: sorted(
+        return self._once(("backends",), lambda: sorted(
             {r for spec in self.models.values() for r in spec.served_regions
              if self.regions[r].custom and self.backend_credential(r).type in ("header", "id_token")}))
 
@@ -85,15 +107,15 @@ class RegionConfig(Memoized):
         def compute() -> list[str]:
             used = {self.credential_for(m, r) for m, spec in self.models.items() for r in spec.served_regions}
             return sorted(c for c in used if c is not None and not c.startswith("backend/"))
-        return self.memo(("profiles",), compute)
+        return self._once(("profiles",), compute)
 
     def policy_for(self, model: str, region: str) -> Policy:
         """Defaults, then the region's overrides, then the model's (the most specific wins).
         Pairs with the same overrides share one Policy object (most pairs have none), so what
         is built from a policy can be memoized by its identity."""
         region_override, model_override = self.regions[region].policy, self.models[model].policy
-        return self.memo(("policy", id(region_override), id(model_override)),
-                         lambda: self.policy.merged(region_override, model_override))
+        return self._once(("policy", id(region_override), id(model_override)),
+                          lambda: self.policy.merged(region_override, model_override))
 
     def openai_models(self) -> dict[str, str]:
         """What POST /v1/chat/completions serves: the body's "model" -> the model key."""
@@ -107,10 +129,10 @@ class RegionConfig(Memoized):
 
     def serves_openai(self, model: str) -> bool:
         """Whether the model is reachable on an OpenAI-compatible path (its clusters rewrite those)."""
-        served = self.memo(("openai_served",), lambda: set(self.openai_models().values())
-                           | set(self.openai_endpoint_models()))
+        served = self._once(("openai_served",), lambda: set(self.openai_models().values())
+                            | set(self.openai_endpoint_models()))
         return model in served
 
     @property
     def version(self) -> str:
-        return self.memo(("version",), lambda: hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])
+        return self._once(("version",), lambda: hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])

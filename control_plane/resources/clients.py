@@ -50,6 +50,7 @@ from google.protobuf.message import Message
 
 from ..config import ClientGrant, RegionConfig
 from ..wire import as_message
+from .build import Build
 from .clusters import spread_load_assignment
 from .names import (
     BUFFER_FILTER,
@@ -96,15 +97,15 @@ def restricted_cluster_name(model: str, grant: str, first: str | None = None) ->
 # ---------------------------------------------------------------------- which regions a grant gets
 
 
-def grant_members(config: RegionConfig, grant: ClientGrant, model: str, local_region: str) -> list[str]:
+def grant_members(build: Build, grant: ClientGrant, model: str, local_region: str) -> list[str]:
     """The regions (in order) an Envoy in local_region may use for `model` on behalf of `grant`."""
-    chain = members(config, model, local_region)
+    chain = members(build, model, local_region)
     return chain if grant.regions is None else [r for r in chain if r in grant.regions]
 
 
-def _is_restricted(config: RegionConfig, grant: ClientGrant, model: str, local_region: str) -> bool:
-    allowed = grant_members(config, grant, model, local_region)
-    return bool(allowed) and allowed != members(config, model, local_region)
+def _is_restricted(build: Build, grant: ClientGrant, model: str, local_region: str) -> bool:
+    allowed = grant_members(build, grant, model, local_region)
+    return bool(allowed) and allowed != members(build, model, local_region)
 
 
 def _grants_for(config: RegionConfig, model: str) -> list[tuple[str, ClientGrant]]:
@@ -115,10 +116,11 @@ def _grants_for(config: RegionConfig, model: str) -> list[tuple[str, ClientGrant
 # ---------------------------------------------------------------------- clusters
 
 
-def client_clusters(config: RegionConfig, local_region: str, built: list[Message]) -> tuple[list[Message], list[Message]]:
+def client_clusters(build: Build, local_region: str, built: list[Message]) -> tuple[list[Message], list[Message]]:
     """Extra clusters (and EDS assignments): JWKS fetchers, and each region-restricted grant's
     copy of a model's cluster holding only the grant's regions. `built`: the clusters already
     built for this Envoy, from which the restricted copies are made."""
+    config = build.config
     if config.clients is None:
         return [], []
     clusters: list[Message] = [_jwks_cluster(name, issuer.jwks_source, issuer.jwks_ca_file)
@@ -127,12 +129,12 @@ def client_clusters(config: RegionConfig, local_region: str, built: list[Message
     by_name = {c.name: c for c in built}
     for model in config.models:
         # A weighted model's route picks one aggregate per first region: restrict each.
-        firsts: list[str | None] = members(config, model, local_region) \
+        firsts: list[str | None] = members(build, model, local_region) \
             if config.models[model].strategy == "weighted" else [None]
         for grant_name, grant in _grants_for(config, model):
-            if not _is_restricted(config, grant, model, local_region):
+            if not _is_restricted(build, grant, model, local_region):
                 continue
-            allowed = grant_members(config, grant, model, local_region)
+            allowed = grant_members(build, grant, model, local_region)
             for first in firsts:
                 base = by_name.get(cluster_name(model) if first is None else first_region_cluster_name(model, first))
                 if base is None or (first is not None and first not in allowed):
@@ -146,7 +148,7 @@ def client_clusters(config: RegionConfig, local_region: str, built: list[Message
                     kept = [c for c in aggregate.clusters if _region_of(model, c) in allowed]
                     cluster.cluster_type.typed_config.CopyFrom(_any(aggregate_pb2.ClusterConfig(clusters=kept)))
                 elif cluster.type == cluster_pb2.Cluster.EDS:  # a spread: its endpoints come by EDS
-                    endpoints.append(_only_regions(spread_load_assignment(config, model, local_region),
+                    endpoints.append(_only_regions(spread_load_assignment(build, model, local_region),
                                                    cluster.name, allowed))
                 else:
                     cluster.load_assignment.CopyFrom(_only_regions(cluster.load_assignment, cluster.name, allowed))
@@ -324,12 +326,13 @@ def _json_status(status: int) -> hcm_pb2.ResponseMapper:
 # ---------------------------------------------------------------------- routes
 
 
-def authorize_routes(config: RegionConfig, local_region: str,
+def authorize_routes(build: Build, local_region: str,
                      routes: list[route_components_pb2.Route]) -> list[route_components_pb2.Route]:
     """Per-identity variants of every route that names a model's cluster (see the module doc)."""
+    config = build.config
     if config.clients is None:
         return routes
-    targets = config.memo(("client_targets",), lambda: _targets(config))
+    targets = build.memo(("client_targets",), lambda: _targets(config))
     out = [_unauthenticated(config)]
     for route in routes:
         target = _target(route, targets)
@@ -338,7 +341,7 @@ def authorize_routes(config: RegionConfig, local_region: str,
             continue
         model, pinned = target
         for grant_name, grant in _grants_for(config, model):
-            out.extend(_grant_variants(config, local_region, route, model, pinned, grant_name, grant))
+            out.extend(_grant_variants(build, local_region, route, model, pinned, grant_name, grant))
         out.append(_refusal(route, f"{route.name}~forbidden", 403, f"this client may not call model {model!r}"))
     return out
 
@@ -361,9 +364,10 @@ def _target(route: route_components_pb2.Route, targets: dict) -> tuple[str, str 
     return targets.get(route.route.cluster)
 
 
-def _grant_variants(config: RegionConfig, local_region: str, route: route_components_pb2.Route, model: str,
+def _grant_variants(build: Build, local_region: str, route: route_components_pb2.Route, model: str,
                     pinned: str | None, grant_name: str, grant: ClientGrant) -> list[route_components_pb2.Route]:
-    allowed = grant_members(config, grant, model, local_region)
+    config = build.config
+    allowed = grant_members(build, grant, model, local_region)
     if pinned is not None and grant.regions is not None and pinned not in grant.regions:
         variant = _refusal(route, "", 403, f"x-vertex-pin-region {pinned} is outside the regions this client "
                                            f"may use ({', '.join(grant.regions)})")
@@ -373,7 +377,7 @@ def _grant_variants(config: RegionConfig, local_region: str, route: route_compon
     else:
         variant = route_components_pb2.Route()
         variant.CopyFrom(route)
-        if pinned is None and _is_restricted(config, grant, model, local_region):
+        if pinned is None and _is_restricted(build, grant, model, local_region):
             if variant.route.HasField("weighted_clusters"):  # only the allowed first regions, restricted
                 picks = [route_components_pb2.WeightedCluster.ClusterWeight(
                     name=restricted_cluster_name(model, grant_name, first), weight=pick.weight)

@@ -28,6 +28,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from .. import wire
 from ..config import Policy, RegionConfig
 from ..wire import Serialized
+from .build import Build
 from .names import (
     DEFAULT_CA_FILE,
     HTTP_OPTIONS,
@@ -78,23 +79,24 @@ def injections(config: RegionConfig, model: str, regions: list[str]) -> tuple[li
     return [*sorted(profiles), *sorted(own, key=lambda i: i.key)], uncredentialed
 
 
-def region_cluster(config: RegionConfig, model: str, region: str, tier: str | None = None) -> cluster_pb2.Cluster:
+def region_cluster(build: Build, model: str, region: str, tier: str | None = None) -> cluster_pb2.Cluster:
     """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
     Under an aggregate its upstream filters never run; a pinned route names it directly.
     With a capacity tier, one attempt (region, tier): its own outlier detection, so a tier out
     of capacity (429) is skipped while the region's other tiers still serve."""
+    config = build.config
     spec = config.regions[region]
     policy = config.policy_for(model, region)
     cluster = cluster_pb2.Cluster(
         name=tier_cluster_name(model, region, tier),
         connect_timeout=_duration(connect_timeout(policy)),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        outlier_detection=config.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
+        outlier_detection=build.memo(("outlier", id(policy)), lambda: _outlier_detection(policy)),
         # Default 1 s would delay the effect of an ejection on host selection.
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
-        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
+        circuit_breakers=build.memo(("retry_budget",), _retry_budget),
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
-            config, model, [region], policy, http2=spec.http2))},
+            build, model, [region], policy, http2=spec.http2))},
     )
     if _is_ip(spec.address):
         cluster.type = cluster_pb2.Cluster.EDS
@@ -104,7 +106,7 @@ def region_cluster(config: RegionConfig, model: str, region: str, tier: str | No
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(load_assignment(config, model, region, tier))
     if spec.tls:
-        cluster.transport_socket.CopyFrom(_tls_socket(config, region))
+        cluster.transport_socket.CopyFrom(_tls_socket(build, region))
     if spec.health_check is not None:
         cluster.health_checks.append(health_check(config, region))
         # A passing probe must not bring back a region outlier detection ejected: a region that
@@ -154,8 +156,8 @@ def health_check(config: RegionConfig, region: str) -> health_check_pb2.HealthCh
     return out
 
 
-def _tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
-    return config.memo(("tls_socket", region), lambda: _build_tls_socket(config, region))
+def _tls_socket(build: Build, region: str) -> base_pb2.TransportSocket:
+    return build.memo(("tls_socket", region), lambda: _build_tls_socket(build.config, region))
 
 
 def _build_tls_socket(config: RegionConfig, region: str) -> base_pb2.TransportSocket:
@@ -197,15 +199,16 @@ def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
             budget_percent=_percent(100.0), min_retry_concurrency=wrappers_pb2.UInt32Value(value=1024)))])
 
 
-def _http_options(config: RegionConfig, model: str, regions: list[str], policy: Policy,
+def _http_options(build: Build, model: str, regions: list[str], policy: Policy,
                   http2: bool = False) -> any_pb2.Any:
     """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
-    error; packed, and built once per config for each distinct set of inputs."""
+    error; packed, and built once per build for each distinct set of inputs."""
+    config = build.config
     credentials, uncredentialed = injections(config, model, regions)
     profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
     openai = config.serves_openai(model)  # its clusters also rewrite OpenAI-compatible paths
-    return config.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai),
+    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai),
                        lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai)))
 
 
@@ -268,21 +271,23 @@ def _lb_endpoint(config: RegionConfig, model: str, region: str, weight: int = 0,
     return endpoint
 
 
-def spread_load_assignment(config: RegionConfig, model: str, local_region: str) -> endpoint_pb2.ClusterLoadAssignment:
+def spread_load_assignment(build: Build, model: str, local_region: str) -> endpoint_pb2.ClusterLoadAssignment:
     """Every member region's endpoint in one priority, weighted by the model's weights."""
+    config = build.config
     spec = config.models[model]
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name(model),
         endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
             _lb_endpoint(config, model, region, spec.weights.get(region, 1) if spec.weights else 1)
-            for region in members(config, model, local_region)])])
+            for region in members(build, model, local_region)])])
 
 
-def spread_cluster(config: RegionConfig, model: str, local_region: str) -> cluster_pb2.Cluster:
+def spread_cluster(build: Build, model: str, local_region: str) -> cluster_pb2.Cluster:
     """The cluster a least-request model's route names: all its regions in one priority.
     Retries move to a region not yet tried (previous_hosts: one host per region)."""
+    config = build.config
     spec = config.models[model]
-    regions = members(config, model, local_region)
+    regions = members(build, model, local_region)
     policy = config.policy_for(model, local_region)
     cluster = cluster_pb2.Cluster(
         name=cluster_name(model),
@@ -295,11 +300,11 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
             # With few hosts (one per region) the default 50% panic threshold would send traffic
             # to ejected regions as soon as half are out; never do that.
             healthy_panic_threshold=percent_pb2.Percent(value=0)),
-        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
+        circuit_breakers=build.memo(("retry_budget",), _retry_budget),
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
-            config, model, regions, policy, http2=all(config.regions[r].http2 for r in regions)))},
+            build, model, regions, policy, http2=all(config.regions[r].http2 for r in regions)))},
         transport_socket_matches=[cluster_pb2.Cluster.TransportSocketMatch(
-            name=region, match=_struct({"region": region}), transport_socket=_tls_socket(config, region))
+            name=region, match=_struct({"region": region}), transport_socket=_tls_socket(build, region))
             for region in regions if config.regions[region].tls],
     )
     if all(_is_ip(config.regions[r].address) for r in regions):
@@ -307,7 +312,7 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
         cluster.eds_cluster_config.eds_config.CopyFrom(_ads())
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
-        cluster.load_assignment.CopyFrom(spread_load_assignment(config, model, local_region))
+        cluster.load_assignment.CopyFrom(spread_load_assignment(build, model, local_region))
     # One probe setting per cluster: the regions' must agree (each endpoint names its own Host).
     if regions and len({config.regions[r].health_check for r in regions}) == 1 \
             and config.regions[regions[0]].health_check is not None:
@@ -316,25 +321,27 @@ def spread_cluster(config: RegionConfig, model: str, local_region: str) -> clust
     return cluster
 
 
-def aggregate_cluster(config: RegionConfig, model: str, local_region: str) -> Serialized:
+def aggregate_cluster(build: Build, model: str, local_region: str) -> Serialized:
     """The cluster a failover model's route names: its regions in failover order, local first."""
-    return _aggregate(config, model, local_region, cluster_name(model), failover_chain(config, model, local_region))
+    return _aggregate(build, model, local_region, cluster_name(model),
+                      failover_chain(build.config, model, local_region, build.avoided))
 
 
-def first_region_cluster(config: RegionConfig, model: str, local_region: str, first: str) -> Serialized:
+def first_region_cluster(build: Build, model: str, local_region: str, first: str) -> Serialized:
     """One of a weighted model's aggregates: `first`, then the other weighted regions. The route
     picks among them by weight (the first attempt's region); priorities order the retries."""
-    return _aggregate(config, model, local_region, first_region_cluster_name(model, first),
-                      weighted_order(config, model, first))
+    return _aggregate(build, model, local_region, first_region_cluster_name(model, first),
+                      weighted_order(build.config, model, first))
 
 
-def _aggregate(config: RegionConfig, model: str, local_region: str, name: str, chain: list[str]) -> Serialized:
+def _aggregate(build: Build, model: str, local_region: str, name: str, chain: list[str]) -> Serialized:
     # Aggregates of one model differ in name and member order only: the rest is written once.
-    options = _http_options(config, model, chain, config.policy_for(model, local_region))
-    template = config.memo(("aggregate_template", id(options)), lambda: wire.Template(cluster_pb2.Cluster(
+    config = build.config
+    options = _http_options(build, model, chain, config.policy_for(model, local_region))
+    template = build.memo(("aggregate_template", id(options)), lambda: wire.Template(cluster_pb2.Cluster(
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-        circuit_breakers=config.memo(("retry_budget",), _retry_budget),
+        circuit_breakers=build.memo(("retry_budget",), _retry_budget),
         # The wire protocol really comes from each region's cluster; these options carry the filters.
         typed_extension_protocol_options={HTTP_OPTIONS: options},
     ), holes=("name", "cluster_type")))

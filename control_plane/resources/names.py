@@ -4,12 +4,16 @@ names, node groups, failover chains, upstream paths."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import RegionConfig
 
 # Type URLs and push order are the generic layer's (xds_types, which every layer imports);
 # re-exported for the builders.
 from ..xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE, SECRET_TYPE  # noqa: F401
+
+if TYPE_CHECKING:
+    from .build import Build  # build.py imports the config only; names stays import-light
 
 LISTENER_NAME = "ingress"
 ROUTE_CONFIG_NAME = "vertex"
@@ -65,26 +69,27 @@ def first_region_cluster_name(model: str, region: str) -> str:
     return f"model/{model}/first/{region}"
 
 
-def failover_chain(config: RegionConfig, model: str, local_region: str) -> list[str]:
+def failover_chain(config: RegionConfig, model: str, local_region: str,
+                   avoided: frozenset[str] = frozenset()) -> list[str]:
     """Regions an Envoy in local_region tries for model, in order: its own, then its failover list."""
     served = set(config.models[model].served_regions)
     order = [local_region, *config.regions[local_region].failover]
     chain = [region for region in order if region in served]
-    if config.avoided:  # regions the fleet's load reports say are failing go last (control_plane/lrs.py)
-        chain = [r for r in chain if r not in config.avoided] + [r for r in chain if r in config.avoided]
+    if avoided:  # regions the fleet's load reports say are failing go last (control_plane/lrs.py)
+        chain = [r for r in chain if r not in avoided] + [r for r in chain if r in avoided]
     return chain
 
 
-def members(config: RegionConfig, model: str, local_region: str) -> list[str]:
+def members(build: Build, model: str, local_region: str) -> list[str]:
     """Regions that serve `model` to an Envoy in local_region, by the model's strategy: the
     failover chain in order, or the regions a weighted or least-request spread uses."""
-    return config.memo(("members", model, local_region), lambda: _members(config, model, local_region))
+    return build.memo(("members", model, local_region), lambda: _members(build, model, local_region))
 
 
-def _members(config: RegionConfig, model: str, local_region: str) -> list[str]:
-    spec = config.models[model]
+def _members(build: Build, model: str, local_region: str) -> list[str]:
+    spec = build.config.models[model]
     if spec.strategy == "failover":
-        return failover_chain(config, model, local_region)
+        return failover_chain(build.config, model, local_region, build.avoided)
     if spec.strategy == "weighted":
         return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
     return list(spec.served_regions)
@@ -100,14 +105,14 @@ def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:
     return [first, *sorted(rest, key=lambda r: -spec.weights[r])]
 
 
-def pinnable(config: RegionConfig, model: str, local_region: str) -> list[str]:
+def pinnable(build: Build, model: str, local_region: str) -> list[str]:
     """Regions a request for `model` may be pinned to at an Envoy in local_region: the regions it
     uses, and for a weighted model also those drained with weight 0 (an operator checks a drained
     region through a pin before giving it traffic again)."""
-    spec = config.models[model]
+    spec = build.config.models[model]
     if spec.strategy == "weighted":
         return list(spec.served_regions)
-    return members(config, model, local_region)
+    return members(build, model, local_region)
 
 
 def endpoint_path(config: RegionConfig, model: str, region: str) -> str:

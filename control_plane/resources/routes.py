@@ -21,6 +21,7 @@ from .. import wire
 from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
 from ..wire import Serialized
 from . import openai, shapes
+from .build import Build
 from .clients import authorize_routes
 from .names import (
     BUFFER_FILTER,
@@ -83,22 +84,24 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
     return retry
 
 
-def _model_route(config: RegionConfig, model: str, local_region: str, name: str,
+def _model_route(build: Build, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
                  pinned: str | None = None, hedged: bool = False) -> route_components_pb2.Route:
-    # Most of a route does not depend on the Envoy's region: built once per config for all
+    # Most of a route does not depend on the Envoy's region: built once per build for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
-    chain_length = 1 if pinned else len(attempts(config, model, members(config, model, local_region)))
+    config = build.config
+    chain_length = 1 if pinned else len(attempts(config, model, members(build, model, local_region)))
     key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
            local_region if not chain_length else None)
-    return config.memo(key, lambda: _build_model_route(config, model, local_region, name, match, streaming, pinned,
-                                                       hedged))
+    return build.memo(key, lambda: _build_model_route(build, model, local_region, name, match, streaming, pinned,
+                                                      hedged))
 
 
-def _build_model_route(config: RegionConfig, model: str, local_region: str, name: str,
+def _build_model_route(build: Build, model: str, local_region: str, name: str,
                        match: route_components_pb2.RouteMatch, streaming: bool,
                        pinned: str | None, hedged: bool) -> route_components_pb2.Route:
-    chain = [pinned] if pinned else members(config, model, local_region)
+    config = build.config
+    chain = [pinned] if pinned else members(build, model, local_region)
     if not chain:
         return route_components_pb2.Route(
             name=name, match=match,
@@ -110,9 +113,9 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
     route = route_components_pb2.Route()
     # Everything but the name, match and cluster is shared by many routes: copy it (in C).
     tried = len(chain) if pinned else len(attempts(config, model, chain))  # (region, tier) attempts
-    route.CopyFrom(config.memo(("route_template", id(base_policy), tried, strategy, streaming, bool(pinned), hedged),
-                               lambda: _route_template(base_policy, tried, strategy, streaming, bool(pinned),
-                                                       hedged)))
+    route.CopyFrom(build.memo(("route_template", id(base_policy), tried, strategy, streaming, bool(pinned), hedged),
+                              lambda: _route_template(base_policy, tried, strategy, streaming, bool(pinned),
+                                                      hedged)))
     route.name = name
     route.match.CopyFrom(match)
     if pinned:
@@ -123,7 +126,7 @@ def _build_model_route(config: RegionConfig, model: str, local_region: str, name
         route.route.cluster = cluster_name(model)
     # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
-        config.memo(("model_metadata", model), lambda: _struct({"model": model})))
+        build.memo(("model_metadata", model), lambda: _struct({"model": model})))
     return route
 
 
@@ -175,22 +178,23 @@ def _json_response(status: int, message: str, **extra) -> route_components_pb2.D
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
-def route_configuration(config: RegionConfig, local_region: str, shaped: bool) -> Serialized:
+def route_configuration(build: Build, local_region: str, shaped: bool) -> Serialized:
     """The route configuration of this region's Envoys, assembled from its routes' bytes: most
-    routes are shared by many regions' configurations, and serialized once per config.
+    routes are shared by many regions' configurations, and serialized once per build.
     `shaped`: models alike but for names and ids are written from their shape (shapes.py)."""
+    config = build.config
     if config.clients is None:
         # Each model's routes as bytes, once per (model, region); a reload that leaves the model
-        # as it was takes them over (RegionConfig.inherit).
+        # as it was takes them over (Build.inherit).
         entries = b"".join([
-            *(config.memo_model(model, ("route_entries", local_region),
-                                lambda model=model: _model_entries(config, model, local_region, shaped))
+            *(build.memo_model(model, ("route_entries", local_region),
+                               lambda model=model: _model_entries(build, model, local_region, shaped))
               for model in config.models),
-            *(_entry(config, r) for r in _closing_routes(config, local_region))])
+            *(_entry(build, r) for r in _closing_routes(build, local_region))])
     else:  # per-identity variants of the routes (clients.py)
-        entries = b"".join(_entry(config, r) for r in authorize_routes(config, local_region,
-                                                                       region_routes(config, local_region)))
-    virtual_host = config.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
+        entries = b"".join(_entry(build, r) for r in authorize_routes(build, local_region,
+                                                                      region_routes(build, local_region)))
+    virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
     data = _ROUTE_CONFIGURATION.fill(virtual_hosts=virtual_host.fill(routes=wire.Entries(entries)))
     return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
 
@@ -199,17 +203,17 @@ _ROUTE_CONFIGURATION = wire.Template(route_pb2.RouteConfiguration(name=ROUTE_CON
 _ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
 
 
-def _model_entries(config: RegionConfig, model: str, local_region: str, shaped: bool) -> bytes:
-    routes = shapes.shaped(config, model, local_region, "routes", _model_segment) if shaped else None
+def _model_entries(build: Build, model: str, local_region: str, shaped: bool) -> bytes:
+    routes = shapes.shaped(build, model, local_region, "routes", _model_segment) if shaped else None
     if routes is None:
-        routes = _model_segment(config, model, local_region)
-    return b"".join(_entry(config, r) for r in routes)
+        routes = _model_segment(build, model, local_region)
+    return b"".join(_entry(build, r) for r in routes)
 
 
-def _entry(config: RegionConfig, route: route_components_pb2.Route | Serialized) -> bytes:
-    """The route framed as one entry of VirtualHost.routes, once per config (the memo keeps the
+def _entry(build: Build, route: route_components_pb2.Route | Serialized) -> bytes:
+    """The route framed as one entry of VirtualHost.routes, once per build (the memo keeps the
     route alive, so its id stays its own)."""
-    return config.memo(("route_entry", id(route)), lambda: (route, wire.entry(_ROUTES, wire.bytes_of(route))))[1]
+    return build.memo(("route_entry", id(route)), lambda: (route, wire.entry(_ROUTES, wire.bytes_of(route))))[1]
 
 
 def _virtual_host() -> route_components_pb2.VirtualHost:
@@ -221,42 +225,44 @@ def _virtual_host() -> route_components_pb2.VirtualHost:
     )
 
 
-def region_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+def region_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
     """Every route of this region's Envoys, in match order (before clients' authorization)."""
-    return [*(route for model in config.models for route in _model_segment(config, model, local_region)),
-            *_closing_routes(config, local_region)]
+    return [*(route for model in build.config.models for route in _model_segment(build, model, local_region)),
+            *_closing_routes(build, local_region)]
 
 
-def _closing_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+def _closing_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
     """After every model's own routes: the OpenAI paths, /predict and the JSON 404."""
-    return [*_openai_routes(config, local_region), _default_route(config, local_region),
-            config.memo(("not_found",), lambda: _not_found(config))]
+    return [*_openai_routes(build, local_region), _default_route(build, local_region),
+            build.memo(("not_found",), lambda: _not_found(build.config))]
 
 
-def _default_route(config: RegionConfig, local_region: str) -> route_components_pb2.Route:
+def _default_route(build: Build, local_region: str) -> route_components_pb2.Route:
     """POST /predict: the default model's predict."""
+    config = build.config
     default = config.default_model
-    return _model_route(config, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
+    return _model_route(build, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
                         hedged=config.policy_for(default, local_region).hedge)
 
 
-def _model_segment(config: RegionConfig, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
+def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
     """A model's routes at an Envoy of local_region: pins first, then (when hedged) the hedged
     verbs, then every verb. They depend on the region only through these inputs (the key)."""
+    config = build.config
     policy = config.policy_for(model, local_region)
-    allowed = tuple(pinnable(config, model, local_region))
-    chain_length = len(attempts(config, model, members(config, model, local_region)))
+    allowed = tuple(pinnable(build, model, local_region))
+    chain_length = len(attempts(config, model, members(build, model, local_region)))
     key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region)
 
     def compute() -> tuple[route_components_pb2.Route, ...]:
-        routes = _pin_routes(config, model, local_region)
+        routes = _pin_routes(build, model, local_region)
         if policy.hedge:  # before the routes of all the verbs
-            routes += [_model_route(config, model, local_region, name, match, hedged=True)
-                       for name, match in _hedged_matches(config, model)]
-        routes += [_model_route(config, model, local_region, name, match, streaming)
-                   for name, match, streaming in _model_matches(config, model)]
+            routes += [_model_route(build, model, local_region, name, match, hedged=True)
+                       for name, match in _hedged_matches(build, model)]
+        routes += [_model_route(build, model, local_region, name, match, streaming)
+                   for name, match, streaming in _model_matches(build, model)]
         return tuple(routes)
-    return config.memo(key, compute)
+    return build.memo(key, compute)
 
 
 def _not_found(config: RegionConfig) -> route_components_pb2.Route:
@@ -275,9 +281,10 @@ def _not_found(config: RegionConfig) -> route_components_pb2.Route:
     )
 
 
-def _patterns(config: RegionConfig, model: str) -> tuple[str, str | None, tuple[str, ...]]:
+def _patterns(build: Build, model: str) -> tuple[str, str | None, tuple[str, ...]]:
     """The model's client path, its Vertex-native path (regexes; None when only custom backends
-    serve it) and its verbs; once per config."""
+    serve it) and its verbs; once per build."""
+    config = build.config
     def compute() -> tuple[str, str | None, tuple[str, ...]]:
         spec = config.models[model]
         model_path = f"/v1/models/{_re_escape(model)}"
@@ -290,13 +297,13 @@ def _patterns(config: RegionConfig, model: str) -> tuple[str, str | None, tuple[
             ids = sorted({v for r, v in spec.endpoints.items() if not config.regions[r].custom})
             native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})" if ids else None
         return model_path, native, PUBLISHER_VERBS if spec.publisher_model else VERBS
-    return config.memo(("patterns", model), compute)
+    return build.memo(("patterns", model), compute)
 
 
-def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
+def _model_matches(build: Build, model: str) -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
     """(route name, match, streaming) of the model's unpinned routes; the same for every region."""
     def compute() -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
-        model_path, native, verbs = _patterns(config, model)
+        model_path, native, verbs = _patterns(build, model)
         out = []
         for streaming in (False, True):
             group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
@@ -306,32 +313,33 @@ def _model_matches(config: RegionConfig, model: str) -> list[tuple[str, route_co
             if native:
                 out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
         return out
-    return config.memo(("matches", model), compute)
+    return build.memo(("matches", model), compute)
 
 
-def _hedged_matches(config: RegionConfig, model: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
+def _hedged_matches(build: Build, model: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
     """(route name, match) of the model's hedged verbs, for a model whose policy says `hedge`."""
     def compute() -> list[tuple[str, route_components_pb2.RouteMatch]]:
-        model_path, native, verbs = _patterns(config, model)
+        model_path, native, verbs = _patterns(build, model)
         verb_re = f":({_alternation([v for v in verbs if v in HEDGED_VERBS])})$"
         return [(f"model:{model}:hedged", _regex_match(f"^{model_path}{verb_re}")),
                 (f"native:{model}:hedged", _regex_match(f"^{native}{verb_re}"))]
-    return config.memo(("hedged_matches", model), compute)
+    return build.memo(("hedged_matches", model), compute)
 
 
-def _pin_match(config: RegionConfig, model: str, region: str | None) -> route_components_pb2.RouteMatch:
+def _pin_match(build: Build, model: str, region: str | None) -> route_components_pb2.RouteMatch:
     """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
     def compute() -> route_components_pb2.RouteMatch:
         header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
             route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
-        return route_components_pb2.RouteMatch(safe_regex=config.memo(("pin_paths", model), lambda: _pin_paths(
-            config, model)), headers=[header])
-    return config.memo(("pin_match", model, region), compute)
+        return route_components_pb2.RouteMatch(safe_regex=build.memo(("pin_paths", model), lambda: _pin_paths(
+            build, model)), headers=[header])
+    return build.memo(("pin_match", model, region), compute)
 
 
-def _pin_paths(config: RegionConfig, model: str) -> regex_pb2.RegexMatcher:
+def _pin_paths(build: Build, model: str) -> regex_pb2.RegexMatcher:
     """Every path of the model a pin header applies to, as one regex."""
-    model_path, native, verbs = _patterns(config, model)
+    config = build.config
+    model_path, native, verbs = _patterns(build, model)
     paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
         f"{model_path}:({_alternation(list(verbs))})"
     if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
@@ -341,16 +349,16 @@ def _pin_paths(config: RegionConfig, model: str) -> regex_pb2.RegexMatcher:
     return _regex(f"^{paths}$")
 
 
-def _pin_routes(config: RegionConfig, model: str, local_region: str) -> list[route_components_pb2.Route]:
+def _pin_routes(build: Build, model: str, local_region: str) -> list[route_components_pb2.Route]:
     """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
     regions this Envoy would use for the model may be pinned; any other value gets a 400."""
-    allowed = pinnable(config, model, local_region)
+    allowed = pinnable(build, model, local_region)
     # One route per region covers unary and streaming verbs alike: no whole-request timeout,
     # an idle timeout per try instead (what a hang looks like either way).
-    routes = [_model_route(config, model, local_region, f"pin:{model}@{region}", _pin_match(config, model, region),
+    routes = [_model_route(build, model, local_region, f"pin:{model}@{region}", _pin_match(build, model, region),
                            streaming=True, pinned=region) for region in allowed]
-    routes.append(config.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
-        name=f"pin:{model}:refused", match=_pin_match(config, model, None),
+    routes.append(build.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
+        name=f"pin:{model}:refused", match=_pin_match(build, model, None),
         direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
                                             f"{model!r} from this gateway", allowed_regions=allowed),
         response_headers_to_add=[_header("content-type", "application/json")],
@@ -364,12 +372,13 @@ def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
 
 
 
-def _openai_routes(config: RegionConfig, local_region: str) -> list[route_components_pb2.Route]:
+def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
     """The OpenAI-compatible paths (resources/openai.py). Each model's routes name its own
     cluster, so failover and pinning are those of the Vertex-native paths. They match on the
     body's model (publisher models) and `"stream": true` (idle timeout instead of a whole-request
     timeout), which the body reader these routes enable has read. Endpoint models are pinned by
     their Vertex-native pin routes (_pin_routes), which also match their OpenAI paths."""
+    config = build.config
     publisher = config.openai_models()
     endpoint_models = config.openai_endpoint_models()
     # The buffer filter takes its limit from the route matched before the body is read (the
@@ -386,7 +395,7 @@ def _openai_routes(config: RegionConfig, local_region: str) -> list[route_compon
     def to(model: str, name: str, match: route_components_pb2.RouteMatch, streaming: bool, body_model: str | None,
            pinned: str | None = None) -> route_components_pb2.Route:
         route = route_components_pb2.Route()
-        route.CopyFrom(_model_route(config, model, local_region, name, match, streaming, pinned))  # memoized: shared
+        route.CopyFrom(_model_route(build, model, local_region, name, match, streaming, pinned))  # memoized: shared
         if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
             route.direct_response.CopyFrom(openai.error(
                 503, f"model {model!r} is not served from region {local_region} or its failover regions",
@@ -396,7 +405,7 @@ def _openai_routes(config: RegionConfig, local_region: str) -> list[route_compon
 
     routes: list[route_components_pb2.Route] = []
     for body_model, model in publisher.items():
-        allowed = pinnable(config, model, local_region)
+        allowed = pinnable(build, model, local_region)
         routes += [to(model, f"openai:{model}@{region}", openai.match(openai.CHAT_PATH, body_model, pin={
             "name": PIN_HEADER, "string_match": string_pb2.StringMatcher(exact=region)}), True, body_model, region)
             for region in allowed]

@@ -11,8 +11,8 @@ first region built) and must come out byte for byte equal, else the shape is not
 
 Not shaped (built the ordinary way): the default model, models on the OpenAI paths,
 publisher models, models with a custom backend, shapes of fewer than MIN_MEMBERS models, and
-every model of a config that took models over from the config before it (an edit of a few
-models rebuilds those few: RegionConfig.inherit).
+every model of a build that took models over from the build before it (an edit of a few
+models rebuilds those few: Build.inherit).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from .. import wire
 from ..config import RegionConfig
 from ..snapshot import requires, resource_name
 from ..wire import Serialized
+from .build import Build
 from .proto import _alternation, _re_escape
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Build = Callable[[RegionConfig, str, str], T]  # (config, model, local region) -> resources
+Builder = Callable[[Build, str, str], T]  # (build, model, local region) -> resources
 
 MIN_MEMBERS = 4
 SENTINEL_MODEL = "zqshapemodelzq"  # a valid model name no regex escaping changes
@@ -42,34 +43,34 @@ SENTINEL_MODEL = "zqshapemodelzq"  # a valid model name no regex escaping change
 _REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})
 
 
-def shaped(config: RegionConfig, model: str, local_region: str, kind: str, build: Build[T]) -> T | None:
-    """build(config, model, local_region) written from the model's shape; None: not shaped (the
-    caller builds it). `kind` names `build` (one stand-in build per shape, region and kind)."""
-    members = _members(config).get(model)
+def shaped(build: Build, model: str, local_region: str, kind: str, builder: Builder[T]) -> T | None:
+    """builder(build, model, local_region) written from the model's shape; None: not shaped (the
+    caller builds it). `kind` names `builder` (one stand-in build per shape, region and kind)."""
+    members = _members(build).get(model)
     if members is None:
         return None
-    shape = config.memo(("shape", members[0]), lambda: _Shape(config, members))
-    return shape.resources(config, model, local_region, kind, build)
+    shape = build.memo(("shape", members[0]), lambda: _Shape(build, members))
+    return shape.resources(build, model, local_region, kind, builder)
 
 
-def shaped_models(config: RegionConfig) -> set[str]:
-    """The models of this config written from a shape (for tests and tools)."""
-    return set(_members(config))
+def shaped_models(build: Build) -> set[str]:
+    """The models of this build written from a shape (for tests and tools)."""
+    return set(_members(build))
 
 
-def _members(config: RegionConfig) -> dict[str, tuple[str, ...]]:
+def _members(build: Build) -> dict[str, tuple[str, ...]]:
     """model -> the models of its shape, for the models built from a shape (MIN_MEMBERS or more)."""
     def compute() -> dict[str, tuple[str, ...]]:
-        if config.models_taken_over:  # an edit of a few models: those few are built the ordinary way
+        if build.models_taken_over:  # an edit of a few models: those few are built the ordinary way
             return {}
         shapes: dict[str, list[str]] = {}
-        for model in config.models:
-            key = _shape_key(config, model)
+        for model in build.config.models:
+            key = _shape_key(build.config, model)
             if key is not None:
                 shapes.setdefault(key, []).append(model)
         groups = [tuple(models) for models in shapes.values() if len(models) >= MIN_MEMBERS]
         return {model: members for members in groups for model in members}
-    return config.memo(("shapes",), compute)
+    return build.memo(("shapes",), compute)
 
 
 def _shape_key(config: RegionConfig, model: str) -> str | None:
@@ -84,14 +85,14 @@ def _shape_key(config: RegionConfig, model: str) -> str | None:
 class _Shape:
     """One shape's stand-in model, its resources as stencils, and what was filled from them."""
 
-    def __init__(self, config: RegionConfig, members: tuple[str, ...]):
+    def __init__(self, build: Build, members: tuple[str, ...]):
         self.members = members
+        config = build.config
         spec = config.models[members[0]]
         ids = {region: f"8{i:04d}7182818284" for i, region in enumerate(spec.endpoints)}
         stand_in = config.model_copy(update={"models": {
             **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
-        stand_in._memo = {}  # its own memos (a copy would share the config's)
-        self.stand_in = stand_in
+        self.stand_in = Build(stand_in, build.avoided)  # a build of its own: its resources differ
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
@@ -103,22 +104,22 @@ class _Shape:
         self._by_member: dict[tuple[str, str], dict[str, object]] = {}  # (kind, region) -> model -> filled
         self._member_values: list[dict[str, tuple[str, str]]] | None = None
 
-    def resources(self, config: RegionConfig, model: str, region: str, kind: str, build: Build[T]) -> T | None:
+    def resources(self, build: Build, model: str, region: str, kind: str, builder: Builder[T]) -> T | None:
         found = self._by_member.get((kind, region))
         if found is None:  # every member at once: one pass over the stand-in's resources per region
-            found = self._by_member[kind, region] = self._fill_all(config, region, kind, build)
+            found = self._by_member[kind, region] = self._fill_all(build, region, kind, builder)
         return found.get(model)
 
-    def _fill_all(self, config: RegionConfig, region: str, kind: str, build: Build) -> dict[str, object]:
+    def _fill_all(self, build: Build, region: str, kind: str, builder: Builder) -> dict[str, object]:
         """model -> its resources for (kind, region); empty: not shaped there."""
         if (kind, region) not in self._built:
-            self._built[kind, region] = build(self.stand_in, SENTINEL_MODEL, region)
+            self._built[kind, region] = builder(self.stand_in, SENTINEL_MODEL, region)
         built = self._built[kind, region]  # None: not shaped in this region
         if self._member_values is None:
-            self._member_values = [self._compute_values(config, m) for m in self.members]
+            self._member_values = [self._compute_values(build.config, m) for m in self.members]
         try:
             if kind not in self._checked:  # in the first region built: the names enter alike in every region
-                self._checked[kind] = self._check(config, region, kind, build, built)
+                self._checked[kind] = self._check(build, region, kind, builder, built)
             if not self._checked[kind] or built is None:
                 return {}
             return dict(zip(self.members, self._column(built)))
@@ -127,11 +128,11 @@ class _Shape:
             self._built[kind, region] = None
             return {}
 
-    def _check(self, config: RegionConfig, region: str, kind: str, build: Build, built: object) -> bool:
+    def _check(self, build: Build, region: str, kind: str, builder: Builder, built: object) -> bool:
         """The first member filled in equals the first member built: else this shape is not used."""
         first = self.members[0]
         try:
-            ok = _same(self._column(built)[0], build(config, first, region))
+            ok = _same(self._column(built)[0], builder(build, first, region))
         except wire.StencilError as exc:
             log.warning("model shape not used (%s): %s", first, exc)
             return False
