@@ -213,8 +213,11 @@ class SnapshotCache:
         build = base.avoiding(self._avoided)
         before = now.build
         reused = build.inherit(before) if before is not None and before is not build else 0
-        built = _Built({g: Snapshot.build(self._builder(build, g), self._interner)
-                        for g in wanted if g.region in config.vertex_regions})
+        try:
+            built = _Built({g: Snapshot.build(self._builder(build, g), self._interner)
+                            for g in wanted if g.region in config.vertex_regions})
+        finally:
+            build.built()
         for region in {g.region for g in built}:  # here, off the event loop, rather than at the first push
             _credentials_needed(base, region)
         built.base, built.build, built.reused_models = base, build, reused

@@ -92,6 +92,26 @@ def test_a_global_edit_is_shaped_and_a_one_model_edit_is_built_the_ordinary_way(
         assert bool(shapes.shaped_models(cache.build)) == shaped_after
 
 
+def test_a_global_edit_takes_over_the_filled_resources_it_left_as_they_were():
+    """A global edit rebuilds every shape's stand-in, but a stand-in resource whose bytes did not
+    change (a route timeout leaves the endpoints alone) keeps its members' filled resources:
+    the same objects, so the interner does not hash them again either."""
+    data = families(BASE)
+    cache = SnapshotCache(parse_config(yaml.safe_dump(data, sort_keys=False)))
+    group = NodeGroup("us-east4", cache.config.listener.address, cache.config.listener.port)
+    before = {(r.type_url, r.name): r.built for r in cache.snapshot(group).all()}
+    data["policy"] = {"timeout": "31s"}
+    text = yaml.safe_dump(data, sort_keys=False)
+    cache.set_config(parse_config(text))
+    after = {(r.type_url, r.name): r.built for r in cache.snapshot(group).all()}
+    kept = {key for key in after if after[key] is before.get(key)}
+    member_endpoints = {key for key in after if key[0].endswith("ClusterLoadAssignment")
+                        and ("lr4" in key[1] or "fail-two" in key[1])}
+    assert member_endpoints and member_endpoints <= kept  # taken over
+    assert ("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "vertex") not in kept  # the edit
+    assert served(cache) == served(ordinary(text))
+
+
 def test_a_shape_whose_fill_differs_from_the_build_is_not_used(caplog):
     """A resource that depends on the model other than through its name and ids (here the
     name's length) cannot be written from the stand-in: the first member's check catches it."""

@@ -1,5 +1,5 @@
 """One build of a config's resources: what is built once and shared by every node group (memo),
-and what a reload takes over from the build before (memo_model, inherit).
+and what a reload takes over from the build before (memo_model, memo_content, inherit).
 
 The config is data only; what is built from it lives here, owned by the snapshot cache, so
 that what a reload replaces is this object (freed off the push, cache.retire) and two builds
@@ -27,6 +27,7 @@ class Build:
         # models x 40 regions asks for the same pieces thousands of times).
         self._memo: dict = {}
         self.models_taken_over = 0  # how many models' resources inherit() took over
+        self._before: Build | None = None  # while building: the build before (memo_content)
 
     def __repr__(self) -> str:
         return f"Build(config {self.config.version}, avoided {sorted(self.avoided)})"
@@ -54,10 +55,29 @@ class Build:
         it over from the build before (inherit)."""
         return self.memo(("model", model, *key), compute)
 
+    def memo_content(self, key: tuple, compute: Callable[[], T]) -> T:
+        """memo() for what `key` determines entirely (it holds the content it is made from): taken
+        over from the build before whatever the edit changed, even a global one (inherit)."""
+        key = ("content", *key)
+        memo = self._memo
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        before = self._before._memo.get(key) if self._before is not None else None
+        value = memo[key] = before if before is not None else compute()
+        return value
+
+    def built(self) -> None:
+        """The build is done: let go of the build before (memo_content no longer looks there)."""
+        self._before = None
+
     def inherit(self, previous: Build) -> int:
         """Take over `previous`'s memo_model() values of every model whose spec is unchanged,
         if nothing outside the models changed either (a global edit rebuilds everything).
-        Returns how many models were taken over."""
+        Returns how many models were taken over. Until built(), memo_content() looks in
+        `previous` too."""
+        self._before = previous
         if self._reuse_key() != previous._reuse_key():
             return 0
         before, now = previous._model_specs(), self._model_specs()

@@ -17,6 +17,7 @@ models rebuilds those few: Build.inherit).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -93,6 +94,10 @@ class _Shape:
         stand_in = config.model_copy(update={"models": {
             **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
         self.stand_in = Build(stand_in, build.avoided)  # a build of its own: its resources differ
+        self._build = build
+        # The members and their ids: with a stand-in resource's bytes, all a filled column depends on.
+        self._signature = hashlib.sha256(json.dumps(
+            [[m, config.models[m].endpoints] for m in members]).encode()).hexdigest()
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
@@ -156,18 +161,24 @@ class _Shape:
         if found is None:
             if type(built) is tuple:  # the items' columns, turned into one tuple per member (in C)
                 column = list(zip(*map(self._column, built))) if built else [()] * len(self.members)
-            else:
-                column = _Mold(built, self._tokens).fill_all(self._member_values)
+            else:  # a global edit that left this resource as it was takes its column over
+                data = wire.bytes_of(built)
+                column = self._build.memo_content(
+                    ("shape column", _message_type(built), data, self._signature),
+                    lambda: _Mold(built, data, self._tokens).fill_all(self._member_values))
             found = self._columns[id(built)] = (built, column)  # `built` kept: its id stays its own
         return found[1]
+
+
+def _message_type(built: Message | Serialized) -> type[Message]:
+    return built.message_type if isinstance(built, Serialized) else type(built)
 
 
 class _Mold:
     """One resource of the stand-in model, ready to be written for another model."""
 
-    def __init__(self, built: Message | Serialized, tokens: re.Pattern):
-        data = wire.bytes_of(built)
-        self.message_type = built.message_type if isinstance(built, Serialized) else type(built)
+    def __init__(self, built: Message | Serialized, data: bytes, tokens: re.Pattern):
+        self.message_type = _message_type(built)
         self.write = wire.Stencil(data, self.message_type.DESCRIPTOR, tokens, _REGEX_FIELDS).fill
         self.name = tokens.split(resource_name(built))
         self.requires = tuple((type_url, tokens.split(name)) for type_url, name in requires(built))
