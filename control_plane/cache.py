@@ -240,8 +240,13 @@ def _credentials_needed(base: Build | None, region: str) -> list[str]:
     config = base.config
 
     def of_model(model: str) -> frozenset[str | None]:
-        return base.memo_model(model, ("credentials", region), lambda: frozenset(
-            config.credential_for(model, r) for r in members(base, model, region)))
+        # The credential per region, once per model; most models carry one everywhere.
+        by_region = base.memo_model(model, ("credential by region",), lambda: {
+            r: config.credential_for(model, r) for r in config.models[model].served_regions})
+        used = members(base, model, region)
+        if len(set(by_region.values())) == 1:
+            return frozenset(by_region.values()) if used else frozenset()
+        return frozenset(by_region[r] for r in used)
     return base.memo(("credentials_needed", region), lambda: sorted(
         frozenset().union(*map(of_model, config.models)) - {None}))
 
