@@ -95,11 +95,15 @@ def test_a_global_edit_is_shaped_and_a_one_model_edit_is_built_the_ordinary_way(
 def test_a_global_edit_takes_over_the_filled_resources_it_left_as_they_were():
     """A global edit rebuilds every shape's stand-in, but a stand-in resource whose bytes did not
     change (a route timeout leaves the endpoints alone) keeps its members' filled resources:
-    the same objects, so the interner does not hash them again either."""
+    the same objects, so the interner does not hash them again either. Also after an edit of
+    one model, which is built without shapes."""
     data = families(BASE)
     cache = SnapshotCache(parse_config(yaml.safe_dump(data, sort_keys=False)))
     group = NodeGroup("us-east4", cache.config.listener.address, cache.config.listener.port)
     before = {(r.type_url, r.name): r.built for r in cache.snapshot(group).all()}
+    # An edit of one model in between (built the ordinary way) keeps what the global edit takes over.
+    data["models"]["wei-two"]["weights"] = {"us-central1": 1, "us-east4": 1}
+    cache.set_config(parse_config(yaml.safe_dump(data, sort_keys=False)))
     data["policy"] = {"timeout": "31s"}
     text = yaml.safe_dump(data, sort_keys=False)
     cache.set_config(parse_config(text))

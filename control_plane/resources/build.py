@@ -76,7 +76,8 @@ class Build:
         """Take over `previous`'s memo_model() values of every model whose spec is unchanged,
         if nothing outside the models changed either (a global edit rebuilds everything).
         Returns how many models were taken over. Until built(), memo_content() looks in
-        `previous` too."""
+        `previous` too; an edit of a few models keeps all of it (it builds those few without
+        it), for the global edit after it."""
         self._before = previous
         if self._reuse_key() != previous._reuse_key():
             return 0
@@ -84,7 +85,7 @@ class Build:
         same = {m for m in self.config.models if before.get(m) == now[m]}
         memo = self._memo
         for key, value in list(previous._memo.items()):  # a copy: read off the loop
-            if key[0] == "model" and key[1] in same:
+            if key[0] == "content" or (key[0] == "model" and key[1] in same):
                 memo.setdefault(key, value)
         self.models_taken_over = len(same)
         return len(same)
