@@ -1,5 +1,5 @@
 """One build of a config's resources: what is built once and shared by every node group (memo),
-and what a reload takes over from the build before (memo_model, memo_content, inherit).
+and what a reload takes over from the build before (memo_model, content, inherit).
 
 The config is data only; what is built from it lives here, owned by the snapshot cache, so
 that what a reload replaces is this object (freed off the push, cache.retire) and two builds
@@ -8,12 +8,14 @@ of one config share nothing through it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TypeVar
 
 from ..config import RegionConfig
 
 T = TypeVar("T")
+_NONE: Mapping = MappingProxyType({})
 
 
 class Build:
@@ -55,29 +57,27 @@ class Build:
         it over from the build before (inherit)."""
         return self.memo(("model", model, *key), compute)
 
-    def memo_content(self, key: tuple, compute: Callable[[], T]) -> T:
-        """memo() for what `key` determines entirely (it holds the content it is made from): taken
-        over from the build before whatever the edit changed, even a global one (inherit)."""
+    def content(self, key: tuple) -> tuple[dict, Mapping]:
+        """A store whose entries are determined entirely by `key` and their own key (e.g. a shape
+        stand-in's bytes and a member's name and ids: the member's filled resource). Returns
+        this build's store, and the build before's to take entries over from, whatever the
+        edit changed, even a global one (inherit)."""
         key = ("content", *key)
-        memo = self._memo
-        try:
-            return memo[key]
-        except KeyError:
-            pass
-        before = self._before._memo.get(key) if self._before is not None else None
-        value = memo[key] = before if before is not None else compute()
-        return value
+        mine = self._memo.get(key)
+        if mine is None:
+            mine = self._memo[key] = {}
+        return mine, (self._before._memo.get(key, _NONE) if self._before is not None else _NONE)
 
     def built(self) -> None:
-        """The build is done: let go of the build before (memo_content no longer looks there)."""
+        """The build is done: let go of the build before (content() no longer looks there)."""
         self._before = None
 
     def inherit(self, previous: Build) -> int:
         """Take over `previous`'s memo_model() values of every model whose spec is unchanged,
         if nothing outside the models changed either (a global edit rebuilds everything).
-        Returns how many models were taken over. Until built(), memo_content() looks in
-        `previous` too; an edit of a few models keeps all of it (it builds those few without
-        it), for the global edit after it."""
+        Returns how many models were taken over. Until built(), content() looks in `previous`
+        too; an edit of a few models keeps all of it (it builds those few without it), for the
+        global edit after it."""
         self._before = previous
         if self._reuse_key() != previous._reuse_key():
             return 0
@@ -85,7 +85,9 @@ class Build:
         same = {m for m in self.config.models if before.get(m) == now[m]}
         memo = self._memo
         for key, value in list(previous._memo.items()):  # a copy: read off the loop
-            if key[0] == "content" or (key[0] == "model" and key[1] in same):
+            if key[0] == "content":
+                memo.setdefault(key, dict(value))  # a store of its own: this build may add to it
+            elif key[0] == "model" and key[1] in same:
                 memo.setdefault(key, value)
         self.models_taken_over = len(same)
         return len(same)

@@ -17,7 +17,6 @@ models rebuilds those few: Build.inherit).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -95,9 +94,8 @@ class _Shape:
             **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
         self.stand_in = Build(stand_in, build.avoided)  # a build of its own: its resources differ
         self._build = build
-        # The members and their ids: with a stand-in resource's bytes, all a filled column depends on.
-        self._signature = hashlib.sha256(json.dumps(
-            [[m, config.models[m].endpoints] for m in members]).encode()).hexdigest()
+        # A member's name and ids: with a stand-in resource's bytes, all its filled resource depends on.
+        self._member_keys = [f"{m} {json.dumps(config.models[m].endpoints)}" for m in members]
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
         self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
@@ -161,13 +159,28 @@ class _Shape:
         if found is None:
             if type(built) is tuple:  # the items' columns, turned into one tuple per member (in C)
                 column = list(zip(*map(self._column, built))) if built else [()] * len(self.members)
-            else:  # a global edit that left this resource as it was takes its column over
-                data = wire.bytes_of(built)
-                column = self._build.memo_content(
-                    ("shape column", _message_type(built), data, self._signature),
-                    lambda: _Mold(built, data, self._tokens).fill_all(self._member_values))
+            else:
+                column = self._fill(built)
             found = self._columns[id(built)] = (built, column)  # `built` kept: its id stays its own
         return found[1]
+
+
+    def _fill(self, built: Message | Serialized) -> list:
+        """The stand-in resource `built` filled for every member. What was filled from the same
+        bytes for the same member (by another shape, or the build before: a global edit that left
+        this resource as it was) is taken over."""
+        data = wire.bytes_of(built)
+        mine, before = self._build.content(("shape fills", _message_type(built), data))
+        keys = self._member_keys
+        missing = [i for i, key in enumerate(keys) if key not in mine and key not in before]
+        if missing:
+            filled = _Mold(built, data, self._tokens).fill_all([self._member_values[i] for i in missing])
+            mine.update(zip([keys[i] for i in missing], filled))
+        if len(missing) < len(keys):
+            for key in keys:
+                if key not in mine:
+                    mine[key] = before[key]
+        return [mine[key] for key in keys]
 
 
 def _message_type(built: Message | Serialized) -> type[Message]:
