@@ -219,47 +219,64 @@ def tokens_pattern(tokens: list[str]) -> re.Pattern:
 
 def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
     """A function writing the message: straight-line code (a fill is one call, with no walk of
-    the chunks), e.g. for a route named after its model:
-        t1 = (C[2] + v['<model>'][0] + C[3]).encode(); b0 = C[0] + <t1's length> + t1 + C[1]
-    Every byte and string of the message is a constant C[i], so the code depends only on the
-    message's structure: compiled once per structure (a shape's resources in 40 regions are
-    a few structures), bound to each stencil's constants."""
+    the chunks) that works out each nested message's length first and joins every piece once,
+    e.g. for a route named after its model (C: the message's bytes and strings, K: the length
+    of a message's bytes without its tokens):
+        t0 = (C[1] + v[C[2]][0] + C[3]).encode(); n0 = len(t0); p0 = L[n0] ...
+        n1 = K[0] + len(p0) + n0; p1 = L[n1] ...
+        return b"".join((C[4], p1, C[0], p0, t0, C[5]))
+    The code depends only on the message's structure: compiled once per structure (a shape's
+    resources in 40 regions are a few structures), bound to each stencil's constants."""
     constants: list[bytes | str] = []
+    known: list[int] = []
     lines: list[str] = []
 
     def const(data: bytes | str) -> str:
         constants.append(data)
         return f"C[{len(constants) - 1}]"
 
-    def emit(chunks: tuple) -> str:
-        parts = []
+    def prefixed(value: str) -> str:
+        """Lines for `value`'s length n<i> and length prefix p<i>; returns i."""
+        i = len(lines)
+        lines.append(f"n{i} = {value}; p{i} = L[n{i}] if n{i} < {_SHORT} else _length_of(n{i})")
+        return f"{i}"
+
+    def emit(chunks: tuple) -> tuple[list[str], list[str]]:
+        """The chunks' pieces (expressions of bytes, in order) and their length (terms to add)."""
+        pieces: list[str] = []
+        lengths: list[str] = []
+        fixed = 0
         for chunk in chunks:
             if type(chunk) is bytes:
-                parts.append(const(chunk))
+                pieces.append(const(chunk))
+                fixed += len(chunk)
                 continue
+            fixed += len(chunk.tag)
             if type(chunk) is _Nested:
-                inner = emit(chunk.chunks)
+                inner_pieces, inner_lengths = emit(chunk.chunks)
+                i = prefixed(" + ".join(inner_lengths))
+                pieces += [const(chunk.tag), f"p{i}", *inner_pieces]
             else:  # a string with tokens (values are never empty, so the field stays set)
-                inner = f"t{len(lines)}"
-                pieces = [const(part) if i % 2 == 0 else f"v[{const(part)}][{chunk.escaped}]"
-                          for i, part in enumerate(chunk.parts) if part or i % 2]
-                lines.append(f"{inner} = ({' + '.join(pieces)}).encode()")
-            # The length prefix from a table (every length a resource here has), without a call.
-            parts.append(f"{const(chunk.tag)} + (L[len({inner})] if len({inner}) < {_SHORT} else _length({inner})) + {inner}")
-        name = f"b{len(lines)}"
-        lines.append(f"{name} = {' + '.join(parts)}")
-        return name
+                text = f"t{len(lines)}"
+                parts = [const(part) if k % 2 == 0 else f"v[{const(part)}][{chunk.escaped}]"
+                         for k, part in enumerate(chunk.parts) if part or k % 2]
+                lines.append(f"{text} = ({' + '.join(parts)}).encode()")
+                i = prefixed(f"len({text})")
+                pieces += [const(chunk.tag), f"p{i}", text]
+            lengths += [f"len(p{i})", f"n{i}"]
+        known.append(fixed)
+        return pieces, [f"K[{len(known) - 1}]", *lengths]
 
-    result = emit(chunks)
+    pieces, _ = emit(chunks)
     body = "".join(f"        {line}\n" for line in lines)
-    return _bound(f"def bind(C):\n    def fill(v):\n{body}        return {result}\n    return fill\n")(
-        tuple(constants))
+    return _bound(f"def bind(C, K):\n    def fill(v):\n{body}"
+                  f"        return b''.join(({', '.join(pieces)},))\n    return fill\n")(tuple(constants), tuple(known))
 
 
 @functools.lru_cache(maxsize=4096)
-def _bound(source: str) -> Callable[[tuple], Callable[[Mapping[str, tuple[str, str]]], bytes]]:
+def _bound(source: str) -> Callable[[tuple, tuple], Callable[[Mapping[str, tuple[str, str]]], bytes]]:
     """The generated `bind` of one structure: compiled once, bound to each stencil's constants."""
-    scope = {"L": _SHORT_LENGTHS, "_length": _length}
+    scope = {"L": _SHORT_LENGTHS, "_length_of": _VarintBytes}
     exec(source, scope)  # noqa: S102 - our own generated code, from a message we serialized
     return scope["bind"]
 
@@ -267,11 +284,6 @@ def _bound(source: str) -> Callable[[tuple], Callable[[Mapping[str, tuple[str, s
 def varint(n: int) -> bytes:
     """A length as a varint: from a table for the lengths resources here have."""
     return _SHORT_LENGTHS[n] if n < _SHORT else _VarintBytes(n)
-
-
-def _length(data: bytes) -> bytes:
-    """The varint length prefix of `data`."""
-    return varint(len(data))
 
 
 _SHORT = 0x4000  # lengths below take one or two bytes: the table holds them all (16,384 entries)
