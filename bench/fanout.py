@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import copy
 import gc
 import json
@@ -273,6 +274,9 @@ def part_big(args: argparse.Namespace, workdir: Path) -> list[dict]:
     from control_plane.lab.harness import write_config
 
     rows = []
+    # As installed (pip compiles the package's bytecode): a checkout run with
+    # PYTHONDONTWRITEBYTECODE would compile every edited module again in each timed process.
+    compileall.compile_dir(str(ROOT / "control_plane"), quiet=1)
     for models, regions in args.big_sizes:
         path = write_config(workdir / f"big-{models}x{regions}.yaml", fanout_config(models, regions, "/nonexistent"))
         walls = []
