@@ -130,9 +130,11 @@ class Interner:
         found = self._by_id.get(id(message))
         if found is not None and found.built is message:
             return found
-        data = wire.bytes_of(message)
+        if type(message) is Serialized:  # most resources: no lookups by protocol
+            data, name = message.data, message.name
+        else:
+            data, name = message.SerializeToString(deterministic=True), resource_name(message)
         version = hashlib.sha256(data).hexdigest()[:16]
-        name = resource_name(message)
         key = (type_url, name, version)
         found = self._by_key.get(key)
         if found is None:
