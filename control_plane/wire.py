@@ -96,8 +96,8 @@ class Template:
                 value = value.SerializeToString(deterministic=True)
             elif isinstance(value, str):
                 value = value.encode()
-            if value:
-                out.append(entry(number, value))
+            if value:  # the tag and length apart from the value: a large one is copied once, by the join
+                out += (_tag(number) + varint(len(value)), value)
         return b"".join(out)
 
 
