@@ -14,13 +14,13 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import wire
-from ..config import PUBLISHER_VERBS, STREAMING_VERBS, VERBS, Policy, RegionConfig
+from ..config import PUBLISHER_VERBS, VERBS, Policy, RegionConfig
 from ..wire import Serialized
-from . import openai, shapes
+from . import matches, openai, shapes
 from .build import Build
 from .clients import authorize_routes
 from .names import (
@@ -36,17 +36,12 @@ from .names import (
     region_cluster_name,
 )
 from .proto import (
-    _alternation,
     _any,
     _duration,
     _header,
-    _re_escape,
     _regex,
     _struct,
 )
-
-# Hedged on per_try_timeout when a model's policy says `hedge: true`: idempotent, non-streaming.
-HEDGED_VERBS = frozenset({"predict", "rawPredict", "generateContent", "countTokens"})
 
 # previous_hosts reselects at most this many times. Enough that a least-request pick (two random
 # choices, the one with fewer requests kept) lands on an untried region: worst case, one untried
@@ -258,9 +253,9 @@ def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_c
         routes = _pin_routes(build, model, local_region)
         if policy.hedge:  # before the routes of all the verbs
             routes += [_model_route(build, model, local_region, name, match, hedged=True)
-                       for name, match in _hedged_matches(build, model)]
+                       for name, match in matches.hedged_matches(build, model)]
         routes += [_model_route(build, model, local_region, name, match, streaming)
-                   for name, match, streaming in _model_matches(build, model)]
+                   for name, match, streaming in matches.model_matches(build, model)]
         return tuple(routes)
     return build.memo(key, compute)
 
@@ -281,95 +276,21 @@ def _not_found(config: RegionConfig) -> route_components_pb2.Route:
     )
 
 
-def _patterns(build: Build, model: str) -> tuple[str, str | None, tuple[str, ...]]:
-    """The model's client path, its Vertex-native path (regexes; None when only custom backends
-    serve it) and its verbs; once per build."""
-    config = build.config
-    def compute() -> tuple[str, str | None, tuple[str, ...]]:
-        spec = config.models[model]
-        model_path = f"/v1/models/{_re_escape(model)}"
-        if spec.publisher_model:
-            publisher, name = spec.publisher_model.split("/", 1)
-            native = (f"/v1/projects/[^/]+/locations/[^/]+/publishers/{_re_escape(publisher)}"
-                      f"/models/{_re_escape(name)}")
-        else:
-            # Vertex endpoint ids only: a custom backend's entry is a path, not an id a client could name.
-            ids = sorted({v for r, v in spec.endpoints.items() if not config.regions[r].custom})
-            native = f"/v1/projects/[^/]+/locations/[^/]+/endpoints/({_alternation(ids)})" if ids else None
-        return model_path, native, PUBLISHER_VERBS if spec.publisher_model else VERBS
-    return build.memo(("patterns", model), compute)
-
-
-def _model_matches(build: Build, model: str) -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
-    """(route name, match, streaming) of the model's unpinned routes; the same for every region."""
-    def compute() -> list[tuple[str, route_components_pb2.RouteMatch, bool]]:
-        model_path, native, verbs = _patterns(build, model)
-        out = []
-        for streaming in (False, True):
-            group = [v for v in verbs if (v in STREAMING_VERBS) == streaming]
-            suffix = ":stream" if streaming else ""
-            verb_re = f":({_alternation(group)})$"
-            out.append((f"model:{model}{suffix}", _regex_match(f"^{model_path}{verb_re}"), streaming))
-            if native:
-                out.append((f"native:{model}{suffix}", _regex_match(f"^{native}{verb_re}"), streaming))
-        return out
-    return build.memo(("matches", model), compute)
-
-
-def _hedged_matches(build: Build, model: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
-    """(route name, match) of the model's hedged verbs, for a model whose policy says `hedge`."""
-    def compute() -> list[tuple[str, route_components_pb2.RouteMatch]]:
-        model_path, native, verbs = _patterns(build, model)
-        verb_re = f":({_alternation([v for v in verbs if v in HEDGED_VERBS])})$"
-        return [(f"model:{model}:hedged", _regex_match(f"^{model_path}{verb_re}")),
-                (f"native:{model}:hedged", _regex_match(f"^{native}{verb_re}"))]
-    return build.memo(("hedged_matches", model), compute)
-
-
-def _pin_match(build: Build, model: str, region: str | None) -> route_components_pb2.RouteMatch:
-    """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
-    def compute() -> route_components_pb2.RouteMatch:
-        header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
-            route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
-        return route_components_pb2.RouteMatch(safe_regex=build.memo(("pin_paths", model), lambda: _pin_paths(
-            build, model)), headers=[header])
-    return build.memo(("pin_match", model, region), compute)
-
-
-def _pin_paths(build: Build, model: str) -> regex_pb2.RegexMatcher:
-    """Every path of the model a pin header applies to, as one regex."""
-    config = build.config
-    model_path, native, verbs = _patterns(build, model)
-    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
-        f"{model_path}:({_alternation(list(verbs))})"
-    if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
-        paths = f"(?:{paths}|{openai.endpoint_model_path(model)[1:-1]})"
-    if model == config.default_model:
-        paths = f"(?:{paths}|/predict)"
-    return _regex(f"^{paths}$")
-
-
 def _pin_routes(build: Build, model: str, local_region: str) -> list[route_components_pb2.Route]:
     """`x-vertex-pin-region: R`: region R only, no failover (data residency, debugging). Only
     regions this Envoy would use for the model may be pinned; any other value gets a 400."""
     allowed = pinnable(build, model, local_region)
     # One route per region covers unary and streaming verbs alike: no whole-request timeout,
     # an idle timeout per try instead (what a hang looks like either way).
-    routes = [_model_route(build, model, local_region, f"pin:{model}@{region}", _pin_match(build, model, region),
+    routes = [_model_route(build, model, local_region, f"pin:{model}@{region}", matches.pin_match(build, model, region),
                            streaming=True, pinned=region) for region in allowed]
     routes.append(build.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
-        name=f"pin:{model}:refused", match=_pin_match(build, model, None),
+        name=f"pin:{model}:refused", match=matches.pin_match(build, model, None),
         direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
                                             f"{model!r} from this gateway", allowed_regions=allowed),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})))
     return routes
-
-
-def _regex_match(pattern: str) -> route_components_pb2.RouteMatch:
-    return route_components_pb2.RouteMatch(safe_regex=_regex(pattern))
-
-
 
 
 def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
