@@ -34,7 +34,8 @@ from google.protobuf.message import Message
 from ..wire import Serialized, as_message
 from . import shapes
 from .build import Build
-from .clients import client_clusters, secure_listener
+from .client_auth import secure_listener
+from .clients import client_clusters
 from .clusters import (
     aggregate_cluster,
     first_region_cluster,

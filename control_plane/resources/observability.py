@@ -29,7 +29,7 @@ from .names import HTTP_OPTIONS, METADATA_NAMESPACE
 from .proto import _any, _duration, _is_ip, _socket, _struct
 
 COLLECTOR_CLUSTER = "otel_collector"
-# Where client authentication (resources/clients.py: jwt_authn, `payload_in_metadata: client`)
+# Where client authentication (resources/client_auth.py: jwt_authn, `payload_in_metadata: client`)
 # leaves a verified token's claims; null when no token was verified.
 CLIENT_METADATA = "envoy.filters.http.jwt_authn:client"
 
