@@ -108,6 +108,8 @@ def _any_head(type_url: str) -> bytes:
 
 
 def resource_name(message: Message | Serialized) -> str:
+    if type(message) is Serialized:  # most resources: its name, without a failed attribute lookup
+        return message.name
     return getattr(message, "cluster_name", "") or message.name
 
 
@@ -130,10 +132,7 @@ class Interner:
         found = self._by_id.get(id(message))
         if found is not None and found.built is message:
             return found
-        if type(message) is Serialized:  # most resources: no lookups by protocol
-            data, name = message.data, message.name
-        else:
-            data, name = message.SerializeToString(deterministic=True), resource_name(message)
+        data, name = wire.bytes_of(message), resource_name(message)
         version = hashlib.sha256(data).hexdigest()[:16]
         key = (type_url, name, version)
         found = self._by_key.get(key)
