@@ -236,7 +236,8 @@ def _writer(chunks: tuple) -> Callable[[Mapping[str, tuple[str, str]]], bytes]:
         return f"C[{len(constants) - 1}]"
 
     def prefixed(value: str) -> str:
-        """Lines for `value`'s length n<i> and length prefix p<i>; returns i."""
+        """Lines for `value`'s length n<i> and length prefix p<i> (varint(), inlined: no call
+        per field); returns i."""
         i = len(lines)
         lines.append(f"n{i} = {value}; p{i} = L[n{i}] if n{i} < {_SHORT} else _length_of(n{i})")
         return f"{i}"

@@ -29,7 +29,7 @@ class Build:
         # models x 40 regions asks for the same pieces thousands of times).
         self._memo: dict = {}
         self.models_taken_over = 0  # how many models' resources inherit() took over
-        self._before: Build | None = None  # while building: the build before (memo_content)
+        self._before: Build | None = None  # while building: the build before (content)
 
     def __repr__(self) -> str:
         return f"Build(config {self.config.version}, avoided {sorted(self.avoided)})"

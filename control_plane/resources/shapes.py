@@ -164,7 +164,6 @@ class _Shape:
             found = self._columns[id(built)] = (built, column)  # `built` kept: its id stays its own
         return found[1]
 
-
     def _fill(self, built: Message | Serialized) -> list:
         """The stand-in resource `built` filled for every member. What was filled from the same
         bytes for the same member (by another shape, or the build before: a global edit that left
