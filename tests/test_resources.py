@@ -214,6 +214,22 @@ models:""", 1))
     assert_envoy_accepts(build_resources(Build(at_bounds), NodeGroup("us-central1", "127.0.0.1", 65535)), tmp_path)
 
 
+def test_envoy_accepts_the_404_and_model_list_of_hundreds_of_models(tmp_path):
+    """The 404 and GET /v1/models name every model: past Envoy's 4 KB default for a direct
+    response's body, which would make Envoy refuse the whole route configuration (it did, at
+    1,000 models), the route configuration raises the limit to its largest body."""
+    many = "".join(f'  a-rather-long-model-name-{i:03d}:\n    endpoints: {{us-central1: "{1000 + i}"}}\n'
+                   for i in range(300))
+    config = parse_config(CONFIG.replace("models:\n", "models:\n" + many, 1))
+    resources = build_resources(Build(config), NodeGroup("us-central1", "127.0.0.1", 8080))
+    route_config = resources[ROUTE_TYPE][0]
+    bodies = [len(r.direct_response.body.inline_string.encode()) for r in route_config.virtual_hosts[0].routes
+              if r.HasField("direct_response")]
+    assert max(bodies) > 4096
+    assert route_config.max_direct_response_body_size_bytes.value == max(bodies)
+    assert_envoy_accepts(resources, tmp_path)
+
+
 def test_health_checks_hedging_and_first_byte_deadline(tmp_path):
     config = parse_config(CONFIG.replace(
         "    failover: [us-east4, europe-west4]\n",

@@ -99,9 +99,7 @@ def _build_model_route(build: Build, model: str, local_region: str, name: str,
     chain = [pinned] if pinned else members(build, model, local_region)
     if not chain:
         return route_components_pb2.Route(
-            name=name, match=match,
-            direct_response=_json_response(503, f"model {model!r} is not served from region "
-                                                f"{local_region} or its failover regions"),
+            name=name, match=match, direct_response=_not_served(model, local_region),
             response_headers_to_add=[_header("content-type", "application/json")])
     base_policy = config.policy_for(model, local_region)
     strategy = config.models[model].strategy
@@ -168,6 +166,15 @@ def _weighted_first_regions(config: RegionConfig, model: str, regions: list[str]
         for r in regions])
 
 
+def _not_served(model: str, local_region: str) -> route_components_pb2.DirectResponseAction:
+    return _json_response(503, f"model {model!r} is not served from region {local_region} or its failover regions")
+
+
+def _pin_refused(model: str, allowed: list[str]) -> route_components_pb2.DirectResponseAction:
+    return _json_response(400, f"x-vertex-pin-region names a region that does not serve model {model!r} from this "
+                               "gateway", allowed_regions=allowed)
+
+
 def _json_response(status: int, message: str, **extra) -> route_components_pb2.DirectResponseAction:
     body = json.dumps({"error": {"code": status, "message": message, **extra}}, sort_keys=True)
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
@@ -178,6 +185,7 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
     routes are shared by many regions' configurations, and serialized once per build.
     `shaped`: models alike but for names and ids are written from their shape (shapes.py)."""
     config = build.config
+    closing = _closing_routes(build, local_region)
     if config.clients is None:
         # Each model's routes as bytes, once per (model, region); a reload that leaves the model
         # as it was takes them over (Build.inherit).
@@ -185,16 +193,43 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
             *(build.memo_model(model, ("route_entries", local_region),
                                lambda model=model: _model_entries(build, model, local_region, shaped))
               for model in config.models),
-            *(_entry(build, r) for r in _closing_routes(build, local_region))])
+            *(_entry(build, r) for r in closing)])
     else:  # per-identity variants of the routes (clients.py)
         entries = b"".join(_entry(build, r) for r in authorize_routes(build, local_region,
                                                                       region_routes(build, local_region)))
     virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
-    data = _ROUTE_CONFIGURATION.fill(virtual_hosts=virtual_host.fill(routes=wire.Entries(entries)))
+    limit = _body_limit(build, closing)
+    template = build.memo(("route_configuration", limit), lambda: wire.Template(
+        _route_configuration(limit), holes=("virtual_hosts",)))
+    data = template.fill(virtual_hosts=virtual_host.fill(routes=wire.Entries(entries)))
     return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
 
 
-_ROUTE_CONFIGURATION = wire.Template(route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME), holes=("virtual_hosts",))
+# Envoy's limit on a direct response's body unless the route configuration raises it; a body over
+# it makes Envoy refuse (NACK) the whole route configuration.
+DIRECT_BODY_LIMIT = 4096
+
+
+def _route_configuration(body_limit: int) -> route_pb2.RouteConfiguration:
+    route_configuration = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
+    if body_limit > DIRECT_BODY_LIMIT:
+        route_configuration.max_direct_response_body_size_bytes.value = body_limit
+    return route_configuration
+
+
+def _body_limit(build: Build, closing: list[route_components_pb2.Route]) -> int:
+    """The largest direct response body of this region's routes (at least Envoy's default limit).
+    The 404 and GET /v1/models name every model: 13 KB at 1,000 models. A model's own bodies (a
+    503, a refused pin) name the model and at most every region: the longest of each is bounded."""
+    config = build.config
+    longest_model = max(config.models, key=len, default="")
+    longest_region = max(config.regions, key=len, default="")
+    bodies = [r.direct_response.body.inline_string for r in closing if r.HasField("direct_response")]
+    bodies += [_pin_refused(longest_model, list(config.regions)).body.inline_string,
+               _not_served(longest_model, longest_region).body.inline_string]
+    return max(DIRECT_BODY_LIMIT, *(len(body.encode()) for body in bodies))
+
+
 _ROUTES = route_components_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
 
 
@@ -286,8 +321,7 @@ def _pin_routes(build: Build, model: str, local_region: str) -> list[route_compo
                            streaming=True, pinned=region) for region in allowed]
     routes.append(build.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
         name=f"pin:{model}:refused", match=matches.pin_match(build, model, None),
-        direct_response=_json_response(400, f"x-vertex-pin-region names a region that does not serve model "
-                                            f"{model!r} from this gateway", allowed_regions=allowed),
+        direct_response=_pin_refused(model, allowed),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})))
     return routes

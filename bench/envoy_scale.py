@@ -1,0 +1,205 @@
+"""A real Envoy on a large config: what the Envoy itself needs, beside the control plane's part.
+
+bench/controlplane.py (iv) measures large configs with simulated Envoys, which ACK as soon as
+a response is parsed. A real Envoy also builds every cluster it is sent. This starts the
+product (`python -m control_plane serve`) with the synthetic config of part (iv), one real
+Envoy of the first region (1 worker), and measures:
+
+- start: from the Envoy process's start until it is ready (LIVE, listener bound: every cluster,
+  endpoint, listener and route applied), its RSS and what its allocator holds (/memory);
+- an edit of the global policy (every route and cluster changes), from the file write until
+  the Envoy's own stats show the new clusters and routes applied (the CDS and RDS versions
+  it reports equal the control plane's, no cluster warming).
+
+Variants tell the Envoy's memory apart: `product` (as shipped) and `no-lua` (the same config
+with the Lua rewrite left out of every cluster's per-attempt filters; requests would not be
+rewritten, so this is for measuring only).
+
+    python -m bench.envoy_scale [--sizes 100x5,1000x5] [--variants product,no-lua]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import machine, rss_bytes, wait_until, write_json  # noqa: E402
+from bench.fanout import EDIT_POLICIES, fanout_config  # noqa: E402
+
+# The control plane of the `no-lua` variant: the product with the Lua filter dropped from every
+# cluster's per-attempt chain (run in its own process, as the product is).
+_NO_LUA = """
+import runpy, sys
+from control_plane.resources import upstream
+_all = upstream._upstream_filters
+upstream._upstream_filters = lambda *a, **k: tuple(f for f in _all(*a, **k) if f.name != "envoy.filters.http.lua")
+sys.argv = ["control_plane", *sys.argv[1:]]
+runpy.run_module("control_plane", run_name="__main__")
+"""
+_TEXT_STAT = re.compile(r'^(\S+): "(.*)"$')
+
+
+def _text_stats(envoy, prefix: str) -> dict[str, str]:
+    """Envoy's text readouts (versions) under `prefix`."""
+    out = {}
+    for line in envoy.admin(f"stats?filter={prefix}").splitlines():
+        found = _TEXT_STAT.match(line.strip())
+        if found:
+            out[found[1]] = found[2]
+    return out
+
+
+def _versions(envoy) -> tuple[str, str]:
+    """(CDS version, RDS version) the Envoy reports having applied."""
+    texts = _text_stats(envoy, "version_text")
+    cds = texts.get("cluster_manager.cds.version_text", "")
+    rds = next((v for k, v in texts.items() if k.endswith(".rds.vertex.version_text")), "")
+    return cds, rds
+
+
+def _sent_versions(admin_port: int, node_id: str) -> tuple[str, str]:
+    """(CDS, RDS) versions the control plane last sent this node; raises if the node NACKed one
+    (it would never apply the edit: better said at once than after the timeout)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/debug/clients", timeout=5) as resp:
+        clients = json.load(resp)
+    for stream in clients["clients"]:
+        if stream["node_id"] == node_id:
+            types = stream["types"]
+            for name, state in types.items():
+                if state["status"] == "NACKED":
+                    raise RuntimeError(f"{node_id} NACKed {name}: {state['nack_error']}")
+            return types.get("Cluster", {}).get("version_sent", ""), \
+                types.get("RouteConfiguration", {}).get("version_sent", "")
+    return "", ""
+
+
+def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
+    from control_plane.lab.envoy_process import EnvoyProcess
+    from control_plane.lab.fake_oauth import FakeTokenServer, write_service_account_key
+    from control_plane.lab.harness import LoopThread, free_port, write_config
+
+    loop = LoopThread()
+    tokens = FakeTokenServer(expires_in=3600)
+    loop.call(tokens.start())
+    key = write_service_account_key(workdir / "key.json", tokens.token_uri)
+    config = fanout_config(models, regions, str(key))
+    path = write_config(workdir / "regions.yaml", config)
+    xds_port, admin_port = free_port(), free_port()
+    command = ["-c", _NO_LUA] if variant == "no-lua" else ["-m", "control_plane"]
+    plane = subprocess.Popen([sys.executable, *command, "serve", "--config", str(path), "--xds-port", str(xds_port),
+                              "--admin-port", str(admin_port)], cwd=ROOT, stdout=open(workdir / "cp.log", "wb"),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    envoy = None
+    out: dict = {"models": models, "regions": regions, "variant": variant}
+    try:
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
+                return json.load(resp)["status"] == "ok"
+
+        wait_until(healthy, 120, "the control plane", interval=0.02)
+        region = next(iter(config["regions"]))
+        envoy = EnvoyProcess(region, f"127.0.0.1:{xds_port}", f"127.0.0.1:{free_port()}", workdir=workdir,
+                             log_level="error")
+        t0 = time.monotonic()
+        envoy.start().wait_ready(600)
+        out["start_to_ready_s"] = time.monotonic() - t0
+        time.sleep(1.0)  # the last ACKs and the allocator settle
+        memory = json.loads(envoy.admin("memory"))
+        out.update({"envoy_rss_mb": rss_bytes(envoy.proc.pid) / 2**20,
+                    "envoy_allocated_mb": int(memory["allocated"]) / 2**20,
+                    "envoy_heap_mb": int(memory["heap_size"]) / 2**20,
+                    "clusters": envoy.stats("cluster_manager.active_clusters").get(
+                        "cluster_manager.active_clusters")})
+        before = _versions(envoy)
+        edited = copy.deepcopy(config)
+        edited["policy"] = EDIT_POLICIES[0]
+        t1 = time.monotonic()
+        write_config(path, edited)
+
+        def applied() -> bool:
+            sent = _sent_versions(admin_port, envoy.node_id)  # (raises on a NACK)
+            try:  # the Envoy's admin may be slow to answer while it builds thousands of clusters
+                now = _versions(envoy)
+                warming = envoy.stats("cluster_manager.warming_clusters").get("cluster_manager.warming_clusters")
+            except OSError:
+                return False
+            return now[0] != before[0] and now[1] != before[1] and now == sent and warming == 0
+
+        deadline = time.monotonic() + 600
+        while not applied():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Envoy did not apply the edit in 600 s")
+            time.sleep(0.02)
+        out["edit_to_applied_s"] = time.monotonic() - t1
+        out["envoy_rss_after_edit_mb"] = rss_bytes(envoy.proc.pid) / 2**20
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        plane.terminate()
+        try:
+            plane.wait(15)
+        except subprocess.TimeoutExpired:
+            plane.kill()
+        loop.call(tokens.stop())
+        loop.close()
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| models x regions | variant | clusters | start -> ready | Envoy RSS | allocator: allocated / heap "
+             "| global edit (file written) -> applied | RSS after the edit |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['models']:,} x {r['regions']} | {r['variant']} | {r['clusters']:,} | "
+                     f"{r['start_to_ready_s']:.1f} s | {r['envoy_rss_mb']:,.0f} MB | "
+                     f"{r['envoy_allocated_mb']:,.0f} / {r['envoy_heap_mb']:,.0f} MB | "
+                     f"{r['edit_to_applied_s']:.1f} s | {r['envoy_rss_after_edit_mb']:,.0f} MB |")
+    by = {(r["models"], r["regions"], r["variant"]): r for r in rows}
+    for (m, n, v), r in by.items():
+        bare = by.get((m, n, "no-lua"))
+        if v == "product" and bare and r["clusters"]:
+            per = (r["envoy_rss_mb"] - bare["envoy_rss_mb"]) * 1024 / r["clusters"]
+            lines.append(f"\n{m:,} x {n}: the Lua rewrite costs the Envoy {r['envoy_rss_mb'] - bare['envoy_rss_mb']:,.0f} MB "
+                         f"of RSS, {per:,.0f} KB per cluster (one Lua filter, so one Lua state per thread, per cluster).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100x5,1000x5", help="MODELSxREGIONS,...")
+    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    started = datetime.now(timezone.utc)
+    rows = []
+    for size in args.sizes.split(","):
+        models, regions = (int(x) for x in size.split("x"))
+        for variant in args.variants.split(","):
+            row = run_one(models, regions, variant, Path(tempfile.mkdtemp(prefix="bench-envoy-scale-")))
+            print(f"  {models}x{regions} {variant}: ready {row['start_to_ready_s']:.1f} s, RSS "
+                  f"{row['envoy_rss_mb']:.0f} MB, edit -> applied {row['edit_to_applied_s']:.1f} s", file=sys.stderr)
+            rows.append(row)
+    text = markdown(rows)
+    print(text)
+    path = write_json(args.out, "envoy-scale", started, {
+        "benchmark": "envoy_scale", "machine": machine(), "command": " ".join(sys.argv), "rows": rows,
+        "markdown": text})
+    print(f"results written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
