@@ -106,6 +106,27 @@ def test_pinned_request_goes_to_that_region_only(pinning):
                             headers={"x-vertex-pin-region": "europe-west4"})
     assert response.status_code == 200 and response.headers["x-vertex-region"] == "europe-west4"
     assert "x-vertex-pin-region" not in pinning.emulators["europe-west4"].received[0].headers
+
+
+def test_a_pinned_request_is_rewritten_at_its_route_as_an_attempt_would_be(pinning):
+    """A region's own cluster has no per-attempt rewrite (no Lua state per cluster): the pinned
+    route rewrites the path, keeping the verb and query, the host and the token as an attempt
+    in that region would have them, for each kind of path the model is pinned on."""
+    pinning.reset()
+    east = pinning.emulators["us-east4"]
+    for path, expected, query in [("/v1/models/churn:rawPredict?alt=json", "/endpoints/2003:rawPredict", "alt=json"),
+                                  ("/v1/projects/p-e2e/locations/us-central1/endpoints/1001:predict",
+                                   "/endpoints/2002:predict", ""),
+                                  ("/predict?trace=1", "/endpoints/2002:predict", "trace=1")]:
+        response = pinning.post(path, json={"instances": [1]}, headers={
+            "x-vertex-pin-region": "us-east4", "authorization": "Bearer the-clients-own"})
+        assert response.status_code == 200 and response.headers["x-vertex-region"] == "us-east4", path
+        seen = east.received[-1]
+        assert (seen.path, seen.query) == ("/v1/projects/p-e2e/locations/us-east4" + expected, query)
+        assert seen.headers["host"] == "us-east4-aiplatform.googleapis.com"
+        assert seen.headers["authorization"].startswith("Bearer ") and "the-clients-own" not in seen.headers["authorization"]
+        assert not any(h.lower().startswith(("x-envoy-", "x-vertex-")) for h in seen.headers), seen.headers
+    assert not pinning.emulators["us-central1"].received
     pinning.emulators["europe-west4"].fail("503")
     failed = pinning.post("/predict", json={"instances": [1]}, headers={"x-vertex-pin-region": "europe-west4"})
     assert failed.status_code == 503 and failed.headers["x-envoy-attempt-count"] == "1"  # no failover

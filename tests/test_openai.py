@@ -115,9 +115,11 @@ def test_endpoint_models_get_the_openai_operations_when_listed():
         "^/v1(?:beta1)?/models/housing/(?:chat/completions|completions|embeddings)$"
     assert route["route"]["cluster"] == "model/housing"
     assert "openai-endpoint:gemini" not in routes
-    # pinned by the Vertex-native pin routes, whose regex also covers the OpenAI paths
-    assert "models/housing/(?:chat/completions|completions|embeddings)" in routes["pin:housing@us-east4"][
-        "match"]["safeRegex"]["regex"]
+    # pinned by a pin route of their own, which rewrites to that region's OpenAI path
+    pinned = routes["pin:housing@us-east4:openai"]
+    assert pinned["match"]["safeRegex"]["regex"] == route["match"]["safeRegex"]["regex"]
+    assert pinned["route"]["cluster"] == "model/housing@us-east4"
+    assert pinned["route"]["regexRewrite"]["substitution"].endswith("/locations/us-east4/endpoints/22/\\2")
     assert not any(name.startswith("openai-endpoint:housing@") for name in routes)
 
 
@@ -208,5 +210,7 @@ def test_only_clusters_of_models_on_openai_paths_carry_the_longer_rewrite():
 
     clusters = {c.name: c for c in build_resources(Build(config(models=["gemini"])), NodeGroup(
         "us-central1", "127.0.0.1", 8080))[CLUSTER_TYPE]}
-    assert lua_of(clusters["model/gemini"]) == lua_of(clusters["model/gemini@us-east4"]) == OPENAI_REWRITE_LUA
+    assert lua_of(clusters["model/gemini"]) == OPENAI_REWRITE_LUA
+    with pytest.raises(StopIteration):  # a region's own cluster: its pinned routes rewrite, no Lua
+        lua_of(clusters["model/gemini@us-east4"])
     assert lua_of(clusters["model/housing"]) == lua_of(clusters["model/llama"]) == REWRITE_LUA

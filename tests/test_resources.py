@@ -73,6 +73,12 @@ def test_region_cluster_endpoint_metadata_tls_and_eds(config):
     assert ep["metadata"]["filterMetadata"]["vertex"] == {
         "region": "us-east4", "host": "vertex.east.internal", "credential": "default",
         "endpoint_path": "/v1/projects/p-123/locations/us-east4/endpoints/222"}
+    # Only pinned routes run a region's own filters, and they rewrite the path themselves: no
+    # Lua (a Lua state per cluster and thread in Envoy)
+    filters = east["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.header_mutation", "credential/default", "envoy.filters.http.upstream_codec"]
+    assert filters[0]["typedConfig"]["mutations"]["requestMutations"] == [{"remove": "authorization"}]
 
 
 def test_hostname_address_is_resolved_by_envoy_not_eds(config):
@@ -140,6 +146,12 @@ def test_pin_routes_allow_only_the_regions_this_envoy_uses(config):
     routes = {r.name: r for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes}
     assert routes["pin:housing@us-central1"].route.cluster == "model/housing@us-central1"
     assert routes["pin:housing@us-central1"].route.retry_policy.num_retries.value == 0
+    rewrite = routes["pin:housing@us-central1"].route.regex_rewrite
+    assert (rewrite.pattern.regex, rewrite.substitution) == (
+        r"^.*:([^:/]+)$", r"/v1/projects/p-123/locations/us-central1/endpoints/111:\1")
+    assert routes["pin:housing@us-central1"].route.host_rewrite_literal == "us-central1-aiplatform.googleapis.com"
+    predict = routes["pin:housing@us-central1:predict"]  # the default model's /predict, pinned
+    assert predict.match.path == "/predict" and predict.route.regex_rewrite.substitution.endswith("/111:predict")
     assert "pin:housing@europe-west4" not in routes  # not in us-east4's failover list
     refused = json.loads(routes["pin:housing:refused"].direct_response.body.inline_string)
     assert refused["error"]["allowed_regions"] == ["us-east4", "us-central1"]

@@ -56,6 +56,7 @@ from .proto import (
 )
 from .upstream import (
     Injection,
+    pinned_filters,
     upstream_filters,
 )
 
@@ -81,7 +82,8 @@ def injections(config: RegionConfig, model: str, regions: list[str]) -> tuple[li
 
 def region_cluster(build: Build, model: str, region: str, tier: str | None = None) -> cluster_pb2.Cluster:
     """One region's Vertex endpoint for one model: TLS, outlier detection, endpoints via EDS.
-    Under an aggregate its upstream filters never run; a pinned route names it directly.
+    Under an aggregate its upstream filters never run; a pinned route names it directly (and
+    rewrites the path itself: these filters only scrub and inject the credential).
     With a capacity tier, one attempt (region, tier): its own outlier detection, so a tier out
     of capacity (429) is skipped while the region's other tiers still serve."""
     config = build.config
@@ -96,7 +98,7 @@ def region_cluster(build: Build, model: str, region: str, tier: str | None = Non
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(update_merge_window=_duration(0)),
         circuit_breakers=build.memo(("retry_budget",), _retry_budget),
         typed_extension_protocol_options={HTTP_OPTIONS: (_http_options(
-            build, model, [region], policy, http2=spec.http2))},
+            build, model, [region], policy, http2=spec.http2, pinned=True))},
     )
     if _is_ip(spec.address):
         cluster.type = cluster_pb2.Cluster.EDS
@@ -200,20 +202,22 @@ def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
 
 
 def _http_options(build: Build, model: str, regions: list[str], policy: Policy,
-                  http2: bool = False) -> any_pb2.Any:
+                  http2: bool = False, pinned: bool = False) -> any_pb2.Any:
     """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
-    error; packed, and built once per build for each distinct set of inputs."""
+    error; packed, and built once per build for each distinct set of inputs. pinned: a region's
+    own cluster, which only pinned routes name (they rewrite the path: no Lua)."""
     config = build.config
     credentials, uncredentialed = injections(config, model, regions)
     profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
-    openai = config.serves_openai(model)  # its clusters also rewrite OpenAI-compatible paths
-    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai),
-                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai)))
+    # its clusters also rewrite OpenAI-compatible paths
+    openai = config.serves_openai(model) and not pinned
+    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai, pinned),
+                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai, pinned)))
 
 
 def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool, http2: bool,
-                        uncredentialed: bool = False, openai: bool = False
+                        uncredentialed: bool = False, openai: bool = False, pinned: bool = False
                         ) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
@@ -221,7 +225,8 @@ def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: boo
             http_protocol_options=protocol_pb2.Http1ProtocolOptions())
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
-        http_filters=upstream_filters(list(profiles), uncredentialed, openai))
+        http_filters=pinned_filters(list(profiles), uncredentialed) if pinned else
+        upstream_filters(list(profiles), uncredentialed, openai))
     if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher

@@ -71,12 +71,38 @@ def pin_match(build: Build, model: str, region: str | None) -> route_components_
     return build.memo(("pin_match", model, region), compute)
 
 
+# A pinned route per kind of path the model is asked on: each is rewritten its own way at the
+# route (routes._pin_rewrite), no per-attempt filter.
+PIN_VERB, PIN_PREDICT, PIN_OPENAI = "verb", "predict", "openai"
+
+
+def pin_kinds(build: Build, model: str, region: str) -> list[tuple[str, route_components_pb2.RouteMatch]]:
+    """(kind, match) of the model's paths pinned to `region`: its verbs, /predict (the default
+    model), its OpenAI paths (an endpoint model served on them); together what pin_paths covers."""
+    def compute() -> list[tuple[str, route_components_pb2.RouteMatch]]:
+        config = build.config
+        header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
+        kinds = [(PIN_VERB, route_components_pb2.RouteMatch(safe_regex=build.memo(
+            ("verb_paths", model), lambda: _regex(f"^{_verb_paths(build, model)}$")), headers=[header]))]
+        if model == config.default_model:
+            kinds.append((PIN_PREDICT, route_components_pb2.RouteMatch(path="/predict", headers=[header])))
+        if model in config.openai_endpoint_models():
+            kinds.append((PIN_OPENAI, route_components_pb2.RouteMatch(
+                safe_regex=_regex(openai.endpoint_model_path(model)), headers=[header])))
+        return kinds
+    return build.memo(("pin_kinds", model, region), compute)
+
+
+def _verb_paths(build: Build, model: str) -> str:
+    model_path, native, verbs = patterns(build, model)
+    return f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
+        f"{model_path}:({_alternation(list(verbs))})"
+
+
 def pin_paths(build: Build, model: str) -> regex_pb2.RegexMatcher:
     """Every path of the model a pin header applies to, as one regex."""
     config = build.config
-    model_path, native, verbs = patterns(build, model)
-    paths = f"(?:{model_path}|{native}):({_alternation(list(verbs))})" if native else \
-        f"{model_path}:({_alternation(list(verbs))})"
+    paths = _verb_paths(build, model)
     if model in config.openai_endpoint_models():  # and its OpenAI paths (no pin routes of their own)
         paths = f"(?:{paths}|{openai.endpoint_model_path(model)[1:-1]})"
     if model == config.default_model:

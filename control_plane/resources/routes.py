@@ -14,7 +14,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import wire
@@ -30,10 +30,12 @@ from .names import (
     ROUTE_CONFIG_NAME,
     attempts,
     cluster_name,
+    endpoint_path,
     first_region_cluster_name,
     members,
     pinnable,
     region_cluster_name,
+    upstream_path,
 )
 from .proto import (
     _any,
@@ -81,20 +83,21 @@ def _retry_policy(policy: Policy, attempts_available: int, by_priority: bool) ->
 
 def _model_route(build: Build, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
-                 pinned: str | None = None, hedged: bool = False) -> route_components_pb2.Route:
+                 pinned: str | None = None, hedged: bool = False,
+                 pin_kind: str = matches.PIN_VERB) -> route_components_pb2.Route:
     # Most of a route does not depend on the Envoy's region: built once per build for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
     config = build.config
     chain_length = 1 if pinned else len(attempts(config, model, members(build, model, local_region)))
     key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
-           local_region if not chain_length else None)
+           local_region if not chain_length else None, pin_kind if pinned else None)
     return build.memo(key, lambda: _build_model_route(build, model, local_region, name, match, streaming, pinned,
-                                                      hedged))
+                                                      hedged, pin_kind))
 
 
 def _build_model_route(build: Build, model: str, local_region: str, name: str,
                        match: route_components_pb2.RouteMatch, streaming: bool,
-                       pinned: str | None, hedged: bool) -> route_components_pb2.Route:
+                       pinned: str | None, hedged: bool, pin_kind: str = matches.PIN_VERB) -> route_components_pb2.Route:
     config = build.config
     chain = [pinned] if pinned else members(build, model, local_region)
     if not chain:
@@ -113,6 +116,10 @@ def _build_model_route(build: Build, model: str, local_region: str, name: str,
     route.match.CopyFrom(match)
     if pinned:
         route.route.cluster = region_cluster_name(model, pinned)
+        # That region only: the path and host are rewritten here, not per attempt (its cluster
+        # has no Lua rewrite: upstream.pinned_filters).
+        route.route.regex_rewrite.CopyFrom(_pin_rewrite(config, model, pinned, pin_kind))
+        route.route.host_rewrite_literal = config.host_of(pinned)
     elif strategy == "weighted":
         route.route.weighted_clusters.CopyFrom(_weighted_first_regions(config, model, chain))
     else:
@@ -121,6 +128,32 @@ def _build_model_route(build: Build, model: str, local_region: str, name: str,
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
         build.memo(("model_metadata", model), lambda: _struct({"model": model})))
     return route
+
+
+def _pin_rewrite(config: RegionConfig, model: str, region: str, kind: str) -> regex_pb2.RegexMatchAndSubstitute:
+    """:path of a request pinned to `region`, as the per-attempt rewrite makes it (upstream.py's
+    Lua): the region's endpoint path with the client's verb (`predict` for /predict), or its
+    OpenAI path with the client's operation and API version; a custom backend's path template
+    with the verb. The query string is kept (a rewrite leaves it as it was)."""
+    def rewrite(pattern: str, substitution: str) -> regex_pb2.RegexMatchAndSubstitute:
+        return regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
+
+    if config.regions[region].custom:
+        template = upstream_path(config, model, region).replace("\\", "\\\\")
+        if kind == matches.PIN_VERB:
+            return rewrite(r"^.*:([^:/]+)$", template.replace("{verb}", r"\1"))
+        return rewrite(r"^.*$", template.replace("{verb}", "predict"))
+    path = endpoint_path(config, model, region)
+    if kind == matches.PIN_VERB:
+        return rewrite(r"^.*:([^:/]+)$", path + r":\1")
+    if kind == matches.PIN_PREDICT:
+        return rewrite(r"^.*$", path + ":predict")
+    # OpenAI: after the version the client used (v1 or v1beta1), the endpoint's OpenAI path (a
+    # publisher model's being the region's endpoints/openapi), then the client's operation.
+    if config.models[model].publisher_model:
+        path = path[:path.index("/publishers/")] + "/endpoints/openapi"
+    return rewrite(r"^/(v1|v1beta1)/(?:.*?/)??(chat/completions|completions|embeddings)$",
+                   r"/\1" + path.removeprefix("/v1") + r"/\2")
 
 
 def _route_template(policy: Policy, attempts_available: int, strategy: str, streaming: bool,
@@ -317,8 +350,10 @@ def _pin_routes(build: Build, model: str, local_region: str) -> list[route_compo
     allowed = pinnable(build, model, local_region)
     # One route per region covers unary and streaming verbs alike: no whole-request timeout,
     # an idle timeout per try instead (what a hang looks like either way).
-    routes = [_model_route(build, model, local_region, f"pin:{model}@{region}", matches.pin_match(build, model, region),
-                           streaming=True, pinned=region) for region in allowed]
+    routes = [_model_route(build, model, local_region, f"pin:{model}@{region}" + ("" if kind == matches.PIN_VERB else
+                                                                                  f":{kind}"),
+                           match, streaming=True, pinned=region, pin_kind=kind)
+              for region in allowed for kind, match in matches.pin_kinds(build, model, region)]
     routes.append(build.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
         name=f"pin:{model}:refused", match=matches.pin_match(build, model, None),
         direct_response=_pin_refused(model, allowed),
@@ -350,7 +385,8 @@ def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2
     def to(model: str, name: str, match: route_components_pb2.RouteMatch, streaming: bool, body_model: str | None,
            pinned: str | None = None) -> route_components_pb2.Route:
         route = route_components_pb2.Route()
-        route.CopyFrom(_model_route(build, model, local_region, name, match, streaming, pinned))  # memoized: shared
+        route.CopyFrom(_model_route(build, model, local_region, name, match, streaming, pinned,  # memoized: shared
+                                    pin_kind=matches.PIN_OPENAI))
         if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
             route.direct_response.CopyFrom(openai.error(
                 503, f"model {model!r} is not served from region {local_region} or its failover regions",

@@ -213,6 +213,27 @@ def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: boo
     into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
             for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
+    return (_scrub(profiles, copy), *_injectors(profiles, uncredentialed),
+            hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
+                default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
+            _CODEC)
+
+
+def pinned_filters(profiles: list[str | Injection], uncredentialed: bool = False) -> list[hcm_pb2.HttpFilter]:
+    """The upstream filters of one region's own cluster. Only a pinned route runs them (under
+    an aggregate a member's filters never run), and a pinned route knows its region, so it
+    rewrites :path and :authority itself: no Lua here. Envoy keeps a Lua state per thread for
+    each cluster's Lua filter, about 190 KB a cluster (docs/BENCHMARKS.md, "A real Envoy on a
+    large config"), and most clusters are regions' own."""
+    return list(_pinned_filters(tuple(profiles), uncredentialed))
+
+
+@functools.lru_cache(maxsize=256)
+def _pinned_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool) -> tuple[hcm_pb2.HttpFilter, ...]:
+    return (_scrub(profiles, []), *_injectors(profiles, uncredentialed), _CODEC)
+
+
+def _scrub(profiles: tuple[str | Injection, ...], copy: list) -> hcm_pb2.HttpFilter:
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
         mutation_rules_pb2.HeaderMutation(remove="authorization"),
@@ -221,24 +242,21 @@ def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: boo
           if isinstance(p, Injection) and p.header != "authorization"],
         *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
     ])
-    filters = [hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
-                                  typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))]
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
+                              typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))
 
+
+def _injectors(profiles: tuple[str | Injection, ...], uncredentialed: bool) -> list[hcm_pb2.HttpFilter]:
     def key(p: str | Injection) -> str:
         return p.key if isinstance(p, Injection) else p
 
     if len(profiles) == 1 and not uncredentialed:  # the common case: one token for every region
-        filters.append(hcm_pb2.HttpFilter(name=f"credential/{key(profiles[0])}",
-                                          typed_config=_any(_credential_injector(profiles[0]))))
-    else:
-        filters += [hcm_pb2.HttpFilter(name=f"credential/{key(p)}", typed_config=_any(
-            _only_for_profile(key(p), _credential_injector(p)))) for p in profiles]
-    filters += [
-        hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-            default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
-        hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec",
-                           typed_config=_any(upstream_codec_pb2.UpstreamCodec())),
-    ]
-    return tuple(filters)
+        return [hcm_pb2.HttpFilter(name=f"credential/{key(profiles[0])}",
+                                   typed_config=_any(_credential_injector(profiles[0])))]
+    return [hcm_pb2.HttpFilter(name=f"credential/{key(p)}", typed_config=_any(
+        _only_for_profile(key(p), _credential_injector(p)))) for p in profiles]
+
+
+_CODEC = hcm_pb2.HttpFilter(name="envoy.filters.http.upstream_codec", typed_config=_any(upstream_codec_pb2.UpstreamCodec()))
 
 
