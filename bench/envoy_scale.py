@@ -173,7 +173,8 @@ def markdown(rows: list[dict]) -> str:
         if v == "product" and bare and r["clusters"]:
             per = (r["envoy_rss_mb"] - bare["envoy_rss_mb"]) * 1024 / r["clusters"]
             lines.append(f"\n{m:,} x {n}: the Lua rewrite costs the Envoy {r['envoy_rss_mb'] - bare['envoy_rss_mb']:,.0f} MB "
-                         f"of RSS, {per:,.0f} KB per cluster (one Lua filter, so one Lua state per thread, per cluster).")
+                         f"of RSS, {per:,.0f} KB per cluster of the config (Envoy keeps a Lua state per thread for "
+                         "each cluster whose filters hold the Lua rewrite: the aggregates and spreads).")
     return "\n".join(lines)
 
 
