@@ -66,13 +66,18 @@ def admin_app(plane: ControlPlane) -> web.Application:
                  json_format.MessageToDict(r.message, preserving_proto_field_name=True)}
                 for r in plane.cache.select(group, type_url)]
         config_now = plane.cache.config
-        build = Build(config_now)  # the file's orders, fleet avoidance aside
+        in_file = Build(config_now)  # the file's orders
+        # What this Envoy runs: fleet avoidance applied (a build of its own, not the one served:
+        # that one is the reload thread's to read)
+        served = Build(config_now, plane.cache.build.avoided)
         models = {}
         for name, spec in config_now.models.items():
-            chain = members(build, name, group.region)
+            chain, file_chain = members(served, name, group.region), members(in_file, name, group.region)
             models[name] = {"strategy": spec.strategy, "weights": spec.weights or None, "regions": chain,
-                            "upstreams": {r: upstream_fields(upstream(config_now, name, r)) for r in chain}}
+                            **({"regions_in_file": file_chain} if file_chain != chain else {}),
+                            "upstreams": {r: upstream_fields(upstream(config_now, name, r)) for r in file_chain}}
         return _json({"node_id": node_id, "region": group.region, "models": models,
+                      "avoided": sorted(served.avoided),
                       "listener": f"{group.listen_address}:{group.listen_port}",
                       "config_version": plane.cache.config.version, "resources": resources})
 

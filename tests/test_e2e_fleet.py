@@ -71,6 +71,11 @@ def test_a_region_failing_behind_one_envoy_is_skipped_by_the_other_without_a_fai
     assert view["avoided"] is not None and view["envoys_failing"] == ["envoy-us-central1"]
     assert "1 of 1 Envoys" in view["avoided"]["reason"]
     assert stack.envoys["us-central1"].first_region() == "us-east4"  # A too
+    # /debug/config shows the order B runs, and the file's beside it
+    shown = requests.get(stack.plane.admin_url + "/debug/config", params={"node": "envoy-b"}, timeout=5).json()
+    assert shown["avoided"] == ["us-central1"]
+    assert shown["models"]["housing"]["regions"] == ["us-east4", "us-central1"]
+    assert shown["models"]["housing"]["regions_in_file"] == ["us-central1", "us-east4"]
 
     before = len(central.received)
     for _ in range(10):
@@ -90,6 +95,9 @@ def test_a_region_failing_behind_one_envoy_is_skipped_by_the_other_without_a_fai
     answer = requests.post(stack.plane.admin_url + "/debug/regions/us-central1/restore", timeout=5).json()
     assert answer == {"region": "us-central1", "restored": True, "avoided": []}
     wait_for(lambda: b.first_region() == "us-central1", timeout=10, what="B's order restored")
+    shown = requests.get(stack.plane.admin_url + "/debug/config", params={"node": "envoy-b"}, timeout=5).json()
+    assert shown["avoided"] == [] and shown["models"]["housing"]["regions"] == ["us-central1", "us-east4"]
+    assert "regions_in_file" not in shown["models"]["housing"]
     assert post(b_url).headers["x-vertex-region"] == "us-central1"
 
 
@@ -113,4 +121,7 @@ def test_avoidance_ends_by_itself_when_the_region_recovers_and_never_drains_the_
     wait_for(lambda: not any(r["avoided"] for r in load(stack)["regions"].values()), timeout=15,
              what="the automatic restore")
     wait_for(lambda: b.first_region() == "us-central1", timeout=10, what="B's order restored")
+    shown = requests.get(stack.plane.admin_url + "/debug/config", params={"node": "envoy-b"}, timeout=5).json()
+    assert shown["avoided"] == [] and shown["models"]["housing"]["regions"] == ["us-central1", "us-east4"]
+    assert "regions_in_file" not in shown["models"]["housing"]
     assert post(f"http://{b.listen}").headers["x-vertex-region"] == "us-central1"
