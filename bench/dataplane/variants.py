@@ -193,6 +193,8 @@ def alternative(variant: str, built: dict) -> None:
             continue
         options = hpo_pb2.HttpProtocolOptions()
         cluster.typed_extension_protocol_options[HPO].Unpack(options)
+        if not any(f.name == "envoy.filters.http.lua" for f in options.http_filters):
+            continue  # a region's own cluster: its pinned routes rewrite, no per-attempt rewrite to redo
         if variant == "native rewrite":
             from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2 as dm_pb2
             from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2 as dm_filter_pb2
