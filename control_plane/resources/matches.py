@@ -61,14 +61,11 @@ def hedged_matches(build: Build, model: str) -> list[tuple[str, route_components
     return build.memo(("hedged_matches", model), compute)
 
 
-def pin_match(build: Build, model: str, region: str | None) -> route_components_pb2.RouteMatch:
-    """The model's paths with `x-vertex-pin-region: region` (None: the header with any value)."""
-    def compute() -> route_components_pb2.RouteMatch:
-        header = route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True) if region is None else \
-            route_components_pb2.HeaderMatcher(name=PIN_HEADER, string_match=string_pb2.StringMatcher(exact=region))
-        return route_components_pb2.RouteMatch(safe_regex=build.memo(("pin_paths", model), lambda: pin_paths(
-            build, model)), headers=[header])
-    return build.memo(("pin_match", model, region), compute)
+def pin_refused_match(build: Build, model: str) -> route_components_pb2.RouteMatch:
+    """The model's paths with `x-vertex-pin-region` of any value (after the pins it allows)."""
+    return build.memo(("pin_refused_match", model), lambda: route_components_pb2.RouteMatch(
+        safe_regex=pin_paths(build, model),
+        headers=[route_components_pb2.HeaderMatcher(name=PIN_HEADER, present_match=True)]))
 
 
 # A pinned route per kind of path the model is asked on: each is rewritten its own way at the

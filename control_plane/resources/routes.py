@@ -135,17 +135,19 @@ def _pin_rewrite(config: RegionConfig, model: str, region: str, kind: str) -> re
     Lua): the region's endpoint path with the client's verb (`predict` for /predict), or its
     OpenAI path with the client's operation and API version; a custom backend's path template
     with the verb. The query string is kept (a rewrite leaves it as it was)."""
+    verb_at_end = r"^.*:([^:/]+)$"  # the client's verb: what follows the path's last ':'
+
     def rewrite(pattern: str, substitution: str) -> regex_pb2.RegexMatchAndSubstitute:
         return regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
 
     if config.regions[region].custom:
         template = upstream_path(config, model, region).replace("\\", "\\\\")
         if kind == matches.PIN_VERB:
-            return rewrite(r"^.*:([^:/]+)$", template.replace("{verb}", r"\1"))
+            return rewrite(verb_at_end, template.replace("{verb}", r"\1"))
         return rewrite(r"^.*$", template.replace("{verb}", "predict"))
     path = endpoint_path(config, model, region)
     if kind == matches.PIN_VERB:
-        return rewrite(r"^.*:([^:/]+)$", path + r":\1")
+        return rewrite(verb_at_end, path + r":\1")
     if kind == matches.PIN_PREDICT:
         return rewrite(r"^.*$", path + ":predict")
     # OpenAI: after the version the client used (v1 or v1beta1), the endpoint's OpenAI path (a
@@ -229,7 +231,7 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
             *(_entry(build, r) for r in closing)])
     else:  # per-identity variants of the routes (clients.py)
         entries = b"".join(_entry(build, r) for r in authorize_routes(build, local_region,
-                                                                      region_routes(build, local_region)))
+                                                                      region_routes(build, local_region, closing)))
     virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
     limit = _body_limit(build, closing)
     template = build.memo(("route_configuration", limit), lambda: wire.Template(
@@ -288,10 +290,12 @@ def _virtual_host() -> route_components_pb2.VirtualHost:
     )
 
 
-def region_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
-    """Every route of this region's Envoys, in match order (before clients' authorization)."""
+def region_routes(build: Build, local_region: str,
+                  closing: list[route_components_pb2.Route] | None = None) -> list[route_components_pb2.Route]:
+    """Every route of this region's Envoys, in match order (before clients' authorization);
+    `closing`: _closing_routes() if the caller has them already."""
     return [*(route for model in build.config.models for route in _model_segment(build, model, local_region)),
-            *_closing_routes(build, local_region)]
+            *(closing if closing is not None else _closing_routes(build, local_region))]
 
 
 def _closing_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
@@ -355,7 +359,7 @@ def _pin_routes(build: Build, model: str, local_region: str) -> list[route_compo
                            match, streaming=True, pinned=region, pin_kind=kind)
               for region in allowed for kind, match in matches.pin_kinds(build, model, region)]
     routes.append(build.memo(("pin_refused", model, tuple(allowed)), lambda: route_components_pb2.Route(
-        name=f"pin:{model}:refused", match=matches.pin_match(build, model, None),
+        name=f"pin:{model}:refused", match=matches.pin_refused_match(build, model),
         direct_response=_pin_refused(model, allowed),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})))
