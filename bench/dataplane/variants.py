@@ -147,26 +147,13 @@ function envoy_on_request(h)
     "^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
   hd:remove("x-vertex-attempt")
   ep, authority, up, tier = present(ep), present(authority), present(up), present(tier)
-  if tier ~= nil then
-    hd:remove("x-vertex-ai-llm-request-type"); hd:remove("x-vertex-ai-llm-shared-request-type")
-    if tier == "dedicated" or tier == "shared" then
-      hd:add("x-vertex-ai-llm-request-type", tier)
-    elseif tier == "priority" then
-      hd:add("x-vertex-ai-llm-request-type", "shared")
-      hd:add("x-vertex-ai-llm-shared-request-type", "priority")
-    end
-  end
-  if (ep == nil and up == nil) or authority == nil then
-    h:respond({[":status"] = "502", ["content-type"] = "application/json"},
-      '{"error": {"code": 502, "message": "selected upstream has no vertex metadata"}}')
-    return
-  end
 """
 
 
 def one_header_lua(product_script: str) -> str:
-    """The product's script with its head (six temporary headers) replaced by _ONE_HEADER_HEAD."""
-    return _ONE_HEADER_HEAD + product_script[product_script.index("  local meta = h:streamInfo()"):]
+    """The product's script with its reading of six temporary headers replaced by _ONE_HEADER_HEAD;
+    from the tier headers on, the product's own."""
+    return _ONE_HEADER_HEAD + product_script[product_script.index("  if tier ~= nil"):]
 
 
 def build_native_module(workdir: Path) -> None:
