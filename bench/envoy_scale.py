@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, rss_bytes, wait_until, write_json  # noqa: E402
+from bench.common import machine, rss_bytes, stop_process, wait_until, write_json  # noqa: E402
 from bench.fanout import EDIT_POLICIES, fanout_config  # noqa: E402
 
 # The control plane of the `no-lua` variant: the product with the Lua filter dropped from every
@@ -99,9 +99,10 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
     path = write_config(workdir / "regions.yaml", config)
     xds_port, admin_port = free_port(), free_port()
     command = ["-c", _NO_LUA] if variant == "no-lua" else ["-m", "control_plane"]
-    plane = subprocess.Popen([sys.executable, *command, "serve", "--config", str(path), "--xds-port", str(xds_port),
-                              "--admin-port", str(admin_port)], cwd=ROOT, stdout=open(workdir / "cp.log", "wb"),
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    with open(workdir / "cp.log", "wb") as log:  # (the process keeps its own copy of the descriptor)
+        plane = subprocess.Popen([sys.executable, *command, "serve", "--config", str(path), "--xds-port",
+                                  str(xds_port), "--admin-port", str(admin_port)], cwd=ROOT, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
     envoy = None
     out: dict = {"models": models, "regions": regions, "variant": variant}
     try:
@@ -148,11 +149,7 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
     finally:
         if envoy is not None:
             envoy.stop()
-        plane.terminate()
-        try:
-            plane.wait(15)
-        except subprocess.TimeoutExpired:
-            plane.kill()
+        stop_process(plane, 15)
         loop.call(tokens.stop())
         loop.close()
     return out

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, cpu_times, rss_bytes, wait_until  # noqa: E402
+from bench.common import cpu_seconds, cpu_times, rss_bytes, stop_process, wait_until  # noqa: E402
 from bench.sim_envoy import DeltaSimEnvoy, SimEnvoy  # noqa: E402
 from control_plane.lab.loadgen import percentile  # noqa: E402
 
@@ -220,12 +220,7 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "
         if proc is not None and proc.is_alive():
             proc.kill()
             proc.join(5)
-        plane.terminate()
-        try:
-            plane.wait(15)
-        except subprocess.TimeoutExpired:
-            plane.kill()
-            plane.wait(5)
+        stop_process(plane, 15)
         loop.call(tokens.stop())
         loop.close()
         out["token_grants"] = tokens.grants

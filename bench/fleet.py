@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, machine, wait_until, write_json  # noqa: E402
+from bench.common import cpu_seconds, machine, stop_process, wait_until, write_json  # noqa: E402
 
 
 def synthetic_config(models: int, regions: int, key: str) -> dict:
@@ -144,8 +144,7 @@ def part_cpu(args, n: int, workdir: Path) -> dict:
                 "cp_cpu_ms_per_1000_reports": round(1000 * 1000 * cpu / counted, 1),
                 "cp_cores": round(cpu / wall, 3)}
     finally:
-        plane.terminate()
-        plane.wait(10)
+        stop_process(plane)
         loop.call(tokens.stop())
         loop.close()
 

@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402
     make_body,
     pyplot,
     save_plot,
+    stop_process,
     verdict_rows,
     wait_until,
     write_json,
@@ -243,12 +244,7 @@ def router_case(requests: int, concurrency: int, body: bytes, workdir: Path) -> 
                 "grants_per_10k": grants / len(result.samples) * 10_000 if result.samples else None,
                 "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         stack.close()
 
 

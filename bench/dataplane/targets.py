@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from bench.common import ROOT, children, ensure_debian_package, wait_until
+from bench.common import ROOT, children, ensure_debian_package, stop_process, wait_until
 from bench.dataplane.variants import ALTERNATIVES
 from control_plane.lab.envoy_process import EnvoyProcess, envoy_binary
 from control_plane.lab.harness import free_port
@@ -158,17 +158,6 @@ def start_static_reference(backend_port: int, workdir: Path) -> tuple[subprocess
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: post(url + MODEL_PATH, b'{"instances":[1]}')[0] == 200, 30, "the static reference Envoy")
     return proc, url
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def post(url: str, body: bytes, timeout: float = 5, headers: dict | None = None) -> tuple[int, dict]:
