@@ -239,16 +239,29 @@ def _credentials_needed(base: Build | None, region: str) -> list[str]:
     assert base is not None
     config = base.config
 
-    def of_model(model: str) -> frozenset[str | None]:
-        # The credential per region, once per model; most models carry one everywhere.
-        by_region = base.memo_model(model, ("credential by region",), lambda: {
+    def credential_by_region(model: str) -> dict[str, str | None]:
+        # Once per model; most models carry one credential everywhere.
+        return base.memo_model(model, ("credential by region",), lambda: {
             r: config.credential_for(model, r) for r in config.models[model].served_regions})
+
+    def of_model(model: str) -> frozenset[str | None]:
+        by_region = credential_by_region(model)
         used = members(base, model, region)
         if len(set(by_region.values())) == 1:
             return frozenset(by_region.values()) if used else frozenset()
         return frozenset(by_region[r] for r in used)
-    return base.memo(("credentials_needed", region), lambda: sorted(
-        frozenset().union(*map(of_model, config.models)) - {None}))
+
+    def compute() -> list[str]:
+        # Most configs use one credential everywhere: the models after the first one served
+        # here cannot add to it (5,000 model-region pairs at 1,000 x 5: 45 ms per reload).
+        anywhere = frozenset().union(*(credential_by_region(m).values() for m in config.models)) - {None}
+        needed: set[str | None] = set()
+        for model in config.models:
+            if needed >= anywhere:
+                break
+            needed |= of_model(model)
+        return sorted(needed - {None})
+    return base.memo(("credentials_needed", region), compute)
 
 
 class _Built(dict):

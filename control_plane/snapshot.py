@@ -32,13 +32,15 @@ class Resource:
     shares it). A plain slotted class, not a frozen dataclass: 35,000 are made per cold build
     of 1,000 models x 5 regions, at a quarter of the cost."""
 
-    __slots__ = ("name", "type_url", "version", "built", "response_entry", "version_line", "_message", "_delta_frame")
+    __slots__ = ("name", "type_url", "version", "built", "requires", "response_entry", "version_line", "_message",
+                 "_delta_frame")
 
     def __init__(self, name: str, type_url: str, version: str, built: Message | Serialized, response_entry: bytes):
         self.name = name
         self.type_url = type_url
         self.version = version  # content hash of the serialized message
         self.built = built
+        self.requires = requires(built)  # (type URL, name) of what it refers to: checked per snapshot
         # This resource framed as one `resources` entry of a DiscoveryResponse (its Any after a
         # tag and length): made once, when interned (in the reload's thread), and joined as it is
         # into every SotW response that sends it.
@@ -216,8 +218,8 @@ class Snapshot:
     def check_consistent(self) -> None:
         """Every name a resource refers to is in the snapshot: Envoy would wait on it forever."""
         missing = [f"{_KIND[resource.type_url]} {resource.name} needs {_KIND[type_url]} {name}"
-                   for resource in self.all() for type_url, name in requires(resource.built)
-                   if name not in self.resources.get(type_url, {})]
+                   for resource in self.all() if resource.requires for type_url, name in resource.requires
+                   if name not in self.resources.get(type_url, _NONE)]
         if missing:
             raise InconsistentSnapshot("; ".join(missing))
 

@@ -147,3 +147,20 @@ def test_a_reload_retires_the_build_it_replaced_with_its_config():
     cache.set_config(config_of(data))
     [(config, snapshots)] = retired
     assert config is old_config and snapshots.build is old_build and cache.build is not old_build
+
+
+def test_the_credentials_a_region_needs_whatever_model_names_them():
+    """Each region's Envoys are sent the token of every profile an attempt from there carries:
+    the default, a region's own profile, and a profile that only the last model names."""
+    data = copy.deepcopy(BASE)
+    data["auth"] = {"credentials": "adc", "profiles": {"east": {"credentials": "adc"}, "late": {"credentials": "adc"}}}
+    data["regions"]["us-east4"]["auth"] = "east"
+    for i in range(10):
+        data["models"][f"m{i}"] = {"endpoints": {"us-east4": str(900 + i)}}
+    data["models"]["m9"]["auth"] = "late"
+    cache = SnapshotCache(config_of(data))
+    needed = {g.region: cache.credentials_needed(g) for g in groups(cache.config)}
+    assert needed["us-central1"] == ["default", "east", "late"]  # fails over to us-east4
+    assert needed["us-east4"] == ["default", "east", "late"]  # and its models to us-central1
+    # Fails over to us-central1 only: the weighted model still spreads to us-east4, m9 is not reached.
+    assert needed["europe-west4"] == ["default", "east"]
