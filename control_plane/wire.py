@@ -36,9 +36,15 @@ class Serialized:
         return self.message_type.FromString(self.data)
 
 
-class Entries(bytes):
-    """Elements of a repeated message field, each already framed by entry(): a Template hole
-    given Entries takes them as they are."""
+class Entries(list):
+    """Elements of a repeated message field, each already framed by entry() (or runs of
+    them): a Template hole given Entries takes them as they are."""
+
+
+class Pieces(list):
+    """A sub-message's bytes in pieces (Template.pieces()): a Template hole given Pieces frames
+    them with their total length and joins them once with the rest of the message, however
+    deep the nesting (a route configuration of 6 MB is copied once, not once per level)."""
 
 
 def entry(number: int, data: bytes) -> bytes:
@@ -78,11 +84,15 @@ class Template:
             else:
                 self._parts.append(part if isinstance(part, bytes) else (part, number))
 
-    def fill(self, **values: str | bytes | Message) -> bytes:
-        """The message's bytes; each hole's value a string, a message or its serialized bytes
-        (string, bytes and message fields only; an empty value leaves the field unset), or
-        the Entries of a repeated message field."""
-        out = []
+    def fill(self, **values: str | bytes | Message | Entries | Pieces) -> bytes:
+        """The message's bytes; each hole's value a string, a message, its serialized bytes or
+        Pieces of them (string, bytes and message fields only; an empty value leaves the field
+        unset), or the Entries of a repeated message field."""
+        return b"".join(self.pieces(**values))
+
+    def pieces(self, **values: str | bytes | Message | Entries | Pieces) -> Pieces:
+        """fill(), not yet joined: to be a hole's value in another template."""
+        out = Pieces()
         for part in self._parts:
             if isinstance(part, bytes):
                 out.append(part)
@@ -90,7 +100,13 @@ class Template:
             name, number = part
             value = values[name]
             if isinstance(value, Entries):
-                out.append(value)
+                out += value
+                continue
+            if isinstance(value, Pieces):
+                length = sum(map(len, value))
+                if length:
+                    out.append(_tag(number) + varint(length))
+                    out += value
                 continue
             if isinstance(value, Message):
                 value = value.SerializeToString(deterministic=True)
@@ -98,7 +114,7 @@ class Template:
                 value = value.encode()
             if value:  # the tag and length apart from the value: a large one is copied once, by the join
                 out += (_tag(number) + varint(len(value)), value)
-        return b"".join(out)
+        return out
 
 
 def packed(type_url: str, data: bytes) -> bytes:

@@ -46,12 +46,23 @@ def test_a_template_keeps_field_order_around_its_holes():
     vhost = route_components_pb2.VirtualHost(name="v", domains=["*"], include_attempt_count_in_response=True)
     routes = [route_components_pb2.Route(name=f"r{i}") for i in range(3)]
     data = Template(vhost, holes=("name", "routes")).fill(
-        name="w", routes=Entries(b"".join(entry(3, r.SerializeToString()) for r in routes)))
+        name="w", routes=Entries(entry(3, r.SerializeToString()) for r in routes))
     whole = route_components_pb2.VirtualHost()
     whole.CopyFrom(vhost)
     whole.name = "w"
     whole.routes.extend(routes)
     assert data == whole.SerializeToString(deterministic=True)
+
+
+def test_a_template_nests_another_templates_pieces_as_a_sub_message():
+    vhost = route_components_pb2.VirtualHost(name="v", domains=["*"])
+    routes = [route_components_pb2.Route(name="r" * 200 * i) for i in range(3)]  # lengths past one varint byte
+    pieces = Template(vhost, holes=("routes",)).pieces(routes=Entries(entry(3, r.SerializeToString()) for r in routes))
+    configuration = route_pb2.RouteConfiguration(name="vertex", max_direct_response_body_size_bytes={"value": 9})
+    data = Template(configuration, holes=("virtual_hosts",)).fill(virtual_hosts=pieces)
+    vhost.routes.extend(routes)
+    configuration.virtual_hosts.append(vhost)
+    assert data == configuration.SerializeToString(deterministic=True)
 
 
 REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})

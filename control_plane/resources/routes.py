@@ -224,19 +224,21 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
     if config.clients is None:
         # Each model's routes as bytes, once per (model, region); a reload that leaves the model
         # as it was takes them over (Build.inherit).
-        entries = b"".join([
+        entries = wire.Entries([
             *(build.memo_model(model, ("route_entries", local_region),
                                lambda model=model: _model_entries(build, model, local_region, shaped))
               for model in config.models),
             *(_entry(build, r) for r in closing)])
     else:  # per-identity variants of the routes (clients.py)
-        entries = b"".join(_entry(build, r) for r in authorize_routes(build, local_region,
-                                                                      region_routes(build, local_region, closing)))
+        entries = wire.Entries(_entry(build, r) for r in authorize_routes(build, local_region,
+                                                                         region_routes(build, local_region, closing)))
     virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
     limit = _body_limit(build, closing)
     template = build.memo(("route_configuration", limit), lambda: wire.Template(
         _route_configuration(limit), holes=("virtual_hosts",)))
-    data = template.fill(virtual_hosts=virtual_host.fill(routes=wire.Entries(entries)))
+    # One join for the whole configuration (6 MB at 1,000 models): the routes are not copied
+    # into the virtual host and that into the configuration.
+    data = template.fill(virtual_hosts=virtual_host.pieces(routes=entries))
     return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
 
 
