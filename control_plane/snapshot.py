@@ -8,7 +8,6 @@ versions, so an Envoy moving between them is not re-sent anything.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import operator
 from collections.abc import Iterable, Mapping
@@ -98,15 +97,9 @@ class Resource:
 
 def response_entry(type_url: str, data: bytes) -> bytes:
     """`data` as one `resources` entry: an Any {type_url = 1, value = 2} after a tag and length."""
-    head = _any_head(type_url)
+    head = wire.any_head(type_url)
     length = wire.varint(len(data))
     return b"".join((_RESOURCES_FIELD_TAG, wire.varint(len(head) + len(length) + len(data)), head, length, data))
-
-
-@functools.lru_cache(maxsize=None)
-def _any_head(type_url: str) -> bytes:
-    """An Any's type_url field and its value's tag: the same for every resource of a type."""
-    return wire.entry(1, type_url.encode()) + b"\x12"
 
 
 def resource_name(message: Message | Serialized) -> str:
@@ -139,7 +132,8 @@ class Interner:
         key = (type_url, name, version)
         found = self._by_key.get(key)
         if found is None:
-            found = Resource(name, type_url, version, message, response_entry(type_url, data))
+            framed = message.entry if type(message) is Serialized else None
+            found = Resource(name, type_url, version, message, framed or response_entry(type_url, data))
         elif found.built is not message:
             # The same content built again (a new config): the same bytes, now held through
             # this object, which later builds and reloads hand in again.

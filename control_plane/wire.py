@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -28,9 +28,12 @@ class Serialized:
     """A resource held as its bytes (what the snapshot sends); parsed only when looked at."""
 
     name: str
-    data: bytes
+    data: bytes | memoryview
     message_type: type[Message]
     requires: tuple[tuple[str, str], ...] = ()  # (type URL, name) of the resources it refers to
+    # Already framed as a DiscoveryResponse `resources` entry (resource_entry()): `data` is a
+    # view into it, and the snapshot takes it as it is.
+    entry: bytes | None = field(default=None, compare=False, repr=False)
 
     def parse(self) -> Message:
         return self.message_type.FromString(self.data)
@@ -117,12 +120,33 @@ class Template:
         return out
 
 
+_RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
+
+
+def resource_entry(type_url: str, pieces: Sequence[bytes]) -> tuple[bytes, memoryview]:
+    """A message given in pieces, framed as one `resources` entry of a DiscoveryResponse (an
+    Any {type_url = 1, value = 2} after a tag and length) in one join, and the message's bytes:
+    a view into that entry, not a copy (a route configuration is 6 MB at 1,000 models)."""
+    head = any_head(type_url)
+    size = sum(map(len, pieces))
+    length = varint(size)
+    prefix = b"".join((_RESOURCES_FIELD_TAG, varint(len(head) + len(length) + size), head, length))
+    framed = b"".join([prefix, *pieces])
+    return framed, memoryview(framed)[len(prefix):]
+
+
+@functools.lru_cache(maxsize=None)
+def any_head(type_url: str) -> bytes:
+    """An Any's type_url field and its value's tag: the same for every resource of a type."""
+    return entry(1, type_url.encode()) + b"\x12"
+
+
 def packed(type_url: str, data: bytes) -> bytes:
     """A google.protobuf.Any holding already-serialized `data` {type_url = 1, value = 2}."""
     return entry(1, type_url.encode()) + entry(2, data)
 
 
-def bytes_of(resource: Message | Serialized) -> bytes:
+def bytes_of(resource: Message | Serialized) -> bytes | memoryview:
     """The resource's deterministic serialization."""
     return resource.data if isinstance(resource, Serialized) else resource.SerializeToString(deterministic=True)
 

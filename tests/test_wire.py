@@ -14,6 +14,7 @@ from control_plane.resources import ROUTE_TYPE, Build, NodeGroup, build_serializ
 from control_plane.resources.clients import authorize_routes
 from control_plane.resources.proto import _any, _struct
 from control_plane.resources.routes import _virtual_host, region_routes
+from control_plane.snapshot import Interner, response_entry
 from control_plane.wire import Entries, Serialized, Template, entry
 
 from .configs import CLIENTS, CONFIG
@@ -40,6 +41,9 @@ def test_route_configuration_is_the_whole_message_byte_for_byte(region, clients,
     assert isinstance(built, Serialized)
     assert built.data == whole_message(config, region)
     assert built.parse().SerializeToString(deterministic=True) == built.data
+    # Assembled already framed as a DiscoveryResponse entry, its bytes a view into that entry.
+    assert built.entry == response_entry(ROUTE_TYPE, bytes(built.data))
+    assert Interner().intern(ROUTE_TYPE, built).response_entry is built.entry
 
 
 def test_a_template_keeps_field_order_around_its_holes():

@@ -20,6 +20,7 @@ from google.protobuf import wrappers_pb2
 from .. import wire
 from ..config import PUBLISHER_VERBS, VERBS, Policy, RegionConfig
 from ..wire import Serialized
+from ..xds_types import ROUTE_TYPE
 from . import matches, openai, shapes
 from .build import Build
 from .clients import authorize_routes
@@ -236,10 +237,11 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
     limit = _body_limit(build, closing)
     template = build.memo(("route_configuration", limit), lambda: wire.Template(
         _route_configuration(limit), holes=("virtual_hosts",)))
-    # One join for the whole configuration (6 MB at 1,000 models): the routes are not copied
-    # into the virtual host and that into the configuration.
-    data = template.fill(virtual_hosts=virtual_host.pieces(routes=entries))
-    return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration)
+    # One join for the whole configuration (6 MB at 1,000 models), already framed as the
+    # snapshot sends it: the routes are not copied into the virtual host, that into the
+    # configuration, and that into its `resources` entry.
+    framed, data = wire.resource_entry(ROUTE_TYPE, template.pieces(virtual_hosts=virtual_host.pieces(routes=entries)))
+    return Serialized(ROUTE_CONFIG_NAME, data, route_pb2.RouteConfiguration, entry=framed)
 
 
 # Envoy's limit on a direct response's body unless the route configuration raises it; a body over
