@@ -97,6 +97,9 @@ async def _fanout_clients(address: str, n: int, regions: list[str], per_channel:
         if command["cmd"] == "stop":
             break
         if command["cmd"] == "arm":  # an edit is about to be written; report when every client settled on it
+            # Parsed clusters are shared by this process's clients within an edit, not across
+            # edits: an edit back to an earlier config would find them all parsed already.
+            parsed.clear()
             base = {id(c): dict(c.version) for c in clients}
             responses0 = sum(c.responses for c in clients)
             conn.send({"event": "armed"})
