@@ -11,11 +11,12 @@ Envoy of the first region (1 worker), and measures:
   the Envoy's own stats show the new clusters and routes applied (the CDS and RDS versions
   it reports equal the control plane's, no cluster warming).
 
-Variants tell the Envoy's memory apart: `product` (as shipped) and `no-lua` (the same config
-with the Lua rewrite left out of every cluster's per-attempt filters; requests would not be
+Variants: `product` (as shipped, the Envoy on SotW xDS), `delta` (the same with the Envoy
+bootstrapped with `--delta`) and `no-lua` (the same config with the Lua rewrite left out of
+every cluster's per-attempt filters, to tell the Envoy's memory apart; requests would not be
 rewritten, so this is for measuring only).
 
-    python -m bench.envoy_scale [--sizes 100x5,1000x5] [--variants product,no-lua]
+    python -m bench.envoy_scale [--sizes 100x5,1000x5] [--variants product,no-lua,delta]
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
         wait_until(healthy, 120, "the control plane", interval=0.02)
         region = next(iter(config["regions"]))
         envoy = EnvoyProcess(region, f"127.0.0.1:{xds_port}", f"127.0.0.1:{free_port()}", workdir=workdir,
-                             log_level="error")
+                             log_level="error", delta=variant == "delta")
         t0 = time.monotonic()
         envoy.start().wait_ready(600)
         out["start_to_ready_s"] = time.monotonic() - t0
@@ -178,7 +179,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100x5,1000x5", help="MODELSxREGIONS,...")
-    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua")
+    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua, delta")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     started = datetime.now(timezone.utc)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.fanout import fanout_config  # noqa: E402
+from bench.fanout import EDIT_POLICIES, fanout_config  # noqa: E402
 from control_plane.__main__ import GC_THRESHOLDS  # noqa: E402
 from control_plane.cache import SnapshotCache  # noqa: E402
 from control_plane.config import parse_config  # noqa: E402
@@ -46,10 +46,11 @@ def measure(models: int, regions: int, runs: int) -> dict[str, float]:
         times["cold build"].append(built)
         for kind in ("global edit reload", "one-model reload"):
             edited = copy.deepcopy(data)
+            # Part (iv)'s edits: a route change and a cluster change at once.
             if kind == "one-model reload":
-                edited["models"]["model-001"]["policy"] = {"timeout": f"{40 + i}s"}
+                edited["models"]["model-001"]["policy"] = EDIT_POLICIES[i % 2]
             else:
-                edited["policy"] = {"timeout": f"{40 + i}s"}
+                edited["policy"] = EDIT_POLICIES[i % 2]
             new = parse_config(yaml.safe_dump(edited, sort_keys=False))
             times[kind].append(_cpu(lambda: cache.set_config(new))[0])
             cache.set_config(config)  # back, for the next edit
