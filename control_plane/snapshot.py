@@ -23,8 +23,6 @@ from . import wire
 from .wire import Serialized, as_message
 from .xds_types import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE
 
-_RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
-
 
 class Resource:
     """One resource as served: immutable once interned (every snapshot and stream holding it
@@ -85,7 +83,7 @@ class Resource:
             name, version, entry = self.name.encode(), self.version.encode(), self.response_entry
             tail = b"\x1a" + wire.varint(len(name)) + name
             body_length = 1 + len(wire.varint(len(version))) + len(version) + len(entry) + len(tail)
-            head = _RESOURCES_FIELD_TAG + wire.varint(body_length) + b"\x0a" + wire.varint(len(version)) + version
+            head = wire.RESOURCES_FIELD_TAG + wire.varint(body_length) + b"\x0a" + wire.varint(len(version)) + version
             self._delta_frame = head, tail
         head, tail = self._delta_frame
         return head, self.response_entry, tail
@@ -97,9 +95,7 @@ class Resource:
 
 def response_entry(type_url: str, data: bytes) -> bytes:
     """`data` as one `resources` entry: an Any {type_url = 1, value = 2} after a tag and length."""
-    head = wire.any_head(type_url)
-    length = wire.varint(len(data))
-    return b"".join((_RESOURCES_FIELD_TAG, wire.varint(len(head) + len(length) + len(data)), head, length, data))
+    return wire.entry_head(type_url, len(data)) + data
 
 
 def resource_name(message: Message | Serialized) -> str:

@@ -120,23 +120,29 @@ class Template:
         return out
 
 
-_RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
+RESOURCES_FIELD_TAG = b"\x12"  # DiscoveryResponse.resources: field 2, length-delimited
+
+
+def entry_head(type_url: str, size: int) -> bytes:
+    """What comes before a message of `size` bytes framed as one `resources` entry of a
+    DiscoveryResponse: the entry's tag and length, then its Any {type_url = 1, value = 2} up to
+    the value's bytes."""
+    head = _any_head(type_url)
+    length = varint(size)
+    return b"".join((RESOURCES_FIELD_TAG, varint(len(head) + len(length) + size), head, length))
 
 
 def resource_entry(type_url: str, pieces: Sequence[bytes]) -> tuple[bytes, memoryview]:
-    """A message given in pieces, framed as one `resources` entry of a DiscoveryResponse (an
-    Any {type_url = 1, value = 2} after a tag and length) in one join, and the message's bytes:
-    a view into that entry, not a copy (a route configuration is 6 MB at 1,000 models)."""
-    head = any_head(type_url)
-    size = sum(map(len, pieces))
-    length = varint(size)
-    prefix = b"".join((_RESOURCES_FIELD_TAG, varint(len(head) + len(length) + size), head, length))
-    framed = b"".join([prefix, *pieces])
-    return framed, memoryview(framed)[len(prefix):]
+    """A message given in pieces, framed as one `resources` entry in one join, and the
+    message's bytes: a view into that entry, not a copy (a route configuration is 6 MB at
+    1,000 models)."""
+    head = entry_head(type_url, sum(map(len, pieces)))
+    framed = b"".join([head, *pieces])
+    return framed, memoryview(framed)[len(head):]
 
 
 @functools.lru_cache(maxsize=None)
-def any_head(type_url: str) -> bytes:
+def _any_head(type_url: str) -> bytes:
     """An Any's type_url field and its value's tag: the same for every resource of a type."""
     return entry(1, type_url.encode()) + b"\x12"
 
