@@ -20,7 +20,7 @@ import contextlib
 import ctypes
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class HeapTrimmer:
     """`busy()` after each piece of work (cheap: two assignments); the heap is trimmed once
     no work has been done for `quiet` seconds since the last trim."""
 
-    __slots__ = ("quiet", "trims", "_last_busy", "_dirty", "_timer", "_retired", "_held")
+    __slots__ = ("quiet", "trims", "_last_busy", "_dirty", "_timer", "_retired", "_held", "_on_quiet")
 
     def __init__(self, quiet: float = QUIET_S):
         self.quiet = quiet
@@ -51,11 +51,17 @@ class HeapTrimmer:
         self._timer: asyncio.TimerHandle | None = None
         self._retired: list[object] = []
         self._held = 0
+        self._on_quiet: list[Callable[[], None]] = []
+
+    def when_quiet(self, release: Callable[[], None]) -> None:
+        """Call release() at each quiet moment after work (to drop what a burst shared), before
+        the heap is trimmed."""
+        self._on_quiet.append(release)
 
     def busy(self) -> None:
         self._last_busy = time.monotonic()
         self._dirty = True
-        if self._timer is None and (_TRIM is not None or self._retired):
+        if self._timer is None and (_TRIM is not None or self._retired or self._on_quiet):
             self._timer = asyncio.get_running_loop().call_later(self.quiet, self._check)
 
     def retire(self, garbage: object) -> None:
@@ -86,12 +92,15 @@ class HeapTrimmer:
             self._timer = asyncio.get_running_loop().call_later(self.quiet - idle, self._check)
             return
         self._timer = None
+        dirty, self._dirty = self._dirty, False
+        if dirty:
+            for release in self._on_quiet:
+                release()
         if self._retired:
             started = time.perf_counter()
             self._retired.clear()
             log.debug("what the last reload replaced freed in %.1f ms", 1000 * (time.perf_counter() - started))
-        if self._dirty:
-            self._dirty = False
+        if dirty and _TRIM is not None:
             started = time.perf_counter()
             _TRIM(0)
             self.trims += 1

@@ -19,7 +19,7 @@ now.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -69,9 +69,28 @@ class Responses:
         self._delta: dict[tuple, DeltaPlan] = {}
         self._exact: dict[tuple, Held] = {}
         self._forgotten: dict[tuple, tuple[Held, Held]] = {}
+        self._finished: dict[int, tuple[Sequence[bytes], str, bytes]] = {}
 
     def clear(self) -> None:
         self._sotw, self._delta, self._exact, self._forgotten = {}, {}, {}, {}
+        self._finished = {}
+
+    def finished(self, parts: Sequence[bytes], last_nonce: str, next_nonce: Callable[[], str]) -> tuple[str, bytes]:
+        """The response of these parts (sotw() or a DeltaPlan's, shared by the streams that are
+        sent the same) with a nonce, and its nonce. Every stream sent the same parts gets the same
+        nonce and the same bytes, joined once: the Envoys of one node group at one version (100 of
+        them at 1,000 models x 5 regions: a 14 MB join each was a third of an edit's CPU). A nonce
+        only tells apart the responses of one stream, so it need not differ between streams; a
+        stream whose last response had this nonce (asked again) gets a new one."""
+        found = self._finished.get(id(parts))
+        if found is None or found[0] is not parts or found[1] == last_nonce:
+            nonce = next_nonce()
+            found = self._finished[id(parts)] = (parts, nonce, with_nonce(parts, nonce))
+        return found[1], found[2]
+
+    def release_finished(self) -> None:
+        """Drop the joined responses (once xDS work is quiet: every stream has been sent them)."""
+        self._finished = {}
 
     def sotw(self, type_url: str, version: str, desired: Selection) -> list[bytes]:
         """The parts of the DiscoveryResponse sending `desired` (of this version, in name

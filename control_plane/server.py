@@ -71,6 +71,7 @@ class AdsServer:
         self.responses = Responses()
         cache.watch(self.responses.clear)
         self.heap = HeapTrimmer()
+        self.heap.when_quiet(self.responses.release_finished)  # each push's joined responses
         self.open_streams = 0
         self._nonces = 0
         self._refused_logged_at = float("-inf")

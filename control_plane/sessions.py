@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .metrics import Metrics
-from .responses import NOTHING_HELD, Responses, with_nonce
+from .responses import NOTHING_HELD, Held, Responses, with_nonce
 from .snapshot import type_version
 from .status import ClientStream, printable
 from .subscription import Answer, Subscription, SyncStatus, shared_names
@@ -215,11 +215,9 @@ class Session:
             _child(self.metrics.acks, kind).inc()
         return answer
 
-    def mark_sent(self, state: Subscription, selection: Selection, version: str) -> str:
-        nonce = self.next_nonce()
+    def mark_sent(self, state: Subscription, selection: Selection, version: str, nonce: str) -> None:
         state.mark_sent(selection, version, nonce)
         _child(self.metrics.pushes, short(state.type_url), self.MODE).inc()
-        return nonce
 
     def on_request(self, request) -> Iterator[bytes]:
         raise NotImplementedError
@@ -262,8 +260,11 @@ class SotwSession(Session):
              force: bool = False) -> Iterator[bytes]:
         if version == state.sent_version and state.sent_nonce and not force:
             return
-        parts = self.responses.sotw(type_url, version, desired)
-        yield with_nonce(parts, self.mark_sent(state, desired, version))
+        # The same bytes for every stream sent this version (Responses.finished).
+        nonce, response = self.responses.finished(self.responses.sotw(type_url, version, desired),
+                                                  state.sent_nonce, self.next_nonce)
+        self.mark_sent(state, desired, version, nonce)
+        yield response
 
 
 class DeltaSession(Session):
@@ -318,6 +319,11 @@ class DeltaSession(Session):
             if endpoints is not None and endpoints.client:
                 endpoints.client = self.responses.forget(endpoints.client, plan.updated)
                 endpoints.client_version = ""
-        nonce = self.mark_sent(state, desired, version)
+        if type(known) is Held:  # a plan shared by the streams holding the same: so is its response
+            nonce, response = self.responses.finished(plan.parts, state.sent_nonce, self.next_nonce)
+        else:
+            nonce = self.next_nonce()
+            response = with_nonce(plan.parts, nonce)
+        self.mark_sent(state, desired, version, nonce)
         state.client_before, state.client, state.client_version = known, plan.after, version
-        yield with_nonce(plan.parts, nonce)
+        yield response
