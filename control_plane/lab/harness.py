@@ -4,6 +4,7 @@ plane on one, free ports, and waiting on conditions with deadlines (never sleeps
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import time
@@ -46,9 +47,40 @@ async def until(condition: Callable[[], T], timeout: float = 10.0, what: str = "
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on, for a server started later (an Envoy's listener, a control
+    plane). Taken below the kernel's range for outgoing connections' local ports: a port from
+    bind(0) comes from that range, so between this call and the server's bind any connection
+    the suite opens could take it ("Address already in use", seen in CI). Not handed out twice
+    by this process."""
+    low, _ = _local_port_range()
+    candidates = range(max(1024, low - _BELOW_RANGE), low)
+    for _ in range(50):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # (every try taken: the kernel's choice)
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+_BELOW_RANGE = 12_000
+_handed_out: set[int] = set()
+
+
+def _local_port_range() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; 32768-60999 by default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 class LoopThread:
