@@ -149,7 +149,7 @@ def _any_head(type_url: str) -> bytes:
 
 def packed(type_url: str, data: bytes) -> bytes:
     """A google.protobuf.Any holding already-serialized `data` {type_url = 1, value = 2}."""
-    return entry(1, type_url.encode()) + entry(2, data)
+    return _any_head(type_url) + varint(len(data)) + data
 
 
 def bytes_of(resource: Message | Serialized) -> bytes | memoryview:

@@ -203,7 +203,11 @@ def _weighted_first_regions(config: RegionConfig, model: str, regions: list[str]
 
 
 def _not_served(model: str, local_region: str) -> route_components_pb2.DirectResponseAction:
-    return _json_response(503, f"model {model!r} is not served from region {local_region} or its failover regions")
+    return _json_response(503, _not_served_message(model, local_region))
+
+
+def _not_served_message(model: str, local_region: str) -> str:
+    return f"model {model!r} is not served from region {local_region} or its failover regions"
 
 
 def _pin_refused(model: str, allowed: list[str]) -> route_components_pb2.DirectResponseAction:
@@ -397,7 +401,7 @@ def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2
                                     pin_kind=matches.PIN_OPENAI))
         if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
             route.direct_response.CopyFrom(openai.error(
-                503, f"model {model!r} is not served from region {local_region} or its failover regions",
+                503, _not_served_message(model, local_region),
                 "server_error", "model_not_served_here"))
             route.ClearField("response_headers_to_add")
         return reading_body(route, body_model is not None)
