@@ -4,6 +4,7 @@ plane on one, free ports, and waiting on conditions with deadlines (never sleeps
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import socket
 import threading
@@ -52,7 +53,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     bind(0) comes from that range, so between this call and the server's bind any connection
     the suite opens could take it ("Address already in use", seen in CI). Not handed out twice
     by this process."""
-    low, _ = _local_port_range()
+    low = _local_ports_start()
     candidates = range(max(1024, low - _BELOW_RANGE), low)
     for _ in range(50):
         port = random.choice(candidates)
@@ -74,13 +75,14 @@ _BELOW_RANGE = 12_000
 _handed_out: set[int] = set()
 
 
-def _local_port_range() -> tuple[int, int]:
-    """The kernel's range of local ports for outgoing connections (Linux; 32768-60999 by default)."""
+@functools.cache
+def _local_ports_start() -> int:
+    """Where the kernel's range of local ports for outgoing connections starts (Linux; 32768 by
+    default), read once."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class LoopThread:
