@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +127,12 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def control_plane_healthy(admin_port: int) -> bool:
+    """The control plane on this admin port says ok at /healthz (serving, its first tokens in hand)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
+        return json.load(resp)["status"] == "ok"
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.05):

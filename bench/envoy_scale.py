@@ -37,7 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, rss_bytes, stop_process, wait_until, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    control_plane_healthy,
+    machine,
+    rss_bytes,
+    stop_process,
+    wait_until,
+    write_json,
+)
 from bench.fanout import EDIT_POLICIES, fanout_config  # noqa: E402
 
 # The control plane of the `no-lua` variant: the product with the Lua filter dropped from every
@@ -107,11 +114,7 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
     envoy = None
     out: dict = {"models": models, "regions": regions, "variant": variant}
     try:
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
-                return json.load(resp)["status"] == "ok"
-
-        wait_until(healthy, 120, "the control plane", interval=0.02)
+        wait_until(lambda: control_plane_healthy(admin_port), 120, "the control plane", interval=0.02)
         region = next(iter(config["regions"]))
         envoy = EnvoyProcess(region, f"127.0.0.1:{xds_port}", f"127.0.0.1:{free_port()}", workdir=workdir,
                              log_level="error", delta=variant == "delta")

@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, cpu_times, rss_bytes, stop_process, wait_until  # noqa: E402
+from bench.common import (  # noqa: E402
+    control_plane_healthy,
+    cpu_seconds,
+    cpu_times,
+    rss_bytes,
+    stop_process,
+    wait_until,
+)
 from bench.sim_envoy import DeltaSimEnvoy, SimEnvoy  # noqa: E402
 from control_plane.lab.loadgen import percentile  # noqa: E402
 
@@ -162,11 +169,7 @@ def part_fanout(args: argparse.Namespace, n: int, workdir: Path, server: str = "
     proc = None
     out: dict = {"clients": n, "server": server, "mode": mode, "loadavg_start": list(os.getloadavg())}
     try:
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as resp:
-                return json.load(resp)["status"] == "ok"
-
-        wait_until(healthy, 60, "the control plane's first token", interval=0.01)
+        wait_until(lambda: control_plane_healthy(admin_port), 60, "the control plane's first token", interval=0.01)
         out["start_to_healthy_s"] = time.monotonic() - started_at
         time.sleep(0.5)
         rss0 = rss_bytes(plane.pid)

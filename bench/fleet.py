@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, machine, stop_process, wait_until, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    control_plane_healthy,
+    cpu_seconds,
+    machine,
+    stop_process,
+    wait_until,
+    write_json,
+)
 
 
 def synthetic_config(models: int, regions: int, key: str) -> dict:
@@ -129,8 +135,7 @@ def part_cpu(args, n: int, workdir: Path) -> dict:
                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     try:
-        wait_until(lambda: json.load(urllib.request.urlopen(admin + "/healthz", timeout=2))["status"] == "ok",
-                   60, "the control plane")
+        wait_until(lambda: control_plane_healthy(admin_port), 60, "the control plane")
         time.sleep(0.5)
         cpu0, t0 = sum(cpu_seconds([plane.pid])), time.monotonic()
         sent = asyncio.run(_envoys(f"127.0.0.1:{xds}", config, n, args.reports, args.every))
