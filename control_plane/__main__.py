@@ -82,12 +82,12 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 def _validate(args: argparse.Namespace) -> int:
     from . import loading
-    from .cache import SnapshotCache
+    from .build_check import build_every_region
 
     limits = Limits().scaled(args.max_config_bytes) if args.max_config_bytes else Limits()
     try:  # exactly what `serve` does with the file at start and on every reload
         config = loading.load(Path(args.config), limits).config
-        loading.checked(args.config, "cannot build Envoy resources", lambda: SnapshotCache(config))
+        build_every_region(args.config, config)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):")
         for problem in exc.problems:

@@ -51,7 +51,10 @@ def node_group(node: base_pb2.Node, config: RegionConfig) -> NodeGroup:
 
 
 class SnapshotCache:
-    def __init__(self, config: RegionConfig, builder: Builder = build_serialized):
+    def __init__(self, config: RegionConfig, builder: Builder = build_serialized,
+                 regions: Iterable[str] | None = None):
+        """Builds the snapshot of every Vertex region's Envoys now (or of `regions` only:
+        `validate` shares them out between processes, control_plane/build_check.py)."""
         self._builder = builder
         self._interner = Interner()
         self._config = config
@@ -66,7 +69,8 @@ class SnapshotCache:
         # delay the push. Default: freed now.
         self.retire: Callable[[object], None] = _drop
         self._snapshots = _Built()
-        self._snapshots = self._prebuild(config)  # a broken config fails here, before anything is served
+        # A broken config fails here, before anything is served.
+        self._snapshots = self._prebuild(config, regions=regions)
 
     @property
     def config(self) -> RegionConfig:
@@ -201,11 +205,12 @@ class SnapshotCache:
         self._watchers.add(notify)
         return lambda: self._watchers.discard(notify)
 
-    def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None) -> _Built:
+    def _prebuild(self, config: RegionConfig, groups: set[NodeGroup] | None = None,
+                  regions: Iterable[str] | None = None) -> _Built:
         # Each region's default group is built too, so a config that cannot be built for some
         # region is refused even when no Envoy of that region is connected yet.
         wanted = set(groups or ()) | {NodeGroup(r, config.listener.address, config.listener.port)
-                                      for r in config.vertex_regions}
+                                      for r in (config.vertex_regions if regions is None else regions)}
         now = self._snapshots
         # The config in force again (fleet avoidance changed): its build, which keeps the builds
         # for other avoided regions (going back to an order built before costs nothing).
