@@ -12,7 +12,9 @@ Envoy of the first region (1 worker), and measures:
   it reports equal the control plane's, no cluster warming).
 
 Variants: `product` (as shipped, the Envoy on SotW xDS), `delta` (the same with the Envoy
-bootstrapped with `--delta`) and `no-lua` (the same config with the Lua rewrite left out of
+bootstrapped with `--delta`), `tls` (the same with every region over TLS, as in production:
+the synthetic config's regions are plain HTTP; nothing connects, so this is what the Envoy
+needs to build TLS clusters) and `no-lua` (the same config with the Lua rewrite left out of
 every cluster's per-attempt filters, to tell the Envoy's memory apart; requests would not be
 rewritten, so this is for measuring only).
 
@@ -104,6 +106,14 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
     loop.call(tokens.start())
     key = write_service_account_key(workdir / "key.json", tokens.token_uri)
     config = fanout_config(models, regions, str(key))
+    if variant in ("tls", "tls-1ca"):  # as in production: every region over TLS
+        one_ca = workdir / "one-ca.pem"  # tls-1ca: a CA file of one certificate, not the system bundle
+        bundle = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
+        one_ca.write_text(bundle[:bundle.index("-----END CERTIFICATE-----") + 26])
+        for spec in config["regions"].values():
+            spec["tls"] = True
+            if variant == "tls-1ca":
+                spec["ca_file"] = str(one_ca)
     path = write_config(workdir / "regions.yaml", config)
     xds_port, admin_port = free_port(), free_port()
     command = ["-c", _NO_LUA] if variant == "no-lua" else ["-m", "control_plane"]
@@ -182,7 +192,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100x5,1000x5", help="MODELSxREGIONS,...")
-    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua, delta")
+    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua, delta, tls")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     started = datetime.now(timezone.utc)

@@ -81,13 +81,14 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from . import loading
+    from . import loading, trust_stores
     from .build_check import build_every_region
 
     limits = Limits().scaled(args.max_config_bytes) if args.max_config_bytes else Limits()
     try:  # exactly what `serve` does with the file at start and on every reload
         config = loading.load(Path(args.config), limits).config
-        build_every_region(args.config, config)
+        trust = build_every_region(args.config, config,
+                                   then=lambda cache: trust_stores.estimate(config, cache.region_clusters()))
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s):")
         for problem in exc.problems:
@@ -100,6 +101,9 @@ def _validate(args: argparse.Namespace) -> int:
           f"{len(config.models)} model(s), {endpoints} regional endpoint(s), "
           f"default model {config.default_model}, version {config.version}",
           file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON document alone
+    warning = trust_stores.warning(trust)
+    if warning:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.online:  # the Vertex API: every endpoint id exists and has a deployed model (the `vertex` extra)
         from .discover import validate_online_command
 

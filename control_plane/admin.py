@@ -88,7 +88,7 @@ def admin_app(plane: ControlPlane) -> web.Application:
         return _json({"config_file": str(plane.config_path), "version": config.version,
                       "client_authentication": client_authentication(config, listens),
                       "config": config.model_dump(mode="json"), "last_reload": plane.last_reload,
-                      "load": plane.fleet.view()})
+                      "load": plane.fleet.view(), "trust_stores": plane.trust_stores})
 
     async def restore_region(request: web.Request) -> web.Response:
         region = request.match_info["region"]

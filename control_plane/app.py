@@ -17,7 +17,7 @@ import grpc
 from aiohttp import web
 from watchfiles import awatch
 
-from . import loading
+from . import loading, trust_stores
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
 from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
@@ -110,6 +110,11 @@ class ControlPlane:
         self._open_warning = open_listener_warning(config)
         if self._open_warning:
             log.warning("%s", self._open_warning)
+        # What the config's TLS clusters cost each Envoy (trust_stores.py): worked out in a thread
+        # after start and when xDS work goes quiet after a reload, never on a push's way.
+        self.trust_stores: dict | None = None
+        self._trust_task: asyncio.Task | None = None
+        self.ads.heap.when_quiet(self._estimate_trust_stores)
         self.metrics.config_ok.set(1)
         self.metrics.describe_backends(config)
         self.xds_port = 0
@@ -147,12 +152,15 @@ class ControlPlane:
         if self.watch:
             self._watcher = asyncio.create_task(self._watch_file())
         self.tokens.start()
+        self._estimate_trust_stores()
         log.info("serving xDS on %s:%d, admin on %s:%d, config %s version %s",
                  self.xds_address.rpartition(":")[0], self.xds_port, host, self.admin_port,
                  self.config_path, self.cache.config.version)
 
     async def stop(self) -> None:
         self._stop_watch.set()
+        if self._trust_task:
+            self._trust_task.cancel()
         if self._watcher:
             self._watcher.cancel()
         await self.tokens.stop()
@@ -198,6 +206,25 @@ class ControlPlane:
         except ConfigError as exc:
             return self._record_reload(reason, digest, [str(p) for p in exc.problems])
         return self._record_reload(reason, digest, [])
+
+    def _estimate_trust_stores(self) -> None:
+        """Estimate the trust stores of the config in force, if not done yet (in a thread), and
+        log the warning when it changes."""
+        config = self.cache.config
+        if (self.trust_stores or {}).get("version") == config.version or (self._trust_task and not self._trust_task.done()):
+            return
+
+        async def estimate() -> None:
+            try:
+                figures = await asyncio.to_thread(trust_stores.estimate, config, self.cache.region_clusters())
+            except Exception:  # noqa: BLE001 - an estimate for operators; never stops anything
+                log.exception("estimating the Envoys' trust stores failed")
+                return
+            warning = trust_stores.warning(figures)
+            if warning and warning != (self.trust_stores or {}).get("warning"):
+                log.warning("%s", warning)
+            self.trust_stores = {"version": config.version, "regions": figures, "warning": warning}
+        self._trust_task = asyncio.get_running_loop().create_task(estimate())
 
     def _warn_if_open(self, config: RegionConfig) -> None:
         warning = open_listener_warning(config)

@@ -32,31 +32,38 @@ def usable_cpus() -> int:
 
 
 def build_every_region(file: str, config: RegionConfig, processes: int | None = None,
-                       builder: Builder = build_serialized) -> None:
-    """Raise ConfigError with every problem the build of each Vertex region's resources finds."""
+                       builder: Builder = build_serialized,
+                       then: Callable[[SnapshotCache], dict] = lambda cache: {}) -> dict:
+    """Raise ConfigError with every problem the build of each Vertex region's resources finds.
+    Else return what `then` learns from each process's build (a dict, e.g. by region), merged."""
     regions = list(config.vertex_regions)
     count = min(processes or usable_cpus(), len(regions)) if sys.platform == "linux" else 1
     shares = [regions[i::count] for i in range(count)] if count > 1 else [regions]
 
-    def build(share: list[str]) -> None:
-        loading.checked(file, DOING, lambda: SnapshotCache(config, builder, regions=share))
+    def build(share: list[str]) -> dict:
+        return then(loading.checked(file, DOING, lambda: SnapshotCache(config, builder, regions=share)))
 
     sys.stdout.flush()  # a child's copy of unwritten output would be written twice
     sys.stderr.flush()
     children = [_fork(build, share) for share in shares[1:]]
     problems: list[Problem] = []
+    learned: dict = {}
     try:
-        build(shares[0])
+        learned.update(build(shares[0]))
     except ConfigError as exc:
         problems += exc.problems
     for (pid, results), share in zip(children, shares[1:]):
-        problems += _problems(file, pid, results, share)
+        found, child_learned = _results(file, pid, results, share)
+        problems += found
+        learned.update(child_learned)
     if problems:
         raise ConfigError(problems)
+    return learned
 
 
-def _fork(build: Callable[[list[str]], None], share: list[str]) -> tuple[int, int]:
-    """A child process building `share`; it writes its problems (pickled) to the pipe returned."""
+def _fork(build: Callable[[list[str]], dict], share: list[str]) -> tuple[int, int]:
+    """A child process building `share`; it writes (problems, what `then` learned), pickled, to
+    the pipe returned."""
     results, out = os.pipe()
     pid = os.fork()
     if pid:
@@ -66,23 +73,20 @@ def _fork(build: Callable[[list[str]], None], share: list[str]) -> tuple[int, in
     status = 2
     try:
         try:
-            build(share)
-            data, status = b"", 0
+            data, status = pickle.dumps(([], build(share))), 0
         except ConfigError as exc:
-            data, status = pickle.dumps(exc.problems), 1
+            data, status = pickle.dumps((exc.problems, {})), 1
         with os.fdopen(out, "wb") as pipe:
             pipe.write(data)
     finally:
         os._exit(status)  # never back into the parent's code (its finally blocks, atexit, stdio)
 
 
-def _problems(file: str, pid: int, results: int, share: list[str]) -> list[Problem]:
+def _results(file: str, pid: int, results: int, share: list[str]) -> tuple[list[Problem], dict]:
     with os.fdopen(results, "rb") as pipe:
         data = pipe.read()  # before waiting: a child blocked on a full pipe would never exit
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    if code == 0:
-        return []
-    if code == 1 and data:
+    if code in (0, 1) and data:
         return pickle.loads(data)
     why = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
-    return [Problem(file, "", f"{DOING} for region(s) {', '.join(share)}: the build process {why}")]
+    return [Problem(file, "", f"{DOING} for region(s) {', '.join(share)}: the build process {why}")], {}

@@ -18,7 +18,7 @@ from .resources import Build, NodeGroup, build_serialized, credential_secret, cr
 from .snapshot import Interner, Resource, Snapshot, live_ids, type_version
 from .wire import Serialized
 from .xds_cache import NodeRefused
-from .xds_types import SECRET_TYPE
+from .xds_types import CLUSTER_TYPE, SECRET_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,12 @@ class SnapshotCache:
         if found is None:
             found = self._snapshots[group] = Snapshot.build(self._builder(self.build, group), self._interner)
         return found
+
+    def region_clusters(self) -> dict[str, list[Resource]]:
+        """The clusters of each Vertex region this cache built, as its Envoys get them."""
+        config = self._config
+        return {g.region: list(s.resources.get(CLUSTER_TYPE, {}).values()) for g, s in self._snapshots.items()
+                if (g.listen_address, g.listen_port) == (config.listener.address, config.listener.port)}
 
     def set_config(self, config: RegionConfig) -> None:
         """Build every known group's snapshot for the new config, then swap; on error keep the old."""
