@@ -37,6 +37,8 @@ def contexts_per_ca_file(config: RegionConfig, clusters: Iterable[Resource],
     CA file: a region's cluster has one, a least-request spread one per TLS region. `seen`:
     counts by resource, for clusters that several regions' Envoys share."""
     paths = sorted(ca_files(config))
+    if not paths:  # no region over TLS
+        return {}
     needles = [entry(_FILENAME, path.encode()) for path in paths]
     seen = {} if seen is None else seen
     totals = dict.fromkeys(paths, 0)
