@@ -14,7 +14,12 @@ Envoy of the first region (1 worker), and measures:
 Variants: `product` (as shipped, the Envoy on SotW xDS), `delta` (the same with the Envoy
 bootstrapped with `--delta`), `tls` (the same with every region over TLS, as in production:
 the synthetic config's regions are plain HTTP; nothing connects, so this is what the Envoy
-needs to build TLS clusters) and `no-lua` (the same config with the Lua rewrite left out of
+needs to build TLS clusters), `tls-1ca` (the same with a CA file of one certificate),
+`no-model-stats` (the product with Envoy's stats of the model clusters turned off in the
+bootstrap, `stats_matcher`), `lean-stats` (only some of them off: connection, load-balancer
+and circuit-breaker stats, per-code and in-flight request stats; what dashboards and alerts
+use kept), measuring what per-cluster stats cost, `lazy-cluster-stats` (the Envoy bootstrapped
+with `--lazy-cluster-stats`: traffic stats made when first used), and `no-lua` (the same config with the Lua rewrite left out of
 every cluster's per-attempt filters, to tell the Envoy's memory apart; requests would not be
 rewritten, so this is for measuring only).
 
@@ -34,6 +39,8 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -127,7 +134,24 @@ def run_one(models: int, regions: int, variant: str, workdir: Path) -> dict:
         wait_until(lambda: control_plane_healthy(admin_port), 120, "the control plane", interval=0.02)
         region = next(iter(config["regions"]))
         envoy = EnvoyProcess(region, f"127.0.0.1:{xds_port}", f"127.0.0.1:{free_port()}", workdir=workdir,
-                             log_level="error", delta=variant == "delta")
+                             log_level="error", delta=variant == "delta",
+                             lazy_cluster_stats=variant == "lazy-cluster-stats")
+        if variant in ("no-model-stats", "lean-stats"):  # what the model clusters' stats cost
+            boot = yaml.safe_load(envoy.bootstrap_path.read_text())
+            if variant == "lean-stats":
+                boot["stats_config"]["stats_matcher"] = {"exclusion_list": {"patterns": [{"safe_regex": {"regex": (
+                    r"^cluster\.model/[^.]+\.(?:upstream_cx_(?:total|http[123]_total|idle_timeout|max_duration_reached"
+                    r"|connect_attempts_exceeded|overflow|length_ms|close_notify|[rt]x_bytes_[a-z_]+|pool_overflow"
+                    r"|protocol_error|max_requests|none_healthy|destroy[a-z_]*|active|connect_with_0_rtt)"
+                    r"|lb_[a-z_]+|bind_errors|assignment_[a-z_]+|update_[a-z_]+|upstream_flow_control_[a-z_]+"
+                    r"|circuit_breakers\..*|max_host_weight|version|init_fetch_timeout|retry_or_shadow_abandoned"
+                    r"|original_dst_host_invalid|upstream_internal_redirect_[a-z_]+|upstream_http3_broken"
+                    r"|warming_state|upstream_rq_(?:[0-9]{3}|completed|active|pending_[a-z_]+|per_try_[a-z_]+"
+                    r"|rx_reset|tx_reset|cancelled|maintenance_mode|max_duration_reached|timeout)"
+                    r"|upstream_(?:cx|rq)_[a-z_]+_(?:total|active)|membership_[a-z_]+|default\..*)$")}}]}}
+            else:
+                boot["stats_config"]["stats_matcher"] = {"exclusion_list": {"patterns": [{"prefix": "cluster.model/"}]}}
+            envoy.bootstrap_path.write_text(yaml.safe_dump(boot))
         t0 = time.monotonic()
         envoy.start().wait_ready(600)
         out["start_to_ready_s"] = time.monotonic() - t0
@@ -192,7 +216,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100x5,1000x5", help="MODELSxREGIONS,...")
-    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua, delta, tls")
+    parser.add_argument("--variants", default="product,no-lua", help="product, no-lua, delta, tls, tls-1ca, no-model-stats, lean-stats, lazy-cluster-stats")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     started = datetime.now(timezone.utc)

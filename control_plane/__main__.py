@@ -126,6 +126,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     try:
         config = bootstrap(args.region, args.xds_address, node_id=args.node_id, listen=args.listen,
                            admin_address=args.admin_address, delta=args.delta, xds_tls=xds_tls,
+                           lazy_cluster_stats=args.lazy_cluster_stats,
                            stats_listen=args.stats_listen)
     except ValueError as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
@@ -214,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--listen", metavar="HOST:PORT", help="client listener for this Envoy (default from config)")
     boot.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT")
     boot.add_argument("--delta", action="store_true", help="use Delta xDS (DELTA_GRPC)")
+    boot.add_argument("--lazy-cluster-stats", action="store_true",
+                      help="make a cluster's traffic stats when first used (large configs apply about twice "
+                           "as fast; a cluster never used has no upstream_rq_*/upstream_cx_* series)")
     boot.add_argument("--stats-listen", metavar="HOST:PORT",
                       help="serve only GET /stats/prometheus here, for scraping (admin stays on loopback)")
     boot.add_argument("--xds-tls-ca", metavar="FILE", help="mTLS to the control plane: CA of its certificate")

@@ -51,7 +51,7 @@ class XdsTls:
 
 def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen: str | None = None,
               admin_address: str = "127.0.0.1:9901", delta: bool = False, xds_tls: XdsTls | None = None,
-              stats_listen: str | None = None) -> dict:
+              stats_listen: str | None = None, lazy_cluster_stats: bool = False) -> dict:
     xds_host, xds_port = split_host_port(xds_address, "--xds-address")
     admin_host, admin_port = split_host_port(admin_address, "--admin-address")
     metadata = {"region": region}
@@ -59,6 +59,11 @@ def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen:
         split_host_port(listen, "--listen")
         metadata["listen"] = listen
     config = _bootstrap(region, node_id, metadata, admin_host, admin_port, xds_host, xds_port, delta, xds_tls)
+    if lazy_cluster_stats:
+        # A cluster's traffic stats (upstream_rq_*, upstream_cx_*) made when first used, not when
+        # the cluster is: most of the time a large config takes a real Envoy to apply, at
+        # 1,000 models x 5 regions (docs/BENCHMARKS.md). A cluster never used has no such series.
+        config["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
     if stats_listen:
         if admin_port == 0:
             raise ValueError("--stats-listen needs a fixed --admin-address port to forward to")

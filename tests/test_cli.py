@@ -25,7 +25,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=60, cwd=ROOT)
 
 
-@pytest.mark.parametrize("extra", [[], ["--delta", "--node-id", "edge-7", "--listen", "127.0.0.1:9090"]])
+@pytest.mark.parametrize("extra", [[], ["--delta", "--node-id", "edge-7", "--listen", "127.0.0.1:9090",
+                                         "--lazy-cluster-stats"]])
 def test_bootstrap_is_accepted_by_envoy(tmp_path, extra):
     result = cli("bootstrap", "--region", "us-east4", "--xds-address", "control-plane:18000", *extra)
     assert result.returncode == 0, result.stderr
@@ -35,6 +36,7 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path, extra):
     assert config["dynamic_resources"]["ads_config"]["api_type"] == ("DELTA_GRPC" if extra else "GRPC")
     if extra:
         assert config["node"]["id"] == "edge-7" and config["node"]["metadata"]["listen"] == "127.0.0.1:9090"
+    assert config.get("deferred_stat_options") == ({"enable_deferred_creation_stats": True} if extra else None)
     path = tmp_path / "bootstrap.yaml"
     path.write_text(result.stdout)
     check = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True,

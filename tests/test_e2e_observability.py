@@ -176,3 +176,29 @@ def test_an_authenticated_client_is_named_in_the_log_and_its_token_is_not(tmp_pa
         anonymous = entry_for(envoy, "req-anon")
         assert anonymous["code"] == 401 and anonymous["client"] is None
         assert token not in envoy.log_path.read_text()
+
+
+def test_with_lazy_cluster_stats_the_series_dashboards_and_alerts_use_appear_once_used():
+    """`bootstrap --lazy-cluster-stats`: a cluster's traffic series exist once it has had traffic,
+    with the same names and tags; a cluster never used has none (its outlier gauges stay)."""
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",), extra=NO_EJECTION,
+                  lazy_cluster_stats=True)
+    try:
+        envoy = stack.envoys["us-central1"]
+        assert not [s for s in series(prometheus(envoy), "envoy_cluster_upstream_rq_total") if s.get("model")]
+        stack.emulators["us-central1"].fail("503")
+        assert stack.post("/v1/models/housing:predict", json={"instances": [1]}).status_code == 200
+        text = prometheus(envoy)
+        attempts = {(s["model"], s.get("region", "")) for s in series(text, "envoy_cluster_upstream_rq_total")
+                    if "model" in s}
+        assert {("housing", "us-central1"), ("housing", "us-east4"), ("housing", "")} <= attempts
+        assert ("churn", "us-east4") not in attempts  # never called
+        codes = {(s["model"], s.get("region", ""), s["envoy_response_code_class"])
+                 for s in series(text, "envoy_cluster_upstream_rq_xx") if "model" in s}
+        assert ("housing", "", "2") in codes  # per model, as the alerts read it
+        assert [s for s in series(text, "envoy_cluster_upstream_rq_retry") if s.get("model") == "housing"]
+        assert [s for s in series(text, "envoy_cluster_upstream_rq_time_bucket") if s.get("model") == "housing"]
+        ejections = series(text, "envoy_cluster_outlier_detection_ejections_active")
+        assert ("churn", "us-east4") in {(s["model"], s["region"]) for s in ejections}
+    finally:
+        stack.close()

@@ -44,7 +44,7 @@ class EnvoyProcess:
     def __init__(self, region: str, xds_address: str, listen: str, node_id: str | None = None,
                  delta: bool = False, log_level: str = "warning", workers: int = 1,
                  workdir: str | Path | None = None, log_file: str | Path | None = None,
-                 xds_tls: XdsTls | None = None, die_with_parent: bool = False):
+                 xds_tls: XdsTls | None = None, die_with_parent: bool = False, lazy_cluster_stats: bool = False):
         self.region = region
         self._die_with_parent = die_with_parent and sys.platform == "linux"
         self.node_id = node_id or f"envoy-{region}"
@@ -57,7 +57,7 @@ class EnvoyProcess:
         listen_host = listen.rpartition(":")[0]
         self.bootstrap_path.write_text(render(bootstrap(
             region, xds_address, node_id=self.node_id, listen=listen,
-            admin_address=f"{listen_host}:0", delta=delta, xds_tls=xds_tls)))
+            admin_address=f"{listen_host}:0", delta=delta, xds_tls=xds_tls, lazy_cluster_stats=lazy_cluster_stats)))
         self._args = [envoy_binary(), "-c", str(self.bootstrap_path), "--log-level", log_level,
                       "--concurrency", str(workers), "--admin-address-path", str(self.admin_path),
                       # Several Envoys share this host; hot restart's shared memory would collide.

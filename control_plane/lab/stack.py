@@ -30,7 +30,7 @@ class Stack:
     def __init__(self, regions=("us-central1", "us-east4"), envoys=("us-central1",), extra: dict | None = None,
                  delta: bool = False, token_lifetime: int = 3600, tls: dict | None = None,
                  ca_file: str | None = None, plane_options: dict | None = None, envoy_xds_tls=None,
-                 configmap: bool = False):
+                 configmap: bool = False, lazy_cluster_stats: bool = False):
         """tls: region -> ssl.SSLContext for that region's emulator (then Envoy verifies it with ca_file).
         configmap: regions.yaml lives in a directory laid out and updated as kubelet does."""
         tls = tls or {}
@@ -69,7 +69,8 @@ class Stack:
         try:
             for region in envoys:
                 envoy = EnvoyProcess(region, self.plane.xds_address, f"127.0.0.1:{free_port()}",
-                                     delta=delta, workdir=self.dir, xds_tls=envoy_xds_tls)
+                                     delta=delta, workdir=self.dir, xds_tls=envoy_xds_tls,
+                                     lazy_cluster_stats=lazy_cluster_stats)
                 self.envoys[region] = envoy.start()
             for envoy in self.envoys.values():
                 envoy.wait_ready()
