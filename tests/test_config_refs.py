@@ -192,3 +192,16 @@ def test_good_publisher_model(tmp_path, name):
     data = base()
     data["models"]["pm"] = {"publisher_model": name, "regions": ["us-east4"]}
     assert load(tmp_path, data).models["pm"].publisher_model == name
+
+
+def test_model_names_that_differ_only_in_dot_and_underscore_are_refused(tmp_path):
+    from .config_problems import rejected
+    from .configs import base
+
+    data = base()
+    data["models"]["v2.0"] = {"endpoints": {"us-central1": "7771"}}
+    data["models"]["v2_0"] = {"endpoints": {"us-central1": "7772"}}
+    _, _, problems = rejected(tmp_path, data)
+    assert [p.message for p in problems if p.path == "models.v2_0"] == [
+        "model names 'v2.0' and 'v2_0' differ only in '.' and '_': Envoy's metrics would not tell them apart "
+        "(they write '.' as '_')"]

@@ -202,3 +202,20 @@ def test_with_lazy_cluster_stats_the_series_dashboards_and_alerts_use_appear_onc
         assert ("churn", "us-east4") in {(s["model"], s["region"]) for s in ejections}
     finally:
         stack.close()
+
+
+def test_a_model_name_with_a_dot_has_whole_series_with_its_model_and_region_tags():
+    """Envoy separates stat names with '.': a model `v2.0-model` is `v2_0-model` in its series
+    (the clusters' alt_stat_name), not cut apart at the dot."""
+    stack = Stack(regions=("us-central1", "us-east4"), envoys=("us-central1",), extra={**NO_EJECTION, "models": {
+        "v2.0-model": {"endpoints": {"us-central1": "7771", "us-east4": "7772"}}}})
+    try:
+        stack.emulators["us-central1"].fail("503")
+        stack.post("/v1/models/v2.0-model:predict", json={"instances": [1]})
+        text = prometheus(stack.envoys["us-central1"])
+        attempts = {(s["model"], s.get("region", "")) for s in series(text, "envoy_cluster_upstream_rq_total")
+                    if "model" in s}
+        assert {("v2_0-model", "us-central1"), ("v2_0-model", "us-east4"), ("v2_0-model", "")} <= attempts
+        assert not [line for line in text.splitlines() if line.startswith("envoy_cluster_0")]  # no cut names
+    finally:
+        stack.close()

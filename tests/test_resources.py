@@ -331,3 +331,19 @@ def test_a_least_request_spread_is_probed_when_its_regions_agree_on_probes(tmp_p
     gemini = json_format.MessageToDict(by_name(build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))[
         CLUSTER_TYPE])["model/gemini"])
     assert "healthChecks" not in gemini
+
+
+def test_a_dotted_model_names_clusters_have_a_stat_name_without_dots(tmp_path):
+    from control_plane.resources import Build, NodeGroup, build_resources
+
+    from .config_problems import load
+    from .configs import base
+
+    data = base()
+    data["models"]["v2.0-model"] = {"endpoints": {"us-central1": "7771", "us-east4": "7772"}}
+    config = load(tmp_path, data)
+    clusters = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))[CLUSTER_TYPE]
+    dotted = [c for c in clusters if "v2.0-model" in c.name]
+    assert len(dotted) == 3  # the aggregate and both regions' own
+    assert all(c.alt_stat_name == c.name.replace(".", "_") for c in dotted)
+    assert all(not c.alt_stat_name for c in clusters if "." not in c.name)

@@ -70,9 +70,14 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         out.append((("models", extra, "default"), f"more than one default model ({', '.join(defaults)})"))
 
     owner_of_id: dict[str, str] = {}
+    by_stat_name: dict[str, str] = {}
     for name, model in models.items():
         if not _NAME.match(str(name)):
             out.append((("models", name), f"bad model name {name!r}: use letters, digits, '-', '_', '.'"))
+        other = by_stat_name.setdefault(str(name).replace(".", "_"), str(name))
+        if other != str(name):  # Envoy's stats write a '.' of a model name as '_' (names.stat_name)
+            out.append((("models", name), f"model names {other!r} and {name!r} differ only in '.' and '_': "
+                                          "Envoy's metrics would not tell them apart (they write '.' as '_')"))
         if not isinstance(model, dict):
             continue
         endpoints, publisher = model.get("endpoints"), model.get("publisher_model")

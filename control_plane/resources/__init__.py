@@ -65,6 +65,7 @@ from .names import (
     members,
     pinnable,
     region_cluster_name,
+    stat_name,
     upstream_path,
 )
 from .observability import collector_cluster
@@ -119,7 +120,7 @@ def build_serialized(build: Build, group: NodeGroup, shaped: bool = True) -> dic
         extra_clusters = [*extra_clusters, collector]
     return {
         SECRET_TYPE: [],
-        CLUSTER_TYPE: clusters + extra_clusters,
+        CLUSTER_TYPE: [_with_stat_name(c) for c in clusters + extra_clusters],
         ENDPOINT_TYPE: endpoints + extra_endpoints,
         LISTENER_TYPE: [secure_listener(config, listener(group, config.observability))],
         ROUTE_TYPE: [route_configuration(build, group.region, shaped)],
@@ -127,6 +128,16 @@ def build_serialized(build: Build, group: NodeGroup, shaped: bool = True) -> dic
 
 
 Built = tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]]
+
+
+def _with_stat_name(cluster: Message | Serialized) -> Message | Serialized:
+    """The cluster, with alt_stat_name when its name has a '.' (a model name's: names.stat_name).
+    Rare, and such models are never shaped, so a message made here is no loss."""
+    if "." not in cluster.name:
+        return cluster
+    message = as_message(cluster) if isinstance(cluster, Serialized) else cluster
+    message.alt_stat_name = stat_name(message.name)
+    return message
 
 
 def _model_resources(build: Build, model: str, local_region: str, shaped: bool = False) -> Built:

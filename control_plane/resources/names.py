@@ -42,6 +42,13 @@ class NodeGroup:
     listen_port: int
 
 
+def stat_name(cluster_name: str) -> str:
+    """A cluster's name in Envoy's stats: Envoy separates stat names with '.', so a model name's
+    '.' (allowed in regions.yaml) would cut the name and its model and region tags apart; it is
+    written '_' there (rules.py refuses two models that would then have one name)."""
+    return cluster_name.replace(".", "_")
+
+
 def cluster_name(model: str) -> str:
     return f"model/{model}"
 

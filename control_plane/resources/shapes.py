@@ -9,7 +9,8 @@ member's name and ids. The first member of each shape is also built the ordinary
 first region built) and must come out byte for byte equal, else the shape is not used
 (logged); tests/test_shapes.py checks every member of many shapes in every region.
 
-Not shaped (built the ordinary way): the default model, models on the OpenAI paths,
+Not shaped (built the ordinary way): the default model, models on the OpenAI paths, models
+with a '.' in their name (their clusters' stat names differ from their names: names.stat_name),
 publisher models, models with a custom backend, shapes of fewer than MIN_MEMBERS models, and
 every model of a build that took models over from the build before it (an edit of a few
 models rebuilds those few: Build.inherit).
@@ -75,7 +76,7 @@ def _members(build: Build) -> dict[str, tuple[str, ...]]:
 
 def _shape_key(config: RegionConfig, model: str) -> str | None:
     spec = config.models[model]
-    if (not spec.endpoints or spec.publisher_model or model == config.default_model
+    if (not spec.endpoints or spec.publisher_model or model == config.default_model or "." in model
             or config.serves_openai(model) or any(config.regions[r].custom for r in spec.endpoints)):
         return None
     # Everything of the spec but the endpoint ids, the regions in their order.
