@@ -211,12 +211,14 @@ class ControlPlane:
         """Estimate the trust stores of the config in force, if not done yet (in a thread), and
         log the warning when it changes."""
         config = self.cache.config
-        if (self.trust_stores or {}).get("version") == config.version or (self._trust_task and not self._trust_task.done()):
+        done = (self.trust_stores or {}).get("version") == config.version
+        if done or (self._trust_task and not self._trust_task.done()):
             return
+        clusters = self.cache.region_clusters()  # of this config, taken together
 
         async def estimate() -> None:
             try:
-                figures = await asyncio.to_thread(trust_stores.estimate, config, self.cache.region_clusters())
+                figures = await asyncio.to_thread(trust_stores.estimate, config, clusters)
             except Exception:  # noqa: BLE001 - an estimate for operators; never stops anything
                 log.exception("estimating the Envoys' trust stores failed")
                 return
