@@ -1,5 +1,5 @@
 """`validate`'s last step: build every region's Envoy resources as `serve` does at start,
-the regions shared out between processes, one per usable CPU.
+the regions shared out between processes, one per usable CPU (at most MAX_PROCESSES).
 
 The build is pure CPU work and each region's is its own (at 1,000 models x 5 regions or
 100 x 40 it is about half of `validate`), so on two cores it takes about half the wall time.
@@ -11,10 +11,12 @@ so each starts with the parsed config in hand.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import loading
 from .cache import Builder, SnapshotCache
@@ -24,11 +26,24 @@ from .resources import build_serialized
 DOING = "cannot build Envoy resources"
 
 
-def usable_cpus() -> int:
+# Each process builds the pieces its regions share once more, and holds its own build: past a
+# few processes that costs more than it saves (and a large host's CPU count is no limit at all).
+MAX_PROCESSES = 4
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may run on: its affinity, within a container's CPU quota (cgroup v2)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def build_every_region(file: str, config: RegionConfig, processes: int | None = None,
@@ -37,7 +52,7 @@ def build_every_region(file: str, config: RegionConfig, processes: int | None = 
     """Raise ConfigError with every problem the build of each Vertex region's resources finds.
     Else return what `then` learns from each process's build (a dict, e.g. by region), merged."""
     regions = list(config.vertex_regions)
-    count = min(processes or usable_cpus(), len(regions)) if sys.platform == "linux" else 1
+    count = min(processes or min(usable_cpus(), MAX_PROCESSES), len(regions)) if sys.platform == "linux" else 1
     shares = [regions[i::count] for i in range(count)] if count > 1 else [regions]
 
     def build(share: list[str]) -> dict:

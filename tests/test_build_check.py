@@ -72,3 +72,13 @@ def test_a_child_that_dies_is_a_problem_naming_its_regions(tmp_path):
     [problem] = info.value.problems
     assert problem.message == f"cannot build Envoy resources for region(s) {regions[1]}: the build process " \
                               "killed by signal 9"
+
+
+@pytest.mark.parametrize("cpu_max, expected", [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1)])
+def test_usable_cpus_respects_a_containers_cpu_quota(tmp_path, cpu_max, expected):
+    from control_plane.build_check import usable_cpus
+
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path / "cpu.max") == (affinity if expected is None else min(affinity, expected))
+    assert usable_cpus(tmp_path / "missing") == affinity
