@@ -111,9 +111,10 @@ class ControlPlane:
         if self._open_warning:
             log.warning("%s", self._open_warning)
         # What the config's TLS clusters cost each Envoy (trust_stores.py): worked out in a thread
-        # after start and when xDS work goes quiet after a reload, never on a push's way.
+        # after start and when xDS work goes quiet after a reload, not while a reload's pushes go out.
         self.trust_stores: dict | None = None
         self._trust_task: asyncio.Task | None = None
+        self._trust_failed: str | None = None  # the config version whose estimate failed
         self.ads.heap.when_quiet(self._estimate_trust_stores)
         self.metrics.config_ok.set(1)
         self.metrics.describe_backends(config)
@@ -211,8 +212,8 @@ class ControlPlane:
         """Estimate the trust stores of the config in force, if not done yet (in a thread), and
         log the warning when it changes."""
         config = self.cache.config
-        done = (self.trust_stores or {}).get("version") == config.version
-        if done or (self._trust_task and not self._trust_task.done()):
+        if config.version in ((self.trust_stores or {}).get("version"), self._trust_failed) \
+                or (self._trust_task and not self._trust_task.done()):
             return
         clusters = self.cache.region_clusters()  # of this config, taken together
 
@@ -221,11 +222,14 @@ class ControlPlane:
                 figures = await asyncio.to_thread(trust_stores.estimate, config, clusters)
             except Exception:  # noqa: BLE001 - an estimate for operators; never stops anything
                 log.exception("estimating the Envoys' trust stores failed")
+                self._trust_failed = config.version  # not again for this config
                 return
             warning = trust_stores.warning(figures)
             if warning and warning != (self.trust_stores or {}).get("warning"):
                 log.warning("%s", warning)
             self.trust_stores = {"version": config.version, "regions": figures, "warning": warning}
+            if self.cache.config.version != config.version:  # a reload applied meanwhile: once this task is done
+                asyncio.get_running_loop().call_soon(self._estimate_trust_stores)
         self._trust_task = asyncio.get_running_loop().create_task(estimate())
 
     def _warn_if_open(self, config: RegionConfig) -> None:

@@ -2,7 +2,8 @@
 the regions shared out between processes, one per usable CPU (at most MAX_PROCESSES).
 
 The build is pure CPU work and each region's is its own (at 1,000 models x 5 regions or
-100 x 40 it is about half of `validate`), so on two cores it takes about half the wall time.
+100 x 40 it is about half of `validate`). Each process also builds what its regions share,
+so two processes on two cores took 0.75-0.87x of the wall time of one (docs/BENCHMARKS.md).
 Each process runs exactly what `serve` runs (SnapshotCache) for its regions; a problem found
 in any of them is reported as if one process had found it. Processes are forked (Linux
 only: elsewhere, and on one CPU, it all runs in this process), after the config is parsed,
@@ -15,6 +16,7 @@ import math
 import os
 import pickle
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,23 +58,33 @@ def build_every_region(file: str, config: RegionConfig, processes: int | None = 
     shares = [regions[i::count] for i in range(count)] if count > 1 else [regions]
 
     def build(share: list[str]) -> dict:
-        return then(loading.checked(file, DOING, lambda: SnapshotCache(config, builder, regions=share)))
+        cache = loading.checked(file, DOING, lambda: SnapshotCache(config, builder, regions=share))
+        try:
+            return then(cache)
+        except Exception as exc:  # noqa: BLE001 - what `then` learns is extra: never a verdict on the file
+            print(f"{file}: note: {type(exc).__name__} after the build: {exc}", file=sys.stderr)
+            return {}
 
     sys.stdout.flush()  # a child's copy of unwritten output would be written twice
     sys.stderr.flush()
-    children = [_fork(build, share) for share in shares[1:]]
+    children, mine = [], list(shares[0])
+    for share in shares[1:]:
+        try:
+            children.append((_fork(build, share), share))
+        except OSError:  # no process to be had (a pid or memory limit): build that share here
+            mine += share
     problems: list[Problem] = []
     learned: dict = {}
     try:
-        learned.update(build(shares[0]))
+        learned.update(build(mine))
     except ConfigError as exc:
         problems += exc.problems
-    for (pid, results), share in zip(children, shares[1:]):
+    for (pid, results), share in children:
         found, child_learned = _results(file, pid, results, share)
         problems += found
         learned.update(child_learned)
-    if problems:
-        raise ConfigError(problems)
+    if problems:  # a piece every region shares fails in each process alike: reported once
+        raise ConfigError(list(dict.fromkeys(problems)))
     return learned
 
 
@@ -80,7 +92,12 @@ def _fork(build: Callable[[list[str]], dict], share: list[str]) -> tuple[int, in
     """A child process building `share`; it writes (problems, what `then` learned), pickled, to
     the pipe returned."""
     results, out = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(results)
+        os.close(out)
+        raise
     if pid:
         os.close(out)
         return pid, results
@@ -93,6 +110,9 @@ def _fork(build: Callable[[list[str]], dict], share: list[str]) -> tuple[int, in
             data, status = pickle.dumps((exc.problems, {})), 1
         with os.fdopen(out, "wb") as pipe:
             pipe.write(data)
+    except BaseException:  # a bug, or interrupted: say what, and the parent reports the exit status
+        traceback.print_exc()
+        status = 2
     finally:
         os._exit(status)  # never back into the parent's code (its finally blocks, atexit, stdio)
 

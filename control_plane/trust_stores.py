@@ -1,9 +1,10 @@
 """What the upstream TLS trust stores cost each Envoy.
 
-Envoy 1.40 parses a TLS cluster's CA file into a trust store of that cluster's own, for every
-cluster (envoyproxy/envoy#46114; Envoys after 1.40 share one store per CA). This gateway has a
-TLS cluster per model and region an Envoy can reach, so with the system bundle (about 140
-certificates, ~250 KB parsed) 1,000 models x 5 regions is 3,000 copies: ~750 MB per Envoy,
+Envoy 1.40.0 parses a TLS cluster's CA file into a trust store of that cluster's own, for
+every cluster (envoyproxy/envoy#46114; measured here; a change merged upstream,
+envoyproxy/envoy#47268, shares the CA certificates in later Envoys). This gateway has a TLS
+cluster per model and region an Envoy can reach, so with the system bundle (about 140
+certificates, ~250 KB parsed) 1,000 models x 5 regions is 3,000 copies: ~740 MB per Envoy,
 more than the model clusters themselves. `serve` logs a warning past WARN_MB, /debug/regions
 shows the estimate per region, `validate` prints it. A `ca_file` holding only the roots
 Vertex's certificates chain to cuts it to a few KB per cluster (docs/CONFIG.md).
@@ -17,7 +18,7 @@ from pathlib import Path
 from .config import RegionConfig
 from .resources.names import DEFAULT_CA_FILE
 from .snapshot import Resource
-from .wire import bytes_of, entry
+from .wire import entry
 
 # Envoy 1.40's memory per certificate of a CA file, per TLS cluster: bench/envoy_scale.py, the
 # variants `tls` (the system bundle) and `tls-1ca` (one certificate), 300 x 5 and 1,000 x 5.
@@ -32,21 +33,21 @@ def ca_files(config: RegionConfig) -> set[str]:
 
 
 def contexts_per_ca_file(config: RegionConfig, clusters: Iterable[Resource],
-                         seen: dict[int, tuple[int, ...]] | None = None) -> dict[str, int]:
+                         seen: dict[int, tuple[tuple[str, int], ...]] | None = None) -> dict[str, int]:
     """How many TLS contexts (each its own trust store) these clusters make an Envoy load, per
     CA file: a region's cluster has one, a least-request spread one per TLS region. `seen`:
-    counts by resource, for clusters that several regions' Envoys share."""
+    (CA file, count) pairs by resource, for clusters that several regions' Envoys share."""
     paths = sorted(ca_files(config))
     if not paths:  # no region over TLS
         return {}
+    # The filename field with its tag and length: a path that begins another cannot match it.
     needles = [entry(_FILENAME, path.encode()) for path in paths]
     seen = {} if seen is None else seen
     totals = dict.fromkeys(paths, 0)
     for cluster in clusters:
         counts = seen.get(id(cluster))
         if counts is None:
-            data = bytes_of(cluster.built)
-            data = data if isinstance(data, bytes) else bytes(data)
+            data = cluster.response_entry  # the cluster as sent (within its Any), already bytes
             counts = seen[id(cluster)] = tuple((p, n) for p, needle in zip(paths, needles)
                                                if (n := data.count(needle)))
         for path, n in counts:
@@ -85,8 +86,8 @@ def warning(estimates: Mapping[str, dict], threshold_mb: int = WARN_MB) -> str |
     if worst is None or worst[1]["estimated_mb"] < threshold_mb:
         return None
     region, figures = worst
-    files = "; ".join(f"{path}, {f['certificates']} certificates, x {f['tls_contexts']:,} TLS contexts"
-                      for path, f in figures["ca_files"].items())
+    files = "; ".join(f"{path}, {f['certificates'] if f['certificates'] is not None else 'unreadable here: ?'} "
+                      f"certificates, x {f['tls_contexts']:,} TLS contexts" for path, f in figures["ca_files"].items())
     return (f"the upstream TLS trust stores will take about {figures['estimated_mb']:,} MB of each {region} "
             f"Envoy's memory: Envoy parses the CA file once per TLS cluster ({files}). Set the regions' `ca_file` "
             "to a file of only the roots Vertex's certificates chain to (docs/CONFIG.md, \"Envoy memory and "

@@ -82,3 +82,23 @@ def test_usable_cpus_respects_a_containers_cpu_quota(tmp_path, cpu_max, expected
     affinity = len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path / "cpu.max") == (affinity if expected is None else min(affinity, expected))
     assert usable_cpus(tmp_path / "missing") == affinity
+
+
+def test_a_problem_every_process_finds_is_reported_once(tmp_path):
+    config = load(tmp_path, CONFIG)
+    fail = dict.fromkeys(config.vertex_regions, "no listener")  # alike in every region
+    with pytest.raises(ConfigError) as info:
+        build_every_region("regions.yaml", config, processes=3, builder=recording(tmp_path / "log", fail))
+    assert len(info.value.problems) == 1
+
+
+def test_what_then_learns_is_merged_and_its_failure_is_no_verdict(tmp_path, capfd):
+    config = load(tmp_path, CONFIG)
+    learned = build_every_region("regions.yaml", config, processes=2,
+                                 then=lambda cache: {r: os.getpid() for r in cache.region_clusters()})
+    assert set(learned) == set(config.vertex_regions) and len(set(learned.values())) == 2
+
+    def broken(cache):
+        raise RuntimeError("estimate failed")
+    assert build_every_region("regions.yaml", config, processes=2, then=broken) == {}
+    assert "note: RuntimeError after the build: estimate failed" in capfd.readouterr().err

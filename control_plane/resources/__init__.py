@@ -63,9 +63,9 @@ from .names import (
     endpoint_path,
     failover_chain,
     members,
+    name_stats,
     pinnable,
     region_cluster_name,
-    stat_name,
     upstream_path,
 )
 from .observability import collector_cluster
@@ -131,13 +131,15 @@ Built = tuple[tuple[Message | Serialized, ...], tuple[Message | Serialized, ...]
 
 
 def _with_stat_name(cluster: Message | Serialized) -> Message | Serialized:
-    """The cluster, with alt_stat_name when its name has a '.' (a model name's: names.stat_name).
-    Rare, and such models are never shaped, so a message made here is no loss."""
-    if "." not in cluster.name:
+    """The cluster, with alt_stat_name when its name holds a '.' (names.stat_name). The model
+    clusters' builders set it (and shapes fill it); this catches the others (a JWKS issuer's,
+    the collector's), as a copy: the message may be shared."""
+    if "." not in cluster.name or cluster.name.startswith(cluster_name("")):
         return cluster
-    message = as_message(cluster) if isinstance(cluster, Serialized) else cluster
-    message.alt_stat_name = stat_name(message.name)
-    return message
+    message = as_message(cluster) if isinstance(cluster, Serialized) else type(cluster)()
+    if isinstance(cluster, Message):
+        message.CopyFrom(cluster)
+    return name_stats(message)
 
 
 def _model_resources(build: Build, model: str, local_region: str, shaped: bool = False) -> Built:

@@ -41,6 +41,7 @@ from .names import (
     cluster_name,
     first_region_cluster_name,
     members,
+    name_stats,
     region_cluster_name,
 )
 from .proto import _any, _re_escape, _regex
@@ -99,6 +100,7 @@ def client_clusters(build: Build, local_region: str, built: list[Message]) -> tu
                 cluster = cluster_pb2.Cluster()
                 cluster.CopyFrom(as_message(base))
                 cluster.name = restricted_cluster_name(model, grant_name, first)
+                name_stats(cluster)  # the copy's own stat name, if its name holds a '.'
                 if cluster.HasField("cluster_type"):  # an aggregate of (region, tier) clusters, in order
                     aggregate = aggregate_pb2.ClusterConfig()
                     cluster.cluster_type.typed_config.Unpack(aggregate)

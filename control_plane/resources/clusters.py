@@ -27,7 +27,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from .. import wire
 from ..config import Policy, RegionConfig
-from ..wire import Serialized
+from ..wire import Serialized, as_message
 from .build import Build
 from .names import (
     DEFAULT_CA_FILE,
@@ -41,6 +41,7 @@ from .names import (
     failover_chain,
     first_region_cluster_name,
     members,
+    name_stats,
     tier_cluster_name,
     upstream_path,
     weighted_order,
@@ -107,6 +108,7 @@ def region_cluster(build: Build, model: str, region: str, tier: str | None = Non
         # EDS carries IPs only; a hostname (e.g. a PSC DNS name) is resolved by Envoy.
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(load_assignment(config, model, region, tier))
+    name_stats(cluster)
     if spec.tls:
         cluster.transport_socket.CopyFrom(_tls_socket(build, region))
     if spec.health_check is not None:
@@ -323,7 +325,7 @@ def spread_cluster(build: Build, model: str, local_region: str) -> cluster_pb2.C
             and config.regions[regions[0]].health_check is not None:
         cluster.health_checks.append(health_check(config, regions[0]))
         cluster.outlier_detection.successful_active_health_check_uneject_host.value = False
-    return cluster
+    return name_stats(cluster)
 
 
 def aggregate_cluster(build: Build, model: str, local_region: str) -> Serialized:
@@ -352,7 +354,9 @@ def _aggregate(build: Build, model: str, local_region: str, name: str, chain: li
     ), holes=("name", "cluster_type")))
     members = aggregate_pb2.ClusterConfig(clusters=[tier_cluster_name(model, r, t) for r, t in attempts(config, model, chain)])
     cluster_type = _AGGREGATE_TYPE.fill(typed_config=wire.packed(_AGGREGATE_CONFIG_URL, members.SerializeToString()))
-    return Serialized(name, template.fill(name=name, cluster_type=cluster_type), cluster_pb2.Cluster)
+    cluster = Serialized(name, template.fill(name=name, cluster_type=cluster_type), cluster_pb2.Cluster)
+    # A model name with a '.': its stat name differs (names.stat_name), a field the template lacks.
+    return name_stats(as_message(cluster)) if "." in name else cluster
 
 
 _AGGREGATE_TYPE = wire.Template(cluster_pb2.Cluster.CustomClusterType(name="envoy.clusters.aggregate"),

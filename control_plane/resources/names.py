@@ -49,6 +49,15 @@ def stat_name(cluster_name: str) -> str:
     return cluster_name.replace(".", "_")
 
 
+def name_stats(cluster):
+    """The cluster (a Cluster message) with alt_stat_name set when its name holds a '.'."""
+    if "." in cluster.name:
+        cluster.alt_stat_name = stat_name(cluster.name)
+    else:
+        cluster.ClearField("alt_stat_name")
+    return cluster
+
+
 def cluster_name(model: str) -> str:
     return f"model/{model}"
 

@@ -9,8 +9,7 @@ member's name and ids. The first member of each shape is also built the ordinary
 first region built) and must come out byte for byte equal, else the shape is not used
 (logged); tests/test_shapes.py checks every member of many shapes in every region.
 
-Not shaped (built the ordinary way): the default model, models on the OpenAI paths, models
-with a '.' in their name (their clusters' stat names differ from their names: names.stat_name),
+Not shaped (built the ordinary way): the default model, models on the OpenAI paths,
 publisher models, models with a custom backend, shapes of fewer than MIN_MEMBERS models, and
 every model of a build that took models over from the build before it (an edit of a few
 models rebuilds those few: Build.inherit).
@@ -31,6 +30,7 @@ from ..config import RegionConfig
 from ..snapshot import requires, resource_name
 from ..wire import Serialized
 from .build import Build
+from .names import stat_name
 from .proto import _alternation, _re_escape
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ Builder = Callable[[Build, str, str], T]  # (build, model, local region) -> reso
 
 MIN_MEMBERS = 4
 SENTINEL_MODEL = "zqshapemodelzq"  # a valid model name no regex escaping changes
+# The stand-in of a shape whose names hold a '.': that name, escaped for a regex and as a stat
+# name (names.stat_name) are three tokens, each filled with the member's name written alike.
+SENTINEL_DOTTED = "zqshape.modelzq"
 # Strings of these fields are regexes: a token there takes its escaped value.
 _REGEX_FIELDS = frozenset({"envoy.type.matcher.v3.RegexMatcher.regex"})
 
@@ -76,11 +79,12 @@ def _members(build: Build) -> dict[str, tuple[str, ...]]:
 
 def _shape_key(config: RegionConfig, model: str) -> str | None:
     spec = config.models[model]
-    if (not spec.endpoints or spec.publisher_model or model == config.default_model or "." in model
+    if (not spec.endpoints or spec.publisher_model or model == config.default_model
             or config.serves_openai(model) or any(config.regions[r].custom for r in spec.endpoints)):
         return None
-    # Everything of the spec but the endpoint ids, the regions in their order.
-    return json.dumps([spec.model_dump(mode="json", exclude={"endpoints"}), list(spec.endpoints)])
+    # Everything of the spec but the endpoint ids, the regions in their order; whether the name
+    # holds a '.' (its clusters then have a stat name: names.stat_name).
+    return json.dumps([spec.model_dump(mode="json", exclude={"endpoints"}), list(spec.endpoints), "." in model])
 
 
 class _Shape:
@@ -91,15 +95,23 @@ class _Shape:
         config = build.config
         spec = config.models[members[0]]
         ids = {region: f"8{i:04d}7182818284" for i, region in enumerate(spec.endpoints)}
+        self.sentinel = SENTINEL_DOTTED if "." in members[0] else SENTINEL_MODEL
+        # token -> how a member's name is written where the stand-in's was written so: (in a
+        # string, in a regex; an escaped name is already escaped for a regex)
+        self._name_forms: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
+            self.sentinel: (str, _re_escape)}
+        if self.sentinel == SENTINEL_DOTTED:
+            self._name_forms.update({_re_escape(SENTINEL_DOTTED): (_re_escape, _re_escape),
+                                     stat_name(SENTINEL_DOTTED): (stat_name, lambda m: _re_escape(stat_name(m)))})
         stand_in = config.model_copy(update={"models": {
-            **config.models, SENTINEL_MODEL: spec.model_copy(update={"endpoints": ids, "default": False})}})
+            **config.models, self.sentinel: spec.model_copy(update={"endpoints": ids, "default": False})}})
         self.stand_in = Build(stand_in, build.avoided)  # a build of its own: its resources differ
         self._build = build
         # A member's name and ids: with a stand-in resource's bytes, all its filled resource depends on.
         self._member_keys = [f"{m} {json.dumps(config.models[m].endpoints)}" for m in members]
         self._ids = ids
         self._alternation = _alternation(sorted(set(ids.values())))
-        self._tokens = wire.tokens_pattern([SENTINEL_MODEL, *ids.values(), self._alternation])
+        self._tokens = wire.tokens_pattern([*self._name_forms, *ids.values(), self._alternation])
         self._built: dict[tuple[str, str], object] = {}  # (kind, region) -> the stand-in's resources, or None
         self._checked: dict[str, bool] = {}  # kind -> whether the first member filled in is as built
         # id of a stand-in's resource (or tuple of them) -> (it, its counterpart for every member,
@@ -117,7 +129,7 @@ class _Shape:
     def _fill_all(self, build: Build, region: str, kind: str, builder: Builder) -> dict[str, object]:
         """model -> its resources for (kind, region); empty: not shaped there."""
         if (kind, region) not in self._built:
-            self._built[kind, region] = builder(self.stand_in, SENTINEL_MODEL, region)
+            self._built[kind, region] = builder(self.stand_in, self.sentinel, region)
         built = self._built[kind, region]  # None: not shaped in this region
         if self._member_values is None:
             self._member_values = [self._compute_values(build.config, m) for m in self.members]
@@ -150,7 +162,8 @@ class _Shape:
         endpoints = config.models[model].endpoints
         values = {self._alternation: (alternation := _alternation(sorted(set(endpoints.values()))), alternation)}
         values.update({sentinel: (endpoints[r], _re_escape(endpoints[r])) for r, sentinel in self._ids.items()})
-        values[SENTINEL_MODEL] = (model, _re_escape(model))
+        for token, (plain, in_regex) in self._name_forms.items():
+            values[token] = (plain(model), in_regex(model))
         return values
 
     def _column(self, built: object) -> list:
