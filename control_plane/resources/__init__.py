@@ -120,7 +120,7 @@ def build_serialized(build: Build, group: NodeGroup, shaped: bool = True) -> dic
         extra_clusters = [*extra_clusters, collector]
     return {
         SECRET_TYPE: [],
-        CLUSTER_TYPE: [_with_stat_name(c) for c in clusters + extra_clusters],
+        CLUSTER_TYPE: clusters + [_with_stat_name(c) for c in extra_clusters],
         ENDPOINT_TYPE: endpoints + extra_endpoints,
         LISTENER_TYPE: [secure_listener(config, listener(group, config.observability))],
         ROUTE_TYPE: [route_configuration(build, group.region, shaped)],
