@@ -205,3 +205,15 @@ def test_model_names_that_differ_only_in_dot_and_underscore_are_refused(tmp_path
     assert [p.message for p in problems if p.path == "models.v2_0"] == [
         "model names 'v2.0' and 'v2_0' differ only in '.' and '_': Envoy's metrics would not tell them apart "
         "(they write '.' as '_')"]
+
+
+def test_region_and_grant_names_that_differ_only_in_dot_and_underscore_are_refused(tmp_path):
+    from .config_problems import rejected
+    from .configs import base
+
+    data = base()
+    data["regions"]["edge.a"] = {"kind": "custom", "address": "10.0.0.1", "tls": False}
+    data["regions"]["edge_a"] = {"kind": "custom", "address": "10.0.0.2", "tls": False}
+    _, _, problems = rejected(tmp_path, data)
+    assert "region names 'edge.a' and 'edge_a' differ only in '.' and '_'" in \
+        " ".join(p.message for p in problems if p.path == "regions.edge_a")
