@@ -1,17 +1,17 @@
 """Bounded, fast YAML for regions.yaml.
 
 Every replica reads the same ConfigMap, so a hostile or broken file must cost little and
-never take the process down: the size is capped before parsing, and a first pass over the
-parser's events (libyaml, in C) caps nesting depth and the number of nodes the document
-would have with every alias expanded (a 1 KB "billion laughs" file is refused in
-microseconds). Only then is the document constructed, by libyaml again, with the YAML 1.2
-core schema (`yes`/`no`/`on` stay strings, as with the round-trip parser the error
-messages use) and duplicate keys refused.
+never take the process down: the size is capped before parsing, and the document is built in
+one pass over the parser's events (libyaml, in C) that caps nesting depth and the number of
+nodes the document would have with every alias expanded (a 1 KB "billion laughs" file is
+refused in microseconds; an alias is the object its anchor names, never a copy). Scalars are
+resolved with the YAML 1.2 core schema (`yes`/`no`/`on` stay strings, as with the round-trip
+parser the error messages use); merge keys (`<<`) work; duplicate keys and other tags than
+the core schema's are refused.
 
 Line numbers for messages come from the round-trip parser (`ruamel.yaml`), which is ten
 times slower: it runs only when there is something to report (`line_finder`).
 """
-
 from __future__ import annotations
 
 import re
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from yaml.cyaml import CParser
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
@@ -65,15 +64,12 @@ def load(text: str, limits: Limits = Limits()) -> Any:
     if len(text) > limits.max_bytes:  # characters <= bytes: a cheap first check
         raise YamlRefused(f"the text is over the limit of {limits.max_bytes:,} bytes")
     try:
-        _check_shape(text, limits)
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a safe loader
+        return _construct(text, limits)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise YamlRefused(f"invalid YAML: {_problem(exc)}", mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         raise YamlRefused(f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    except RecursionError as exc:  # belt and braces: _check_shape bounds the depth first
-        raise YamlRefused(f"nesting deeper than {limits.max_depth} levels") from exc
 
 
 def line_finder(text: str) -> Callable[[tuple], int | None]:
@@ -88,38 +84,153 @@ def line_finder(text: str) -> Callable[[tuple], int | None]:
     return lambda loc: _line_of(raw, loc)
 
 
-def _check_shape(text: str, limits: Limits) -> None:
-    stack: list[list] = []  # open collections: [anchor, expanded size so far]
-    anchors: dict[str, int] = {}
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALARS = {
+    "tag:yaml.org,2002:str": str,
+    "tag:yaml.org,2002:null": lambda value: None,
+    "tag:yaml.org,2002:bool": lambda value: value.lower() == "true",
+    "tag:yaml.org,2002:int": lambda value: int(value[2:], 8) if value.startswith("0o") else int(value, 0)
+    if value.startswith("0x") else int(value),
+    "tag:yaml.org,2002:float": lambda value: _float(value),
+}
+_COLLECTIONS = {yaml.MappingStartEvent: "tag:yaml.org,2002:map", yaml.SequenceStartEvent: "tag:yaml.org,2002:seq"}
+
+
+def _float(value: str) -> float:
+    text = value.lower()
+    sign = -1.0 if text.startswith("-") else 1.0
+    if text.lstrip("+-") == ".inf":
+        return sign * float("inf")
+    return float("nan") if text == ".nan" else float(text)
+
+
+class _Frame:
+    """An open collection: what is built so far, its anchor and expanded size, for a mapping the
+    key waiting for its value (and each key's line, for duplicates), and merged mappings."""
+
+    __slots__ = ("value", "anchor", "size", "key", "key_line", "lines", "merges", "is_map")
+
+    def __init__(self, is_map: bool, anchor: str | None):
+        self.is_map = is_map
+        self.value: dict | list = {} if is_map else []
+        self.anchor = anchor
+        self.size = 1
+        self.key: Any = _NO_KEY
+        self.key_line: int | None = None
+        self.lines: dict = {}
+        self.merges: list[dict] = []
+
+
+_NO_KEY = object()
+
+
+def _construct(text: str, limits: Limits) -> Any:
+    """One pass over libyaml's events: the document as plain dicts, lists and scalars, built as
+    the events arrive, within the depth and expanded-size limits (an alias is the object its
+    anchor names, counted at its full size). What PyYAML's safe loader with the YAML 1.2 core
+    schema builds, merge keys and duplicate-key refusal included; other tags are refused."""
+    resolve = _RESOLVER.resolve
+    stack: list[_Frame] = []
+    anchors: dict[str, tuple[Any, int]] = {}
+    root: Any = None
     total = 0
+    documents = 0
     for event in yaml.parse(text, Loader=yaml.CSafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            tag = event.tag
+            if tag is None or tag == "!":  # untagged, or the non-specific tag: resolved as PyYAML does
+                tag = resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag == _MERGE and stack and stack[-1].is_map and stack[-1].key is _NO_KEY:
+                value, size = _MERGE, 1
+            else:
+                build = _SCALARS.get(tag)
+                if build is None:
+                    raise YamlRefused(f"invalid YAML: unsupported tag {tag}", _line(event))
+                try:
+                    value, size = build(event.value), 1
+                except ValueError as exc:
+                    raise YamlRefused(f"invalid YAML: bad {tag.rpartition(':')[2]} {event.value!r}", _line(event)) from exc
+            if event.anchor:
+                _anchor(anchors, event.anchor, value, 1, event)
+            total += 1
+        elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+            if event.tag not in (None, "!", _COLLECTIONS[kind]):
+                raise YamlRefused(f"invalid YAML: unsupported tag {event.tag}", _line(event))
             if len(stack) >= limits.max_depth:
                 raise YamlRefused(f"nesting deeper than {limits.max_depth} levels", _line(event))
-            stack.append([event.anchor, 1])
-            continue
-        if isinstance(event, yaml.CollectionEndEvent):
-            anchor, size = stack.pop()
-            if anchor:
-                anchors[anchor] = size
-        elif isinstance(event, yaml.ScalarEvent):
-            size = 1
-            if event.anchor:
-                anchors[event.anchor] = 1
-        elif isinstance(event, yaml.AliasEvent):
-            size = anchors.get(event.anchor, 1)
-            total += size  # counted here: a collection's own size is added when it closes
-            if total > limits.max_nodes:
-                raise YamlRefused(f"aliases expand the document beyond {limits.max_nodes:,} nodes "
-                                  f"(at alias *{event.anchor}): refusing it", _line(event))
-        else:
-            continue
-        if stack:
-            stack[-1][1] += size
-        if not isinstance(event, yaml.AliasEvent):
+            stack.append(_Frame(kind is yaml.MappingStartEvent, event.anchor))
             total += 1
             if total > limits.max_nodes:
                 raise YamlRefused(f"the document has more than {limits.max_nodes:,} nodes", _line(event))
+            continue
+        elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+            frame = stack.pop()
+            value, size = frame.value, frame.size
+            if frame.merges:  # explicit keys win; of the merged, the first listed
+                merged: dict = {}
+                for mapping in reversed(frame.merges):
+                    merged.update(mapping)
+                merged.update(value)
+                value = frame.value = merged
+            if frame.anchor:
+                _anchor(anchors, frame.anchor, value, size, event)
+        elif kind is yaml.AliasEvent:
+            if event.anchor not in anchors:
+                raise YamlRefused(f"invalid YAML: found undefined alias {event.anchor!r}", _line(event))
+            value, size = anchors[event.anchor]
+            total += size
+            if total > limits.max_nodes:
+                raise YamlRefused(f"aliases expand the document beyond {limits.max_nodes:,} nodes "
+                                  f"(at alias *{event.anchor}): refusing it", _line(event))
+        elif kind is yaml.DocumentStartEvent:
+            documents += 1
+            if documents > 1:
+                raise YamlRefused("invalid YAML: expected a single document in the stream but found another "
+                                  "document", _line(event))
+            continue
+        else:
+            continue
+        if total > limits.max_nodes:
+            raise YamlRefused(f"the document has more than {limits.max_nodes:,} nodes", _line(event))
+        if not stack:
+            root = value
+            continue
+        parent = stack[-1]
+        parent.size += size
+        if not parent.is_map:
+            parent.value.append(value)
+        elif parent.key is _NO_KEY:
+            try:
+                hash(value)
+            except TypeError:
+                raise YamlRefused("invalid YAML: found unhashable key", _line(event)) from None
+            parent.key, parent.key_line = value, _line(event)
+        else:
+            key, parent.key = parent.key, _NO_KEY
+            if key is _MERGE:
+                _merge(parent, value, event)
+                continue
+            if key in parent.lines:
+                raise YamlRefused(f'invalid YAML: duplicate key "{key}" (first at line {parent.lines[key]})',
+                                  parent.key_line)
+            parent.lines[key] = parent.key_line
+            parent.value[key] = value
+    return root
+
+
+def _anchor(anchors: dict, name: str, value: Any, size: int, event: yaml.Event) -> None:
+    if name in anchors:  # as PyYAML's composer: an anchor is defined once
+        raise YamlRefused(f"invalid YAML: found duplicate anchor &{name}", _line(event))
+    anchors[name] = (value, size)
+
+
+def _merge(frame: _Frame, value: Any, event: yaml.Event) -> None:
+    """`<<: *anchor` or `<<: [*a, *b]`: mappings whose entries the mapping takes where it has none."""
+    mappings = value if isinstance(value, list) else [value]
+    if not all(isinstance(m, dict) for m in mappings):
+        raise YamlRefused("invalid YAML: expected a mapping or list of mappings for merging", _line(event))
+    frame.merges.extend(mappings)
 
 
 def _line(event: yaml.Event) -> int | None:
@@ -148,38 +259,7 @@ for _tag, _pattern, _first in (
     _Core12Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
 
 
-class _Constructor(yaml.constructor.SafeConstructor):
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _value in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = self.construct_object(key_node)
-                try:
-                    if key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            "while constructing a mapping", node.start_mark,
-                            f'duplicate key "{key}" (first at line {seen[key].start_mark.line + 1})',
-                            key_node.start_mark)
-                    seen[key] = key_node
-                except TypeError:
-                    pass
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node):
-        value = self.construct_scalar(node)
-        if value.startswith("0o"):
-            return int(value[2:], 8)
-        return int(value, 0) if value.startswith("0x") else int(value)
-
-
-_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_yaml_int)
-
-
-class _Loader(CParser, _Constructor, _Core12Resolver):
-    def __init__(self, stream):
-        CParser.__init__(self, stream)
-        _Constructor.__init__(self)
-        _Core12Resolver.__init__(self)
+_RESOLVER = _Core12Resolver()  # resolve() only: what the scalars are
 
 
 def _line_of(raw: Any, loc: tuple) -> int | None:
