@@ -88,12 +88,19 @@ _MERGE = "tag:yaml.org,2002:merge"
 _SCALARS = {
     "tag:yaml.org,2002:str": str,
     "tag:yaml.org,2002:null": lambda value: None,
-    "tag:yaml.org,2002:bool": lambda value: value.lower() == "true",
+    "tag:yaml.org,2002:bool": lambda value: _bool(value),
     "tag:yaml.org,2002:int": lambda value: int(value[2:], 8) if value.startswith("0o") else int(value, 0)
     if value.startswith("0x") else int(value),
     "tag:yaml.org,2002:float": lambda value: _float(value),
 }
 _COLLECTIONS = {yaml.MappingStartEvent: "tag:yaml.org,2002:map", yaml.SequenceStartEvent: "tag:yaml.org,2002:seq"}
+
+
+def _bool(value: str) -> bool:
+    """`true`/`false` in any case (YAML 1.2; an explicit `!!bool yes` is refused, not guessed)."""
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
 
 
 def _float(value: str) -> float:

@@ -75,6 +75,7 @@ def test_an_alias_is_the_object_its_anchor_names():
     ("a: !!set {x, y}\n", 1, "invalid YAML: unsupported tag tag:yaml.org,2002:set"),
     ("a: !custom x\n", 1, "invalid YAML: unsupported tag !custom"),
     ("a: !!int x\n", 1, "invalid YAML: bad int 'x'"),
+    ("a: !!bool yes\n", 1, "invalid YAML: bad bool 'yes'"),
     ("a: [1, 2\n", 2, None),
 ])
 def test_refused_with_its_line(text, line, message):
