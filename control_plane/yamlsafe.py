@@ -12,6 +12,7 @@ the core schema's are refused.
 Line numbers for messages come from the round-trip parser (`ruamel.yaml`), which is ten
 times slower: it runs only when there is something to report (`line_finder`).
 """
+
 from __future__ import annotations
 
 import re
@@ -84,18 +85,6 @@ def line_finder(text: str) -> Callable[[tuple], int | None]:
     return lambda loc: _line_of(raw, loc)
 
 
-_MERGE = "tag:yaml.org,2002:merge"
-_SCALARS = {
-    "tag:yaml.org,2002:str": str,
-    "tag:yaml.org,2002:null": lambda value: None,
-    "tag:yaml.org,2002:bool": lambda value: _bool(value),
-    "tag:yaml.org,2002:int": lambda value: int(value[2:], 8) if value.startswith("0o") else int(value, 0)
-    if value.startswith("0x") else int(value),
-    "tag:yaml.org,2002:float": lambda value: _float(value),
-}
-_COLLECTIONS = {yaml.MappingStartEvent: "tag:yaml.org,2002:map", yaml.SequenceStartEvent: "tag:yaml.org,2002:seq"}
-
-
 def _bool(value: str) -> bool:
     """`true`/`false` in any case (YAML 1.2; an explicit `!!bool yes` is refused, not guessed)."""
     if value.lower() not in ("true", "false"):
@@ -109,6 +98,24 @@ def _float(value: str) -> float:
     if text.lstrip("+-") == ".inf":
         return sign * float("inf")
     return float("nan") if text == ".nan" else float(text)
+
+
+def _int(value: str) -> int:
+    if value.startswith("0o"):
+        return int(value[2:], 8)
+    return int(value, 0) if value.startswith("0x") else int(value)
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+# What the core schema's scalars are built with (a ValueError: the value does not fit its tag).
+_SCALARS = {
+    "tag:yaml.org,2002:str": str,
+    "tag:yaml.org,2002:null": lambda value: None,
+    "tag:yaml.org,2002:bool": _bool,
+    "tag:yaml.org,2002:int": _int,
+    "tag:yaml.org,2002:float": _float,
+}
+_COLLECTIONS = {yaml.MappingStartEvent: "tag:yaml.org,2002:map", yaml.SequenceStartEvent: "tag:yaml.org,2002:seq"}
 
 
 class _Frame:

@@ -15,16 +15,15 @@ from .regions import check_upstream_path
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _alike_in_stats(where: str | tuple, kind: str, names: object) -> list[tuple[tuple, str]]:
+def _alike_in_stats(where: tuple, kind: str, names: object) -> list[tuple[tuple, str]]:
     """Names (in a cluster's name) that differ only in '.' and '_': Envoy's stats write a '.' of a
     cluster name as '_' (resources/names.stat_name), so their series would merge."""
     out: list[tuple[tuple, str]] = []
     seen: dict[str, str] = {}
-    prefix = where if isinstance(where, tuple) else (where,)
     for name in names if isinstance(names, dict) else ():
         other = seen.setdefault(str(name).replace(".", "_"), str(name))
         if other != str(name):
-            out.append(((*prefix, name), f"{kind} names {other!r} and {name!r} differ only in '.' and '_': "
+            out.append(((*where, name), f"{kind} names {other!r} and {name!r} differ only in '.' and '_': "
                                          "Envoy's metrics would not tell them apart (they write '.' as '_')"))
     return out
 
@@ -41,7 +40,7 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         out.append((("regions",), "no regions defined"))
     custom = {name for name, region in (regions or {}).items() if isinstance(regions, dict)
               and isinstance(region, dict) and region.get("kind") == "custom"}
-    out += _alike_in_stats("regions", "region", regions)
+    out += _alike_in_stats(("regions",), "region", regions)
     for name, region in (regions or {}).items() if isinstance(regions, dict) else []:
         if not _NAME.match(str(name)):
             out.append((("regions", name), f"bad region name {name!r}"))
@@ -85,7 +84,7 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
         out.append((("models", extra, "default"), f"more than one default model ({', '.join(defaults)})"))
 
     owner_of_id: dict[str, str] = {}
-    out += _alike_in_stats("models", "model", models)
+    out += _alike_in_stats(("models",), "model", models)
     for name, model in models.items():
         if not _NAME.match(str(name)):
             out.append((("models", name), f"bad model name {name!r}: use letters, digits, '-', '_', '.'"))

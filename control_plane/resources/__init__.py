@@ -136,8 +136,10 @@ def _with_stat_name(cluster: Message | Serialized) -> Message | Serialized:
     the collector's), as a copy: the message may be shared."""
     if "." not in cluster.name or cluster.name.startswith(cluster_name("")):
         return cluster
-    message = as_message(cluster) if isinstance(cluster, Serialized) else type(cluster)()
-    if isinstance(cluster, Message):
+    if isinstance(cluster, Serialized):
+        message = as_message(cluster)  # parsed: a message of its own
+    else:
+        message = type(cluster)()
         message.CopyFrom(cluster)
     return name_stats(message)
 
