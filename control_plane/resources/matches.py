@@ -69,7 +69,7 @@ def pin_refused_match(build: Build, model: str) -> route_components_pb2.RouteMat
 
 
 # A pinned route per kind of path the model is asked on: each is rewritten its own way at the
-# route (routes._pin_rewrite), no per-attempt filter.
+# route (model_routes._pin_rewrite), no per-attempt filter.
 PIN_VERB, PIN_PREDICT, PIN_OPENAI = "verb", "predict", "openai"
 
 
