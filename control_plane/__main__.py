@@ -28,11 +28,17 @@ from .yamlsafe import MAX_BYTES, Limits  # noqa: E402
 def _serve(args: argparse.Namespace) -> int:
     import asyncio  # here, not at the top: `validate` starts faster without it
 
-    from .app import ControlPlane, PlaintextRefused, ServerTls
+    from .app import ControlPlane, PlaintextRefused, ServerTls, StartFileRefused
 
     if bool(args.xds_tls_cert) != bool(args.xds_tls_key):
         print("serve: --xds-tls-cert and --xds-tls-key go together", file=sys.stderr)
         return 2
+    try:
+        admin_token = _admin_token(args)
+    except OSError as exc:
+        print(f"refusing to start: --admin-token-file {args.admin_token_file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
 
     async def run() -> None:
         check_ports_free((f"{args.xds_host}:{args.xds_port}", "--xds-port"),
@@ -41,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
                              admin_address=f"{args.admin_host}:{args.admin_port}",
                              xds_tls=ServerTls(args.xds_tls_cert, args.xds_tls_key, args.xds_tls_client_ca)
                              if args.xds_tls_cert else None,
-                             insecure_xds=args.insecure_xds, admin_token=_admin_token(args),
+                             insecure_xds=args.insecure_xds, admin_token=admin_token,
                              max_config_bytes=args.max_config_bytes)
         plane.ads.max_streams = args.max_streams
         await plane.start()
@@ -63,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except (PlaintextRefused, PortInUse) as exc:
+    except (PlaintextRefused, PortInUse, StartFileRefused) as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

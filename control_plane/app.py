@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,44 @@ class PlaintextRefused(RuntimeError):
     pass
 
 
+class StartFileRefused(RuntimeError):
+    """A file named on the command line cannot be read or used (the message names its flag)."""
+
+
 @dataclass(frozen=True)
 class ServerTls:
     cert_file: str
     key_file: str
     client_ca_file: str | None = None  # set: Envoys must present a certificate it signed
 
+    def check(self) -> None:
+        """Refuse a missing, unreadable or unusable file here, naming its flag: gRPC would only
+        say that it failed to bind the port."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except OSError as exc:  # ssl.SSLError too: not PEM, or a key that is not the certificate's
+            raise StartFileRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: "
+                                   f"{_reason(exc)}") from None
+        if self.client_ca_file:
+            try:
+                context.load_verify_locations(self.client_ca_file)
+            except OSError as exc:
+                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: {_reason(exc)}") from None
+
     def credentials(self) -> grpc.ServerCredentials:
+        self.check()
         pair = (Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes())
         client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
                                            require_client_auth=client_ca is not None)
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):  # "PEM lib" says no more than this
+        detail = f" ({exc.reason})" if exc.reason and exc.reason != "PEM lib" else ""
+        return f"not a usable PEM certificate and matching private key{detail}"
+    return exc.strerror or str(exc)
 
 
 class ControlPlane:

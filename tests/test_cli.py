@@ -62,6 +62,38 @@ def test_serve_refuses_a_broken_config(tmp_path):
     assert result.returncode == 1 and "regions" in result.stderr
 
 
+def _unusable_start_files(tmp_path: Path) -> list[tuple[str, list[str]]]:
+    """(the flag the refusal must name, serve's arguments) for each way a file can be unusable."""
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("vertex-gateway-control-plane")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "server.crt")
+    cert.private_key_pem.write_to_path(tmp_path / "server.key")
+    other.issue_cert("x").private_key_pem.write_to_path(tmp_path / "other.key")
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    tls = ["--xds-tls-cert", str(tmp_path / "server.crt"), "--xds-tls-key"]
+    return [
+        ("--admin-token-file", ["--admin-token-file", str(tmp_path / "missing")]),
+        ("--admin-token-file", ["--admin-token-file", str(tmp_path)]),  # a directory
+        ("--xds-tls-cert", [*tls, str(tmp_path / "missing.key")]),
+        ("--xds-tls-cert", ["--xds-tls-cert", str(tmp_path / "garbage.pem"), "--xds-tls-key",
+                            str(tmp_path / "garbage.pem")]),
+        ("--xds-tls-cert", [*tls, str(tmp_path / "other.key")]),  # not the certificate's key
+        ("--xds-tls-client-ca", [*tls, str(tmp_path / "server.key"), "--xds-tls-client-ca",
+                                 str(tmp_path / "garbage.pem")]),
+    ]
+
+
+def test_serve_refuses_an_unusable_file_on_its_command_line_naming_the_flag(tmp_path):
+    for flag, args in _unusable_start_files(tmp_path):
+        result = cli("serve", "--config", str(ROOT / "deploy/compose/regions.yaml"), "--xds-port", "0",
+                     "--admin-port", "0", *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.strip().splitlines()[-1].startswith(f"refusing to start: {flag} "), result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.e2e
 def test_demo_serves_fails_over_and_stops_everything_on_ctrl_c():
     prefix = "127.0.77"  # away from a demo a developer may be running on 127.0.0.x

@@ -8,6 +8,7 @@ import hashlib
 
 import openai
 import pytest
+import requests
 
 from control_plane.lab.harness import wait_for
 from control_plane.lab.stack import PROJECT, Stack
@@ -188,3 +189,20 @@ def test_model_list(stack):
     with Client(stack) as client:
         ids = [m.id for m in client.sdk.models.list()]
     assert GEMINI in ids and "housing" in ids
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/responses"), ("POST", "/v1beta1/images/generations"), ("GET", "/v1/chat/completions"),
+    ("GET", "/v1/models/churn"), ("DELETE", "/v1/models/housing/embeddings")])
+def test_another_openai_path_or_method_is_an_openai_unknown_url(stack, method, path):
+    response = requests.request(method, stack.url(path), json={"model": GEMINI, "input": "hi"}, timeout=10)
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "unknown_url" and f"{method} {path}" in error["message"]
+    assert all(not e.received for e in stack.emulators.values())
+
+
+def test_the_sdk_sees_an_unserved_openai_api_as_not_found(stack):
+    with Client(stack) as client, pytest.raises(openai.NotFoundError) as raised:
+        client.sdk.responses.create(model=GEMINI, input="hi")
+    assert raised.value.code == "unknown_url"

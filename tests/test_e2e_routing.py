@@ -116,6 +116,20 @@ def test_anything_else_is_a_json_404_that_says_what_exists(stack, path):
     assert stack.emulators["us-central1"].received == []
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/models/housing:predict"), ("PUT", "/predict"), ("PATCH", "/v1/models/housing:streamRawPredict"),
+    ("DELETE", f"/v1/projects/{PROJECT}/locations/us-central1/endpoints/1001:predict")])
+def test_a_method_other_than_post_is_a_json_404_and_never_reaches_vertex(stack, method, path):
+    response = requests.request(method, stack.url(path), json={"instances": [1]}, timeout=10)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert "takes POST" in error["message"] and "POST /v1/models/{model}:{verb}" in error["paths"]
+    response = stack.post("/v1/models/housing:predict", json={"instances": [1]})  # POST still goes through
+    assert response.status_code == 200
+    assert len(stack.emulators["us-central1"].received) == 1  # only the POST
+
+
 def test_debug_endpoints_show_each_envoy_synced(stack):
     stack.wait_synced()
     clients = requests.get(stack.plane.admin_url + "/debug/clients", timeout=5).json()["clients"]

@@ -37,9 +37,13 @@ NAMESPACE = "vertex.openai"  # dynamic metadata it writes: model, stream, missin
 OPERATIONS = ("chat/completions", "completions", "embeddings")
 VERSION = "/v1(?:beta1)?"
 CHAT_PATH = f"^{VERSION}/chat/completions$"
-# Every path that is an OpenAI path of this gateway: errors on them use OpenAI's shape.
-_OPENAI_PATHS = f"^{VERSION}/(?:chat/completions|completions|embeddings|models(?:/[^:?]*)?)"
-OPENAI_PATHS = _OPENAI_PATHS + "$"
+# The resources of OpenAI's API: a path under one of them that this gateway does not serve gets
+# OpenAI's 404 (`unknown_url`), so an SDK pointed here raises what it would at OpenAI. No ':'
+# after them: /v1/models/{model}:{verb} is a Vertex path.
+OPENAI_RESOURCES = ("chat", "completions", "embeddings", "models", "responses", "moderations", "images", "audio",
+                    "files", "uploads", "batches", "fine_tuning", "assistants", "threads", "vector_stores",
+                    "realtime", "evals", "containers", "conversations")
+OPENAI_PATHS = f"^{VERSION}/(?:{'|'.join(OPENAI_RESOURCES)})(?:/[^:?]*)?$"
 # :path when Envoy answers: the client's, or (after an attempt) the upstream path the per-attempt
 # rewrite left, which ends in the same operation; with the query string.
 _ANSWERED_PATHS = rf"^{VERSION}/(?:[^?]*/)?(?:chat/completions|completions|embeddings)(?:\?.*)?$"

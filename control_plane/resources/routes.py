@@ -25,11 +25,12 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
     routes are shared by many regions' configurations, and serialized once per build.
     `shaped`: models alike but for names and ids are written from their shape (shapes.py)."""
     config = build.config
-    closing = _closing_routes(build, local_region)
+    opening, closing = _opening_routes(build), _closing_routes(build, local_region)
     if config.clients is None:
         # Each model's routes as bytes, once per (model, region); a reload that leaves the model
         # as it was takes them over (Build.inherit).
         entries = wire.Entries([
+            *(_entry(build, r) for r in opening),
             *(build.memo_model(model, ("route_entries", local_region),
                                lambda model=model: _model_entries(build, model, local_region, shaped))
               for model in config.models),
@@ -38,7 +39,7 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
         entries = wire.Entries(_entry(build, r) for r in authorize_routes(build, local_region,
                                                                          region_routes(build, local_region, closing)))
     virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
-    limit = _body_limit(build, closing)
+    limit = _body_limit(build, [*opening, *closing])
     template = build.memo(("route_configuration", limit), lambda: wire.Template(
         _route_configuration(limit), holes=("virtual_hosts",)))
     # One join for the whole configuration (6 MB at 1,000 models), already framed as the
@@ -60,14 +61,14 @@ def _route_configuration(body_limit: int) -> route_pb2.RouteConfiguration:
     return route_configuration
 
 
-def _body_limit(build: Build, closing: list[route_components_pb2.Route]) -> int:
+def _body_limit(build: Build, shared: list[route_components_pb2.Route]) -> int:
     """The largest direct response body of this region's routes (at least Envoy's default limit).
-    The 404 and GET /v1/models name every model: 13 KB at 1,000 models. A model's own bodies (a
+    The 404s and GET /v1/models name every model: 13 KB at 1,000 models. A model's own bodies (a
     503, a refused pin) name the model and at most every region: the longest of each is bounded."""
     config = build.config
     longest_model = max(config.models, key=len, default="")
     longest_region = max(config.regions, key=len, default="")
-    bodies = [r.direct_response.body.inline_string for r in closing if r.HasField("direct_response")]
+    bodies = [r.direct_response.body.inline_string for r in shared if r.HasField("direct_response")]
     bodies += [pin_refused(longest_model, list(config.regions)).body.inline_string,
                not_served(longest_model, longest_region).body.inline_string]
     return max(DIRECT_BODY_LIMIT, *(len(body.encode()) for body in bodies))
@@ -102,14 +103,34 @@ def region_routes(build: Build, local_region: str,
                   closing: list[route_components_pb2.Route] | None = None) -> list[route_components_pb2.Route]:
     """Every route of this region's Envoys, in match order (before clients' authorization);
     `closing`: _closing_routes() if the caller has them already."""
-    return [*(route for model in build.config.models for route in _model_segment(build, model, local_region)),
+    return [*_opening_routes(build),
+            *(route for model in build.config.models for route in _model_segment(build, model, local_region)),
             *(closing if closing is not None else _closing_routes(build, local_region))]
+
+
+def _opening_routes(build: Build) -> list[route_components_pb2.Route]:
+    """Before every model's routes: GET /v1/models, then any other method than POST gets the 404
+    (every other path takes POST only). They match on the method first, so a POST passes them
+    after comparing one header."""
+    def compute() -> list[route_components_pb2.Route]:
+        config = build.config
+        not_post = route_components_pb2.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact="POST"), invert_match=True)
+        openai_not_found = _openai_not_found(config)
+        openai_not_found.name = "openai:not-found:method"
+        openai_not_found.match.headers.append(not_post)
+        return [_model_list(config), openai_not_found,
+                _not_found(config, "not-found:method", "no such path on this gateway: every path but GET /v1/models "
+                                                       "takes POST", route_components_pb2.RouteMatch(
+                                                           prefix="/", headers=[not_post]))]
+    return build.memo(("opening_routes",), compute)
 
 
 def _closing_routes(build: Build, local_region: str) -> list[route_components_pb2.Route]:
     """After every model's own routes: the OpenAI paths, /predict and the JSON 404."""
     return [*_openai_routes(build, local_region), _default_route(build, local_region),
-            build.memo(("not_found",), lambda: _not_found(build.config))]
+            build.memo(("not_found",), lambda: _not_found(build.config, "not-found", "no such path on this gateway",
+                                                          route_components_pb2.RouteMatch(prefix="/")))]
 
 
 def _default_route(build: Build, local_region: str) -> route_components_pb2.Route:
@@ -140,17 +161,21 @@ def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_c
     return build.memo(key, compute)
 
 
-def _not_found(config: RegionConfig) -> route_components_pb2.Route:
+# What the JSON 404 lists (the OpenAI paths also under /v1beta1).
+PATHS = ["POST /v1/models/{model}:{verb}", "POST /predict",
+         "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}",
+         "POST /v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model}:{verb}",
+         "POST /v1/chat/completions", "POST /v1/models/{model}/chat/completions",
+         "POST /v1/models/{model}/completions", "POST /v1/models/{model}/embeddings", "GET /v1/models"]
+
+
+def _not_found(config: RegionConfig, name: str, message: str,
+               match: route_components_pb2.RouteMatch) -> route_components_pb2.Route:
     return route_components_pb2.Route(
-        name="not-found",
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        direct_response=json_response(
-            404, "no such path on this gateway",
-            paths=["POST /v1/models/{model}:{verb}", "POST /predict", "POST /v1/chat/completions",
-                   "POST /v1/models/{model}/chat/completions",
-                   "POST /v1/projects/{project}/locations/{region}/endpoints/{endpoint_id}:{verb}",
-                   "POST /v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model}:{verb}"],
-            models=sorted(config.models), verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
+        name=name,
+        match=match,
+        direct_response=json_response(404, message, paths=PATHS, models=sorted(config.models),
+                                      verbs=sorted(set(VERBS) | set(PUBLISHER_VERBS))),
         response_headers_to_add=[_header("content-type", "application/json")],
         typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))},
     )
@@ -226,19 +251,27 @@ def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2
     routes.append(reading_body(route_components_pb2.Route(
         name="openai:unknown-model", match=openai.match(openai.CHAT_PATH),
         direct_response=openai.unknown_model(sorted(publisher))), True))
-    routes.append(route_components_pb2.Route(
+    routes.append(build.memo(("openai_not_found",), lambda: _openai_not_found(config)))
+    return routes
+
+
+def _model_list(config: RegionConfig) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
         name="openai:models", match=route_components_pb2.RouteMatch(
             safe_regex=_regex(f"^{openai.VERSION}/models$"), headers=[route_components_pb2.HeaderMatcher(
                 name=":method", string_match=string_pb2.StringMatcher(exact="GET"))]),
-        direct_response=openai.model_list(sorted(publisher), endpoint_models),
+        direct_response=openai.model_list(sorted(config.openai_models()), config.openai_endpoint_models()),
         response_headers_to_add=[_header("content-type", "application/json")],
-        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
-    routes.append(route_components_pb2.Route(
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})
+
+
+def _openai_not_found(config: RegionConfig) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
         name="openai:not-found", match=route_components_pb2.RouteMatch(safe_regex=_regex(openai.OPENAI_PATHS)),
         direct_response=openai.error(
-            404, "Unknown path %REQ(:PATH)% on this gateway: POST /v1/chat/completions (models: "
-                 f"{', '.join(sorted(publisher)) or 'none'}), or POST /v1/models/{{model}}/chat/completions, "
-                 f"/completions, /embeddings (models: {', '.join(endpoint_models) or 'none'})",
+            404, "Unknown path %REQ(:METHOD)% %REQ(:PATH)% on this gateway: POST /v1/chat/completions (models: "
+                 f"{', '.join(sorted(config.openai_models())) or 'none'}), or POST "
+                 "/v1/models/{model}/chat/completions, /completions, /embeddings (models: "
+                 f"{', '.join(config.openai_endpoint_models()) or 'none'}), or GET /v1/models",
             code="unknown_url"),
-        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))}))
-    return routes
+        typed_per_filter_config={BUFFER_FILTER: _any(buffer_pb2.BufferPerRoute(disabled=True))})
