@@ -167,6 +167,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _loopback_prefix(text: str) -> str:
+    """127.N.N: the demo binds .1 (control plane) to .3x (Envoys) under it."""
+    parts = text.split(".")
+    if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected 127.N.N (a /24 of the loopback range), got {text!r}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m control_plane",
                                   description="xDS control plane for a multi-region Vertex AI gateway on Envoy")
@@ -249,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run control plane, Envoys and Vertex emulators locally")
     demo.add_argument("--config", help="regions.yaml for the demo (default: the shipped demo config)")
-    demo.add_argument("--loopback-prefix", default="127.0.0", metavar="127.0.N",
+    demo.add_argument("--loopback-prefix", type=_loopback_prefix, default="127.0.0", metavar="127.0.N",
                       help="bind the demo under this /24 of the loopback range (default 127.0.0)")
     demo.add_argument("--xds-port", type=int, default=18000)
     demo.add_argument("--admin-port", type=int, default=18001)

@@ -112,7 +112,20 @@ def admin_app(plane: ControlPlane) -> web.Application:
                 return _json({"error": "missing or wrong bearer token"}, status=401)
         return await handler(request)
 
-    app = web.Application(middlewares=[require_token])
+    @web.middleware
+    async def errors_as_json(request: web.Request, handler):
+        # aiohttp's own answers (no such path, wrong method) are plain text; these endpoints are JSON.
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _json({"error": exc.reason, "path": request.path}, status=exc.status)
+            if "Allow" in exc.headers:  # a 405
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+
+    app = web.Application(middlewares=[errors_as_json, require_token])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/debug/clients", clients)
     app.router.add_get("/debug/config", config)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from .config import is_ip
+from .config import is_ip, is_name
 
 # Route regexes list every endpoint id and verb; RE2's default program-size cap (100) is
 # far below what a config with many models needs.
@@ -52,6 +52,8 @@ class XdsTls:
 def bootstrap(region: str, xds_address: str, node_id: str | None = None, listen: str | None = None,
               admin_address: str = "127.0.0.1:9901", delta: bool = False, xds_tls: XdsTls | None = None,
               stats_listen: str | None = None, lazy_cluster_stats: bool = False) -> dict:
+    if not is_name(region):  # as regions.yaml names regions: the node would match no group
+        raise ValueError(f"--region {region!r} is not a region name (letters, digits, '-', '_', '.')")
     xds_host, xds_port = split_host_port(xds_address, "--xds-address")
     admin_host, admin_port = split_host_port(admin_address, "--admin-address")
     metadata = {"region": region}

@@ -55,6 +55,8 @@ def test_durations_in_config_become_seconds(tmp_path):
     (("regions", "us-east4", "policy", "per_try_timeout"), "2 s", "bad duration '2 s'"),
     (("models", "housing", "policy", "timeout"), "1d", "bad duration '1d'"),
     (("auth", "refresh_margin"), "five minutes", "bad duration 'five minutes'"),
+    (("policy", "timeout"), None, "bad duration null:"),  # as written in YAML, not Python's None
+    (("policy", "per_try_timeout"), True, "bad duration true:"),
 ], ids=lambda v: ".".join(v) if isinstance(v, tuple) else None)
 def test_bad_duration(tmp_path, keys, value, fragment):
     data = base()
@@ -205,3 +207,10 @@ def test_ca_file_must_hold_pem_certificates(tmp_path):
     data = base()
     data["regions"]["us-east4"]["ca_file"] = str(not_pem)
     expect(tmp_path, data, "regions.us-east4.ca_file", "holds no PEM certificate", line="ca_file:")
+
+
+def test_a_choice_is_listed_as_written(tmp_path):
+    data = base()
+    set_key("regions", "us-east4", "health_check", value={"kind": "grpc"})(data)
+    expect(tmp_path, data, "regions.us-east4.health_check.kind", "must be one of 'connect' or 'http' (got 'grpc')",
+           only=True)

@@ -123,5 +123,12 @@ def test_admin_off_loopback_requires_a_bearer_token(tmp_path):
         assert requests.get(url + "/debug/clients", headers={"authorization": "Bearer s3cret"},
                             timeout=5).status_code == 200
         assert requests.get(url + "/healthz", timeout=5).status_code in (200, 503)  # open for probes
+        auth = {"authorization": "Bearer s3cret"}
+        missing = requests.get(url + "/debug/nothing", headers=auth, timeout=5)
+        assert missing.status_code == 404 and missing.json() == {"error": "Not Found", "path": "/debug/nothing"}
+        wrong = requests.get(url + "/debug/regions/us-central1/restore", headers=auth, timeout=5)
+        assert wrong.status_code == 405 and wrong.json()["error"] == "Method Not Allowed"
+        assert wrong.headers["allow"] == "POST"
+        assert requests.get(url + "/debug/nothing", timeout=5).status_code == 401  # the token first
     finally:
         plane.close()

@@ -50,6 +50,7 @@ from .policy import OutlierDetection, Policy, PolicyOverride, StatusCode
 from .problems import ConfigError, Problem
 from .region_config import Listener, RegionConfig
 from .regions import PATH_PLACEHOLDERS, BackendCredential, HealthCheck, Region, check_upstream_path
+from .rules import is_name
 
 __all__ = [
     "DEFAULT_PROFILE", "GOOGLE_ISSUER", "GOOGLE_JWKS_URI", "MAX_DURATION_SECONDS", "PATH_PLACEHOLDERS",
@@ -59,6 +60,6 @@ __all__ = [
     "Observability", "OpenAI", "OutlierDetection", "PemFile", "Policy", "PolicyOverride", "Problem", "Region",
     "RegionConfig", "StatusCode", "Tracing",
     "check_address", "check_ca_file", "check_hostname", "check_ip", "check_jwks_file", "check_pem_file",
-    "check_project", "check_upstream_path", "is_ip", "load_config", "parse_config", "parse_config_bytes",
+    "check_project", "check_upstream_path", "is_ip", "is_name", "load_config", "parse_config", "parse_config_bytes",
     "parse_duration",
 ]

@@ -24,20 +24,20 @@ MAX_DURATION_SECONDS = 9_223_372_036
 def parse_duration(value: Any) -> float:
     """'60s', '250ms', '5m', '1h' or a bare number of seconds -> seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r}: use a number with a unit, e.g. 20s or 500ms")
+        raise ValueError(f"bad duration {as_written(value)}: use a number with a unit, e.g. 20s or 500ms")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         match = _DURATION.match(str(value).strip())
         if not match:
-            raise ValueError(f"bad duration {value!r}: use a number with a unit, e.g. 20s or 500ms")
+            raise ValueError(f"bad duration {as_written(value)}: use a number with a unit, e.g. 20s or 500ms")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not math.isfinite(seconds):
-        raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
+        raise ValueError(f"bad duration {as_written(value)}: must be a finite number of seconds")
     if seconds < 0:
-        raise ValueError(f"bad duration {value!r}: must not be negative")
+        raise ValueError(f"bad duration {as_written(value)}: must not be negative")
     if seconds > MAX_DURATION_SECONDS:
-        raise ValueError(f"bad duration {value!r}: beyond Envoy's limit of {MAX_DURATION_SECONDS:,} s")
+        raise ValueError(f"bad duration {as_written(value)}: beyond Envoy's limit of {MAX_DURATION_SECONDS:,} s")
     return seconds
 
 

@@ -48,7 +48,8 @@ def describe(error: dict) -> str:
     words = _WORDS.get(kind)
     if words is None:
         return f"{error['msg']}{shown}"
-    return words.format(**{k: as_written(v) for k, v in ctx.items()}) + shown
+    # pydantic's `expected` is already written out ("'connect' or 'http'"): not quoted again.
+    return words.format(**{k: v if k == "expected" else as_written(v) for k, v in ctx.items()}) + shown
 
 
 _WORDS = {

@@ -15,6 +15,11 @@ from .regions import check_upstream_path
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def is_name(text: str) -> bool:
+    """A name of a region, model, profile or grant: what Envoy's names and metrics can carry."""
+    return bool(_NAME.match(text))
+
+
 def _alike_in_stats(where: tuple, kind: str, names: object) -> list[tuple[tuple, str]]:
     """Names (in a cluster's name) that differ only in '.' and '_': Envoy's stats write a '.' of a
     cluster name as '_' (resources/names.stat_name), so their series would merge."""
