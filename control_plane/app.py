@@ -21,7 +21,7 @@ from watchfiles import awatch
 from . import loading, trust_stores
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
-from .config import DEFAULT_PROFILE, ConfigError, RegionConfig
+from .config import DEFAULT_PROFILE, ConfigError, RegionConfig, key_pair_problem
 from .csds import CsdsServer
 from .exposure import is_loopback, open_listener_warning
 from .fleet import FleetLoad
@@ -58,17 +58,16 @@ class ServerTls:
     def check(self) -> None:
         """Refuse a missing, unreadable or unusable file here, naming its flag: gRPC would only
         say that it failed to bind the port."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        except OSError as exc:  # ssl.SSLError too: not PEM, or a key that is not the certificate's
-            raise StartFileRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: "
-                                   f"{_reason(exc)}") from None
+        problem = key_pair_problem(self.cert_file, self.key_file)
+        if problem:
+            raise StartFileRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: {problem}")
         if self.client_ca_file:
             try:
-                context.load_verify_locations(self.client_ca_file)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(self.client_ca_file)
+            except ssl.SSLError:
+                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: no PEM certificate") from None
             except OSError as exc:
-                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: {_reason(exc)}") from None
+                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: {exc.strerror or exc}") from None
 
     def credentials(self) -> grpc.ServerCredentials:
         self.check()
@@ -76,13 +75,6 @@ class ServerTls:
         client_ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
                                            require_client_auth=client_ca is not None)
-
-
-def _reason(exc: OSError) -> str:
-    if isinstance(exc, ssl.SSLError):  # "PEM lib" says no more than this
-        detail = f" ({exc.reason})" if exc.reason and exc.reason != "PEM lib" else ""
-        return f"not a usable PEM certificate and matching private key{detail}"
-    return exc.strerror or str(exc)
 
 
 class ControlPlane:

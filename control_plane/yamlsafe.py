@@ -69,6 +69,9 @@ def load(text: str, limits: Limits = Limits()) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise YamlRefused(f"invalid YAML: {_problem(exc)}", mark.line + 1 if mark else None) from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids: its position, not a line
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        raise YamlRefused(f"invalid YAML: {str(exc).splitlines()[0]}", line) from exc
     except yaml.YAMLError as exc:
         raise YamlRefused(f"invalid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
@@ -223,6 +226,10 @@ def _construct(text: str, limits: Limits) -> Any:
         else:
             key, parent.key = parent.key, _NO_KEY
             if key is _MERGE:
+                if _MERGE in parent.lines:  # as other keys: once per mapping
+                    raise YamlRefused(f"invalid YAML: duplicate merge key << (first at line {parent.lines[_MERGE]}): "
+                                      "write `<<: [*a, *b]`", parent.key_line)
+                parent.lines[_MERGE] = parent.key_line
                 _merge(parent, value, event)
                 continue
             if key in parent.lines:

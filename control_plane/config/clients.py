@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
-from .fields import Strict, check_ca_file, file_head
+from .fields import Strict, check_ca_file, file_head, key_pair_problem
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 GOOGLE_JWKS_URI = "https://www.googleapis.com/oauth2/v3/certs"
@@ -16,7 +16,7 @@ _IDENTITY = re.compile(r"^[A-Za-z0-9._@+:/=~%-]+$")
 
 
 def _check_identity(value: str) -> str:
-    if value != "*" and not _IDENTITY.match(value):
+    if value != "*" and not _IDENTITY.fullmatch(value):
         raise ValueError(f"bad identity {value!r}: a JWT claim value or certificate SAN (letters, digits and "
                          "._@+:/=~%-), or '*' for any authenticated client")
     return value
@@ -73,6 +73,15 @@ class ClientTls(Strict):
     ca_file: CaFile  # client certificates must chain to this CA
     cert_file: PemFile  # the listener's own certificate and key
     key_file: PemFile
+
+    @model_validator(mode="after")
+    def _a_usable_pair(self) -> ClientTls:
+        # What Envoy loads: a certificate and its own unencrypted private key (a key file holding a
+        # certificate, or another certificate's key, would make Envoy refuse the listener).
+        problem = key_pair_problem(self.cert_file, self.key_file)
+        if problem:
+            raise ValueError(f"cert_file {self.cert_file!r} and key_file {self.key_file!r}: {problem}")
+        return self
 
 
 class ClientGrant(Strict):

@@ -6,19 +6,21 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import ssl
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from .problems import as_written
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # A project id, optionally domain-scoped (example.com:my-project), or a project number.
 _PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?$|^[0-9]{1,20}$")
-# Envoy's largest Duration: int64 milliseconds (about 292 years); protobuf's own limit is higher.
-MAX_DURATION_SECONDS = 9_223_372_036
+# Envoy's largest Duration it takes (about 292 years: int64 nanoseconds, less one second, as
+# measured with `envoy --mode validate`); protobuf's own limit is higher.
+MAX_DURATION_SECONDS = 9_223_372_035
 
 
 def parse_duration(value: Any) -> float:
@@ -28,7 +30,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value).strip())
+        match = _DURATION.fullmatch(str(value).strip())
         if not match:
             raise ValueError(f"bad duration {as_written(value)}: use a number with a unit, e.g. 20s or 500ms")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -36,14 +38,16 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"bad duration {as_written(value)}: must be a finite number of seconds")
     if seconds < 0:
         raise ValueError(f"bad duration {as_written(value)}: must not be negative")
+    if 0 < seconds < 1e-9:  # Envoy's Duration would say 0, which most fields refuse
+        raise ValueError(f"bad duration {as_written(value)}: below Envoy's resolution of 1 ns")
     if seconds > MAX_DURATION_SECONDS:
         raise ValueError(f"bad duration {as_written(value)}: beyond Envoy's limit of {MAX_DURATION_SECONDS:,} s")
     return seconds
 
 
-def _is_hostname(text: str) -> bool:
+def is_hostname(text: str) -> bool:
     labels = text.rstrip(".").split(".")
-    return 0 < len(text) <= 253 and all(_HOSTNAME_LABEL.match(label) for label in labels) \
+    return 0 < len(text) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels) \
         and not labels[-1].isdigit()
 
 
@@ -60,7 +64,7 @@ def check_address(value: Any) -> str:
     if not isinstance(value, str):  # `address:` (null) or `true` must not become the hostname "None"/"True"
         raise ValueError(f"bad address {as_written(value)}: expected an IP address or a hostname")
     text = value.strip()
-    if not (is_ip(text) or _is_hostname(text)):
+    if not (is_ip(text) or is_hostname(text)):
         raise ValueError(f"bad address {value!r}: expected an IP address or a hostname")
     return text
 
@@ -74,7 +78,7 @@ def check_ip(value: Any) -> str:
 
 def check_hostname(value: Any) -> str:
     """A DNS name: sent as the Host header and the TLS SNI, so no IP, space or control character."""
-    if not isinstance(value, str) or not _is_hostname(value):
+    if not isinstance(value, str) or not is_hostname(value):
         raise ValueError(f"bad host {as_written(value)}: expected a DNS name such as us-central1-aiplatform.googleapis.com")
     return value
 
@@ -83,7 +87,7 @@ def check_project(value: Any) -> str:
     """A GCP project id or number: it goes into every upstream path, so nothing else may."""
     if type(value) is int and value > 0:  # an unquoted project number
         return str(value)
-    if isinstance(value, str) and _PROJECT.match(value):
+    if isinstance(value, str) and _PROJECT.fullmatch(value):
         return value
     if value == "":
         raise ValueError("must not be empty: give the Vertex project id or number")
@@ -98,6 +102,20 @@ def file_head(path: str, label: str = "") -> bytes:
             return handle.read(4 * 1024 * 1024)
     except OSError as exc:
         raise ValueError(f"cannot read {label}{path!r}: {exc.strerror or exc}") from exc
+
+
+def key_pair_problem(cert_file: str, key_file: str) -> str | None:
+    """Why Envoy (or gRPC) could not load this certificate with this private key, or None. An
+    unreadable file is left to the caller's own check."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password="")  # an encrypted key fails, never prompts
+    except ssl.SSLError as exc:
+        detail = f" ({exc.reason})" if exc.reason and exc.reason != "PEM lib" else ""  # "PEM lib" says no more
+        return f"not a PEM certificate and its unencrypted private key{detail}"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def check_ca_file(value: Any) -> str:

@@ -3,13 +3,14 @@ reported at once, sorted by line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from .. import yamlsafe
 from ..yamlsafe import Limits, YamlRefused
-from .problems import ConfigError, Problem, dedupe, describe, key_path
+from .problems import KEY_MARK, ConfigError, Problem, dedupe, describe, key_path
 from .region_config import RegionConfig
 from .rules import cross_reference_problems, openai_problems
 
@@ -50,7 +51,13 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
     found += cross_reference_problems(raw) + openai_problems(raw)
     if found:
         line_of = yamlsafe.line_finder(text)  # the slow, line-numbered parse: only to report
-        problems = [Problem(file, key_path(loc), message, line_of(loc)) for loc, message in found]
-        raise ConfigError(sorted(dedupe(problems), key=lambda p: (p.line or 0, p.path)))
+        problems = [Problem(file, key_path(loc), message, line_of(tuple(p for p in loc if p != KEY_MARK)))
+                    for loc, message in found]
+        raise ConfigError(sorted(dedupe(problems), key=lambda p: (p.line or 0, _in_order(p.path))))
     assert config is not None
     return config
+
+
+def _in_order(path: str) -> list:
+    """A key path's sort key: list indices as numbers (regions[9] before regions[10])."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"\[([0-9]+)\]", path))]

@@ -25,10 +25,16 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+# pydantic's marker after a mapping key that is itself invalid: (..., key, "[key]").
+KEY_MARK = "[key]"
+
+
 def key_path(loc: tuple) -> str:
     out = ""
-    for part in loc:
-        if isinstance(part, int):
+    for i, part in enumerate(loc):
+        if part == KEY_MARK:
+            continue
+        if isinstance(part, int) and loc[i + 1:i + 2] != (KEY_MARK,):  # a list index, not a number as a key
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
@@ -45,6 +51,8 @@ def describe(error: dict) -> str:
         return "required key is missing"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
+    if kind == "string_type" and error["loc"][-1:] == (KEY_MARK,) or kind == "invalid_key":
+        return f"a key must be text{shown}"
     words = _WORDS.get(kind)
     if words is None:
         return f"{error['msg']}{shown}"

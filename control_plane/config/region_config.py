@@ -17,7 +17,7 @@ from .fields import Strict, check_ip, check_project
 from .models import Model, OpenAI
 from .observability import Observability
 from .policy import Policy
-from .regions import BackendCredential, Region
+from .regions import BackendCredential, Region, default_host
 
 T = TypeVar("T")
 
@@ -61,9 +61,7 @@ class RegionConfig(Strict):
         spec = self.regions[region]
         if spec.custom:
             return spec.host or spec.address  # an IP with TLS needs `host` (a rule says so)
-        # The `global` location has no regional host name.
-        default = "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
-        return spec.host or default
+        return spec.host or default_host(region)
 
     @property
     def vertex_regions(self) -> list[str]:

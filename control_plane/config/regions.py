@@ -11,6 +11,11 @@ from .fields import Address, Duration, Strict, check_ca_file, check_hostname
 from .policy import PolicyOverride
 
 
+def default_host(region: str) -> str:
+    """A Vertex region's host when `host:` is not given (the `global` location has no regional one)."""
+    return "aiplatform.googleapis.com" if region == "global" else f"{region}-aiplatform.googleapis.com"
+
+
 class HealthCheck(Strict):
     """Active probes of a region's address (issue 17), so a region that stops answering is taken out
     by probes, not by client requests. `connect`: a TCP connect, plus the TLS handshake when the
@@ -45,7 +50,7 @@ def check_upstream_path(value: Any) -> str:
 
 
 def _check_header_name(value: str) -> str:
-    if not _HEADER_NAME.match(value) or value.lower() in _RESERVED_HEADERS:
+    if not _HEADER_NAME.fullmatch(value) or value.lower() in _RESERVED_HEADERS:
         raise ValueError(f"bad header name {value!r}")
     return value.lower()
 
@@ -68,7 +73,7 @@ class Region(Strict):
     address: Address
     port: int = Field(443, ge=1, le=65535)
     tls: bool = True
-    # default {region}-aiplatform.googleapis.com, filled in by RegionConfig
+    # default_host(region) when not given, filled in by RegionConfig
     host: Annotated[str, BeforeValidator(check_hostname)] | None = None
     ca_file: Annotated[str, BeforeValidator(check_ca_file)] | None = None
     http2: bool = False  # HTTP/2 to the endpoint (ALPN h2 with TLS), instead of HTTP/1.1

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from .auth import DEFAULT_PROFILE
 from .clients import GOOGLE_ISSUER
-from .fields import is_ip
-from .regions import check_upstream_path
+from .fields import is_hostname, is_ip
+from .regions import check_upstream_path, default_host
 
 # A region, model, JWT issuer or grant name: a letter or digit, then letters, digits, '-', '_', '.'.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -17,7 +18,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def is_name(text: str) -> bool:
     """A name of a region, model, profile or grant: what Envoy's names and metrics can carry."""
-    return bool(_NAME.match(text))
+    return bool(_NAME.fullmatch(text))
 
 
 def _alike_in_stats(where: tuple, kind: str, names: object) -> list[tuple[tuple, str]]:
@@ -33,6 +34,19 @@ def _alike_in_stats(where: tuple, kind: str, names: object) -> list[tuple[tuple,
     return out
 
 
+def _is_jwks_uri(uri: str) -> bool:
+    """What Envoy's jwt_authn takes as a provider's remote JWKS URI, and a cluster can reach."""
+    if not re.fullmatch(r"https?://[^/\s:?#]+(:[0-9]{1,5})?(/[^\s?#]*)?(\?[^\s#]*)?", uri):
+        return False
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return (port is None or 0 < port < 65536) and (is_ip(host) or is_hostname(host))
+
+
 def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     """Rules that relate keys to each other; tolerant of a structurally broken file."""
     out: list[tuple[tuple, str]] = _client_problems(raw)
@@ -43,14 +57,18 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
 
     if "regions" in raw and isinstance(regions, dict) and not regions:
         out.append((("regions",), "no regions defined"))
-    custom = {name for name, region in (regions or {}).items() if isinstance(regions, dict)
-              and isinstance(region, dict) and region.get("kind") == "custom"}
+    custom = {name for name, region in (regions.items() if isinstance(regions, dict) else ())
+              if isinstance(region, dict) and region.get("kind") == "custom"}
     out += _alike_in_stats(("regions",), "region", regions)
     for name, region in (regions or {}).items() if isinstance(regions, dict) else []:
-        if not _NAME.match(str(name)):
+        if not is_name(str(name)):
             out.append((("regions", name), f"bad region name {name!r}"))
         if isinstance(region, dict):
             out += _backend_kind_problems(name, region, name in custom)
+            if name not in custom and region.get("host") is None and is_name(str(name)) \
+                    and not is_hostname(default_host(str(name))):
+                out.append((("regions", name), f"the region's default host {default_host(str(name))!r} is not a DNS "
+                                               "name (a label is at most 63 letters, digits and '-'): give `host:`"))
         failover = region.get("failover") if isinstance(region, dict) else None
         if not isinstance(failover, list):
             continue
@@ -91,7 +109,7 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
     owner_of_id: dict[str, str] = {}
     out += _alike_in_stats(("models",), "model", models)
     for name, model in models.items():
-        if not _NAME.match(str(name)):
+        if not is_name(str(name)):
             out.append((("models", name), f"bad model name {name!r}: use letters, digits, '-', '_', '.'"))
         if not isinstance(model, dict):
             continue
@@ -100,7 +118,7 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
             out.append((("models", name), "needs `endpoints:` (region -> endpoint id) or `publisher_model:`"))
         if endpoints and publisher:
             out.append((("models", name), "give either `endpoints:` or `publisher_model:`, not both"))
-        if publisher is not None and not re.match(r"^[a-z0-9-]+/[A-Za-z0-9._@-]+$", str(publisher)):
+        if publisher is not None and not re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9._@-]+", str(publisher)):
             out.append((("models", name, "publisher_model"), f"bad publisher model {publisher!r}: expected PUBLISHER/MODEL"))
         if publisher and not model.get("regions"):
             out.append((("models", name, "regions"), "a publisher model needs `regions:`"))
@@ -131,9 +149,13 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
                     out.append((("models", name, "tiers", region), f"region {region!r} does not serve this model"))
                 if isinstance(order, list) and len(order) != len(set(map(str, order))):
                     out.append((("models", name, "tiers", region), "a tier is listed twice"))
+        listed_before: list = []
         for i, region in enumerate(model.get("regions") or []) if isinstance(model.get("regions"), list) else []:
             if region not in region_names:
                 out.append((("models", name, "regions", i), f"unknown region {region!r} (defined: {known})"))
+            elif region in listed_before:
+                out.append((("models", name, "regions", i), f"region {region!r} listed twice"))
+            listed_before.append(region)
         listed = model.get("regions") if publisher and isinstance(model.get("regions"), list) else []
         for i, region in enumerate(listed):
             if isinstance(region, str) and region in custom and not regions[region].get("path"):
@@ -148,7 +170,7 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
                     check_upstream_path(endpoint_id)
                 except ValueError as exc:
                     out.append((loc, f"custom backend {region!r}: {exc}"))
-            elif not re.match(r"^\d{1,19}$", str(endpoint_id)):
+            elif not re.fullmatch(r"[0-9]{1,19}", str(endpoint_id)):
                 out.append((loc, f"bad endpoint id {endpoint_id!r}: expected the numeric Vertex endpoint id"))
             elif str(endpoint_id) in owner_of_id and owner_of_id[str(endpoint_id)] != name:
                 out.append((loc, f"endpoint id {endpoint_id} is also used by model {owner_of_id[str(endpoint_id)]!r}"))
@@ -232,7 +254,7 @@ def _client_problems(raw: dict) -> list[tuple[tuple, str]]:
     out += _alike_in_stats(("clients", "jwt"), "issuer", clients.get("jwt"))
     out += _alike_in_stats(("clients", "allow"), "grant", clients.get("allow"))
     for name, issuer in (clients.get("jwt") or {}).items() if isinstance(clients.get("jwt"), dict) else []:
-        if not _NAME.match(str(name)):
+        if not is_name(str(name)):
             out.append((("clients", "jwt", name), f"bad issuer name {name!r}: use letters, digits, '-', '_', '.'"))
         if not isinstance(issuer, dict):
             continue
@@ -241,14 +263,15 @@ def _client_problems(raw: dict) -> list[tuple[tuple, str]]:
             out.append((("clients", "jwt", name), "give either `jwks_uri:` or `jwks_file:`, not both"))
         elif not uri and not file and issuer.get("issuer") not in (GOOGLE_ISSUER, "accounts.google.com"):
             out.append((("clients", "jwt", name), "needs `jwks_uri:` or `jwks_file:` (the issuer's signing keys)"))
-        if isinstance(uri, str) and not re.match(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$", uri):
-            out.append((("clients", "jwt", name, "jwks_uri"), f"bad jwks_uri {uri!r}: expected http(s)://host[:port]/path"))
+        if isinstance(uri, str) and not _is_jwks_uri(uri):
+            out.append((("clients", "jwt", name, "jwks_uri"), f"bad jwks_uri {uri!r}: expected http(s)://host[:port]/path "
+                                                               "(a DNS name or IP, a port 1-65535, no spaces)"))
     models, regions = raw.get("models"), raw.get("regions")
     model_names = list(models) if isinstance(models, dict) else []
     region_names = list(regions) if isinstance(regions, dict) else []
     allow = clients.get("allow")
     for name, grant in allow.items() if isinstance(allow, dict) else []:
-        if not _NAME.match(str(name)):
+        if not is_name(str(name)):
             out.append((("clients", "allow", name), f"bad grant name {name!r}: use letters, digits, '-', '_', '.'"))
         if not isinstance(grant, dict):
             continue
@@ -258,6 +281,8 @@ def _client_problems(raw: dict) -> list[tuple[tuple, str]]:
                 if item not in known:
                     out.append((("clients", "allow", name, key, i),
                                 f"unknown {key[:-1]} {item!r} (defined: {', '.join(map(str, known)) or 'none'})"))
+                elif item in items[:i]:
+                    out.append((("clients", "allow", name, key, i), f"{key[:-1]} {item!r} listed twice"))
             if isinstance(items, list) and not items:
                 out.append((("clients", "allow", name, key), f"empty list: leave `{key}` out to allow every {key[:-1]}"))
     return out

@@ -35,11 +35,12 @@ def route_configuration(build: Build, local_region: str, shaped: bool) -> Serial
                                lambda model=model: _model_entries(build, model, local_region, shaped))
               for model in config.models),
             *(_entry(build, r) for r in closing)])
-    else:  # per-identity variants of the routes (clients.py)
-        entries = wire.Entries(_entry(build, r) for r in authorize_routes(build, local_region,
-                                                                         region_routes(build, local_region, closing)))
+        limit = _body_limit(build, [*opening, *closing])
+    else:  # per-identity variants of the routes (clients.py), whose refusals name grants' regions
+        routes = authorize_routes(build, local_region, region_routes(build, local_region, closing))
+        entries = wire.Entries(_entry(build, r) for r in routes)
+        limit = max(DIRECT_BODY_LIMIT, *(len(r.direct_response.body.inline_string.encode()) for r in routes))
     virtual_host = build.memo(("virtual_host",), lambda: wire.Template(_virtual_host(), holes=("routes",)))
-    limit = _body_limit(build, [*opening, *closing])
     template = build.memo(("route_configuration", limit), lambda: wire.Template(
         _route_configuration(limit), holes=("virtual_hosts",)))
     # One join for the whole configuration (6 MB at 1,000 models), already framed as the
