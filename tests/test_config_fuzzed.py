@@ -130,7 +130,7 @@ def test_an_mtls_key_file_that_is_not_the_certificates_key(tmp_path):
 
 def test_a_key_that_is_not_text_is_said_so_with_its_line(tmp_path):
     text = BASE_YAML + "policy: {null: 1}\n"
-    expect(tmp_path, text, "policy.None", "a key must be text (got null)", line="policy:", only=True)
+    expect(tmp_path, text, "policy.null", "a key must be text (got null)", line="policy:", only=True)
     text = BASE_YAML.replace("  us-east4:\n", "  7:\n", 1)
     expect(tmp_path, text, "regions.7", "a key must be text (got 7)", line="  7:")
 
@@ -144,3 +144,29 @@ def test_two_merge_keys_in_one_mapping_are_refused_with_their_line(tmp_path):
     text = ("anchors:\n  - &d {port: 443}\n  - &e {tls: false}\n" + BASE_YAML).replace(
         "  us-east4:\n    address", "  us-east4:\n    <<: *d\n    <<: *e\n    address")
     expect(tmp_path, text, "", "duplicate merge key <<", "<<: [*a, *b]", line="<<: *e", only=True)
+
+
+@pytest.mark.parametrize("keys, value, path", [
+    (("observability", "access_log", "path"), "/var/log/a\nb", "observability.access_log.path"),
+    (("observability", "tracing"), {"collector": "otel:4317", "service_name": "gate\tway"},
+     "observability.tracing.service_name"),
+], ids=["access-log-path", "service-name"])
+def test_text_envoy_writes_as_is_has_no_control_character(tmp_path, keys, value, path):
+    data = base()
+    set_key(*keys, value=value)(data)
+    expect(tmp_path, data, path, "no control character", only=True)
+
+
+def test_a_port_in_other_scripts_digits_is_not_a_port(tmp_path):
+    data = base()
+    data["observability"] = {"tracing": {"collector": "otel:٣"}}
+    expect(tmp_path, data, "observability.tracing.collector", "expected HOST:PORT", only=True)
+
+
+def test_a_credential_prefix_is_a_header_value_without_control_characters(tmp_path):
+    key = tmp_path / "vllm.key"
+    key.write_text("k")
+    data = base()
+    data["regions"]["vllm"] = {"kind": "custom", "address": "10.0.0.7", "port": 8000, "tls": False,
+                               "credential": {"type": "header", "file": str(key), "prefix": "Bearer \r\nX-Evil: 1 "}}
+    expect(tmp_path, data, "regions.vllm.credential.prefix", "no control character", only=True)

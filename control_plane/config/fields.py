@@ -9,7 +9,7 @@ import re
 import ssl
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from .problems import as_written
 
@@ -102,6 +102,16 @@ def file_head(path: str, label: str = "") -> bytes:
             return handle.read(4 * 1024 * 1024)
     except OSError as exc:
         raise ValueError(f"cannot read {label}{path!r}: {exc.strerror or exc}") from exc
+
+
+def check_plain_text(value: str) -> str:
+    """Text that goes into a header value, a file name or a span as is: no control character."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"bad text {value!r}: no control character (newline, tab, ...)")
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(check_plain_text)]
 
 
 def key_pair_problem(cert_file: str, key_file: str) -> str | None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, StrictBool, field_validator
 
-from .fields import Duration, Strict, check_address
+from .fields import Duration, PlainText, Strict, check_address
 
 
 class AccessLog(Strict):
     """One JSON line per client request from every Envoy (never a header value, token or body)."""
 
     enabled: StrictBool = True
-    path: str | None = Field(None, min_length=1)  # a file on the Envoy's host; default: Envoy's stdout
+    path: PlainText | None = Field(None, min_length=1)  # a file on the Envoy's host; default: Envoy's stdout
     sample_percent: float = Field(100.0, ge=0, le=100)
 
 
@@ -20,7 +20,7 @@ class Tracing(Strict):
 
     collector: str | None = None  # off when unset
     sample_percent: float = Field(100.0, ge=0, le=100)
-    service_name: str = Field("vertex-gateway", min_length=1)
+    service_name: PlainText = Field("vertex-gateway", min_length=1)
 
     _collector_address = field_validator("collector")(lambda v: _check_host_port(v) if v is not None else v)
 
@@ -45,7 +45,7 @@ class Observability(Strict):
 
 def _check_host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"bad address {value!r}: expected HOST:PORT")
     check_address(host.strip("[]"))
     return value

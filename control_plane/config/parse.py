@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from .. import yamlsafe
 from ..yamlsafe import Limits, YamlRefused
-from .problems import KEY_MARK, ConfigError, Problem, dedupe, describe, key_path
+from .problems import KEY_MARK, ConfigError, Problem, dedupe, describe, error_loc, key_path
 from .region_config import RegionConfig
 from .rules import cross_reference_problems, openai_problems
 
@@ -47,7 +47,7 @@ def parse_config(text: str, file: str = "regions.yaml", limits: Limits = Limits(
     try:
         config = RegionConfig.model_validate(raw)
     except ValidationError as exc:
-        found += [(tuple(error["loc"]), describe(error)) for error in exc.errors()]
+        found += [(error_loc(error), describe(error)) for error in exc.errors()]
     found += cross_reference_problems(raw) + openai_problems(raw)
     if found:
         line_of = yamlsafe.line_finder(text)  # the slow, line-numbered parse: only to report

@@ -41,6 +41,12 @@ def key_path(loc: tuple) -> str:
     return out
 
 
+def error_loc(error: dict) -> tuple:
+    """A validation error's key path; a mapping key that is not text as written (null, not None)."""
+    loc = tuple(error["loc"])
+    return (*loc[:-1], as_written(error["input"])) if error["type"] == "invalid_key" and loc else loc
+
+
 def describe(error: dict) -> str:
     """A validation error in the project's words (the library's are about Python types)."""
     kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")

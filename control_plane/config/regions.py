@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from .fields import Address, Duration, Strict, check_ca_file, check_hostname
+from .fields import Address, Duration, PlainText, Strict, check_ca_file, check_hostname
 from .policy import PolicyOverride
 
 
@@ -62,7 +62,7 @@ class BackendCredential(Strict):
     type: Literal["none", "header", "id_token", "access_token"] = "none"
     header: Annotated[str, AfterValidator(_check_header_name)] = "authorization"  # type header
     file: str | None = None  # type header: the file holding the header's value (re-read on SIGHUP)
-    prefix: str = ""  # type header: put before the file's content, e.g. "Bearer "
+    prefix: PlainText = ""  # type header: put before the file's content, e.g. "Bearer "
     audience: str | None = None  # type id_token: default https://{host} (what Cloud Run expects)
 
 
