@@ -133,6 +133,8 @@ def test_a_key_that_is_not_text_is_said_so_with_its_line(tmp_path):
     expect(tmp_path, text, "policy.null", "a key must be text (got null)", line="policy:", only=True)
     text = BASE_YAML.replace("  us-east4:\n", "  7:\n", 1)
     expect(tmp_path, text, "regions.7", "a key must be text (got 7)", line="  7:")
+    text = BASE_YAML.replace("  housing:\n", "  null:\n", 1)
+    expect(tmp_path, text, "models.null", "a key must be text (got null)", line="  null:")
 
 
 def test_a_control_character_is_refused_with_its_line(tmp_path):

@@ -36,15 +36,19 @@ def key_path(loc: tuple) -> str:
             continue
         if isinstance(part, int) and loc[i + 1:i + 2] != (KEY_MARK,):  # a list index, not a number as a key
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        else:  # a key that is not text as written (null, true), not as Python says it
+            out += ("." if out else "") + (part if isinstance(part, str) else as_written(part))
     return out
 
 
 def error_loc(error: dict) -> tuple:
     """A validation error's key path; a mapping key that is not text as written (null, not None)."""
     loc = tuple(error["loc"])
-    return (*loc[:-1], as_written(error["input"])) if error["type"] == "invalid_key" and loc else loc
+    if error["type"] == "invalid_key" and loc:  # (..., str(key))
+        return (*loc[:-1], as_written(error["input"]))
+    if loc[-1:] == (KEY_MARK,) and len(loc) > 1 and isinstance(loc[-2], str):  # (..., str(key), "[key]")
+        return (*loc[:-2], as_written(error["input"]), KEY_MARK)
+    return loc
 
 
 def describe(error: dict) -> str:
