@@ -42,12 +42,13 @@ def key_path(loc: tuple) -> str:
 
 
 def error_loc(error: dict) -> tuple:
-    """A validation error's key path; a mapping key that is not text as written (null, not None)."""
+    """A validation error's key path, with a mapping key that is not text as itself (pydantic
+    writes it as str(key): "None"), for its line and for key_path to write as YAML does."""
     loc = tuple(error["loc"])
     if error["type"] == "invalid_key" and loc:  # (..., str(key))
-        return (*loc[:-1], as_written(error["input"]))
+        return (*loc[:-1], error["input"])
     if loc[-1:] == (KEY_MARK,) and len(loc) > 1 and isinstance(loc[-2], str):  # (..., str(key), "[key]")
-        return (*loc[:-2], as_written(error["input"]), KEY_MARK)
+        return (*loc[:-2], error["input"], KEY_MARK)
     return loc
 
 
