@@ -168,7 +168,7 @@ def _positive_int(text: str) -> int:
 
 
 def _loopback_prefix(text: str) -> str:
-    """127.N.N: the demo binds .1 (control plane) to .3x (Envoys) under it."""
+    """127.N.N: the demo binds its control plane, emulators and Envoys to addresses under it."""
     parts = text.split(".")
     if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and int(p) <= 255 for p in parts):
         raise argparse.ArgumentTypeError(f"expected 127.N.N (a /24 of the loopback range), got {text!r}")

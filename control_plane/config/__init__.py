@@ -61,6 +61,6 @@ __all__ = [
     "Observability", "OpenAI", "OutlierDetection", "PemFile", "Policy", "PolicyOverride", "Problem", "Region",
     "RegionConfig", "StatusCode", "Tracing",
     "check_address", "check_ca_file", "check_hostname", "check_ip", "check_jwks_file", "check_pem_file",
-    "check_project", "check_upstream_path", "is_ip", "is_name", "key_pair_problem", "load_config", "parse_config", "parse_config_bytes",
-    "parse_duration",
+    "check_project", "check_upstream_path", "is_ip", "is_name", "key_pair_problem", "load_config", "parse_config",
+    "parse_config_bytes", "parse_duration",
 ]
