@@ -8,6 +8,7 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from control_plane.config import parse_config
+from control_plane.lab.envoy_static import assert_envoy_accepts
 from control_plane.lab.jwt_issuer import Issuer
 from control_plane.resources import (
     CLUSTER_TYPE,
@@ -20,7 +21,6 @@ from control_plane.resources import (
 
 from .config_problems import expect
 from .configs import CLIENTS, CONFIG, base
-from .envoy_static import assert_envoy_accepts
 
 
 @pytest.fixture(scope="module")

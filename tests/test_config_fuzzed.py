@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 
 from control_plane.config import is_name, parse_config
+from control_plane.lab.envoy_static import assert_envoy_accepts
 from control_plane.resources import ROUTE_TYPE, Build, NodeGroup, build_resources
 
 from .config_problems import expect, set_key
 from .config_problems import to_yaml as yaml_of
 from .configs import BASE_YAML, base
-from .envoy_static import assert_envoy_accepts
 
 
 def google_clients(**grant) -> dict:
@@ -172,3 +172,10 @@ def test_a_credential_prefix_is_a_header_value_without_control_characters(tmp_pa
     data["regions"]["vllm"] = {"kind": "custom", "address": "10.0.0.7", "port": 8000, "tls": False,
                                "credential": {"type": "header", "file": str(key), "prefix": "Bearer \r\nX-Evil: 1 "}}
     expect(tmp_path, data, "regions.vllm.credential.prefix", "no control character", only=True)
+
+
+def test_the_fuzzer_finds_nothing_in_a_short_run_on_the_shipped_configs(tmp_path, capsys):
+    from control_plane.lab.fuzz_config import main
+
+    assert main(["--count", "12", "--minutes", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert '"cases": 12, "findings": 0' in capsys.readouterr().out

@@ -14,11 +14,10 @@ from google.protobuf import json_format
 from control_plane import dryrun
 from control_plane.cache import SnapshotCache, UnknownRegion, node_group
 from control_plane.config import AuthProfile, ConfigError, parse_config
+from control_plane.lab.envoy_static import assert_envoy_accepts
 from control_plane.lab.fake_oauth import write_service_account_key
 from control_plane.resources import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE, Build, NodeGroup, build_resources
 from control_plane.tokens import FileHeader, HeaderFileSource, IdTokenSource, make_source_credentials
-
-from .envoy_static import assert_envoy_accepts
 
 CONFIG = """
 project: p-1

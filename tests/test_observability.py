@@ -9,10 +9,9 @@ from google.protobuf import json_format
 
 from control_plane.bootstrap import bootstrap
 from control_plane.config import ConfigError, parse_config
+from control_plane.lab.envoy_static import assert_envoy_accepts
 from control_plane.resources import CLUSTER_TYPE, LISTENER_TYPE, Build, NodeGroup, build_resources, failover_chain
 from control_plane.resources.observability import ACCESS_LOG_FIELDS, COLLECTOR_CLUSTER
-
-from .envoy_static import assert_envoy_accepts
 
 BASE = """
 project: p-1

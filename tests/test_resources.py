@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import json_format
 
 from control_plane.config import parse_config
+from control_plane.lab.envoy_static import assert_envoy_accepts
 from control_plane.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -21,7 +22,6 @@ from control_plane.resources import (
 from control_plane.snapshot import Interner, Snapshot, type_version
 
 from .configs import CONFIG
-from .envoy_static import assert_envoy_accepts
 
 
 @pytest.fixture(scope="module")
