@@ -28,7 +28,7 @@ from .yamlsafe import MAX_BYTES, Limits  # noqa: E402
 def _serve(args: argparse.Namespace) -> int:
     import asyncio  # here, not at the top: `validate` starts faster without it
 
-    from .app import ControlPlane, PlaintextRefused, ServerTls, StartFileRefused
+    from .app import ControlPlane, PlaintextRefused, ServerTls, StartRefused
 
     if bool(args.xds_tls_cert) != bool(args.xds_tls_key):
         print("serve: --xds-tls-cert and --xds-tls-key go together", file=sys.stderr)
@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except (PlaintextRefused, PortInUse, StartFileRefused) as exc:
+    except (PlaintextRefused, PortInUse, StartRefused) as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

@@ -45,8 +45,8 @@ class PlaintextRefused(RuntimeError):
     pass
 
 
-class StartFileRefused(RuntimeError):
-    """A file named on the command line cannot be read or used (the message names its flag)."""
+class StartRefused(RuntimeError):
+    """A file or address named on the command line cannot be used (the message names its flag)."""
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class ServerTls:
         say that it failed to bind the port."""
         problem = key_pair_problem(self.cert_file, self.key_file)
         if problem:
-            raise StartFileRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: {problem}")
+            raise StartRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: {problem}")
         if self.client_ca_file:
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(self.client_ca_file)
             except ssl.SSLError:
-                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: no PEM certificate") from None
+                raise StartRefused(f"--xds-tls-client-ca {self.client_ca_file}: no PEM certificate") from None
             except OSError as exc:
-                raise StartFileRefused(f"--xds-tls-client-ca {self.client_ca_file}: {exc.strerror or exc}") from None
+                raise StartRefused(f"--xds-tls-client-ca {self.client_ca_file}: {exc.strerror or exc}") from None
 
     def credentials(self) -> grpc.ServerCredentials:
         self.check()
@@ -157,18 +157,30 @@ class ControlPlane:
         self._grpc.add_generic_rpc_handlers((self.ads.rpc_handler(), CsdsServer(self.clients).rpc_handler(),
                                              LoadReportServer(self.fleet, lambda: self.cache.config.observability
                                                               .load_reports).rpc_handler()))
-        if self.xds_tls:
-            self.xds_port = self._grpc.add_secure_port(self.xds_address, self.xds_tls.credentials())
-        else:
-            self.xds_port = self._grpc.add_insecure_port(self.xds_address)
+        credentials = self.xds_tls.credentials() if self.xds_tls else None  # refuses unusable files first
+        try:
+            if credentials:
+                self.xds_port = self._grpc.add_secure_port(self.xds_address, credentials)
+            else:
+                self.xds_port = self._grpc.add_insecure_port(self.xds_address)
+        except RuntimeError:  # gRPC's "Failed to bind": e.g. an address this host does not have
+            self.xds_port = 0
         if not self.xds_port:
-            raise OSError(f"cannot bind the xDS port {self.xds_address}")
+            await self._grpc.stop(None)
+            raise StartRefused(f"--xds-host/--xds-port: cannot bind {self.xds_address} (an address of this "
+                               "host, and a port free here?)")
         await self._grpc.start()
         self._admin = web.AppRunner(admin_app(self), access_log=None)
         await self._admin.setup()
         host, _, port = self.admin_address.rpartition(":")
         site = web.TCPSite(self._admin, host.strip("[]"), int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._grpc.stop(None)
+            await self._admin.cleanup()
+            raise StartRefused(f"--admin-host/--admin-port: cannot bind {self.admin_address}: "
+                               f"{exc.strerror or exc}") from None
         self.admin_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
         if self.watch:
             self._watcher = asyncio.create_task(self._watch_file())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from .config import LoadReports
 from .metrics import Metrics
+from .status import printable
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class FleetLoad:
         strikes = restored[1] + 1 if relapse else 1
         hold = settings.hold * min(2 ** (strikes - 1), MAX_HOLD_FACTOR)
         reason = (f"{len(failing)} of {len(sending)} Envoys sending it traffic fail there "
-                  f"({', '.join(sorted(failing))}); {reporting} reporting")
+                  f"({', '.join(printable(n, 256) for n in sorted(failing))}); {reporting} reporting")
         self.avoided[region] = Avoidance(region, now, now + hold, strikes, reason)
         self._metrics.avoided.labels(region).set(1)
         self._metrics.avoidance_changes.labels(region, "avoid").inc()

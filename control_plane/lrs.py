@@ -21,6 +21,8 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from .config import LoadReports
 from .fleet import FleetLoad, Tally
 from .resources.proto import _duration
+from .status import printable
+from .xds_identity import certificate_names, node_region, refusal
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,15 @@ class LoadReportServer:
         try:
             async for request in requests:
                 if not node_id:  # the node is sent on the first message
-                    node = request.node
-                    fields = node.metadata.fields
-                    node_id = node.id
-                    region = fields["region"].string_value if "region" in fields else node.locality.region
-                    log.info("load reports: node %s (region %s) connected", node_id, region or "?")
+                    node_id, region = request.node.id, node_region(request.node)
+                    # Reports steer every Envoy's failover order: a locked channel's rule holds here too.
+                    refused = refusal(certificate_names(context.auth_context()), node_id, region)
+                    if refused:
+                        log.warning("load reports refused from %s: %s", context.peer(), printable(refused))
+                        node_id = ""  # nothing to forget
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+                    log.debug("load reports: node %s (region %s) connected", printable(node_id, 256),
+                              printable(region, 64) or "?")
                 else:
                     self.fleet.record(node_id, region, counts_of(request))
                 wanted = self._settings().interval
@@ -79,4 +85,4 @@ class LoadReportServer:
         finally:
             if node_id:
                 self.fleet.forget(node_id)
-                log.info("load reports: node %s disconnected", node_id)
+                log.debug("load reports: node %s disconnected", printable(node_id, 256))

@@ -88,10 +88,13 @@ NACK_TEXT_LIMIT = 4096  # characters of an Envoy's NACK error kept, logged and s
 def printable(text: str, limit: int = NACK_TEXT_LIMIT) -> str:
     """Untrusted text (a NACK's error, a node id) made safe for one log line or a debug view:
     at most `limit` characters, backslashes and control characters escaped, so it can neither
-    forge a log line nor make a 100 KB one."""
-    cut = text[:limit]
-    out = "".join("\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                  for ch in cut)
-    if len(text) > limit:
-        out += f"... [{len(text) - limit} more characters]"
-    return out
+    forge a log line nor make a 100 KB one. The limit holds for the escaped text (an escape is
+    up to 10 characters long)."""
+    pieces, size = [], 0
+    for shown, ch in enumerate(text):
+        piece = "\\\\" if ch == "\\" else ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        if size + len(piece) > limit:
+            return "".join(pieces) + f"... [{len(text) - shown} more characters]"
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)

@@ -7,8 +7,9 @@ segment (`spiffe://td/ns/gw/sa/envoy-us-central1` -> `envoy-us-central1`). A nod
 accepted when one of those names
 
 - is the node's region, or
-- is the node id, and the node id contains the node's region (the bootstrap's default
-  `envoy-{region}` does).
+- is the node id, and the node id contains the node's region as a whole word: not next to
+  a letter or digit (the bootstrap's default `envoy-{region}` does; `envoy-europe-west12`
+  does not contain `europe-west1`).
 
 So a certificate issued to one region's Envoy can never be used to ask for another
 region's config and access tokens. Connections without a client certificate (plaintext on
@@ -18,6 +19,7 @@ loopback unless --insecure-xds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
@@ -33,7 +35,7 @@ def certificate_names(auth_context: Mapping[str, Iterable[bytes]] | None) -> lis
     if not auth_context:
         return []
     raw = [*auth_context.get("x509_common_name", ()), *auth_context.get("x509_subject_alternative_name", ())]
-    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw if n]
 
 
 def _readings(name: str) -> set[str]:
@@ -49,7 +51,11 @@ def certificate_matches(names: list[str], node_id: str, region: str) -> bool:
     readings = set().union(*(_readings(n) for n in names)) if names else set()
     if region and region in readings:
         return True
-    return bool(region) and node_id in readings and region in node_id
+    return bool(region) and node_id in readings and _contains_word(node_id, region)
+
+
+def _contains_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text) is not None
 
 
 def refusal(names: list[str], node_id: str, region: str) -> str | None:
@@ -61,4 +67,4 @@ def refusal(names: list[str], node_id: str, region: str) -> str | None:
     shown = ", ".join(sorted(names))[:512]
     return (f"client certificate ({shown}) does not name node {node_id[:128]!r} or its region "
             f"{region[:64]!r} (a certificate name must be the region, or the node id when the node id "
-            f"contains the region)")
+            f"contains the region as a whole word)")

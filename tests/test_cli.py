@@ -86,6 +86,7 @@ def _unusable_start_files(tmp_path: Path) -> list[tuple[str, list[str]]]:
     cert.private_key_pem.write_to_path(tmp_path / "server.key")
     other.issue_cert("x").private_key_pem.write_to_path(tmp_path / "other.key")
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    (tmp_path / "token").write_text("s3cret\n")
     tls = ["--xds-tls-cert", str(tmp_path / "server.crt"), "--xds-tls-key"]
     return [
         ("--admin-token-file", ["--admin-token-file", str(tmp_path / "missing")]),
@@ -96,15 +97,18 @@ def _unusable_start_files(tmp_path: Path) -> list[tuple[str, list[str]]]:
         ("--xds-tls-cert", [*tls, str(tmp_path / "other.key")]),  # not the certificate's key
         ("--xds-tls-client-ca", [*tls, str(tmp_path / "server.key"), "--xds-tls-client-ca",
                                  str(tmp_path / "garbage.pem")]),
+        # an address this host does not have (TEST-NET-1: never bound)
+        ("--xds-host/--xds-port", ["--insecure-xds", "--xds-host", "192.0.2.1"]),
+        ("--admin-host/--admin-port", ["--admin-host", "192.0.2.1", "--admin-token-file", str(tmp_path / "token")]),
     ]
 
 
-def test_serve_refuses_an_unusable_file_on_its_command_line_naming_the_flag(tmp_path):
+def test_serve_refuses_an_unusable_file_or_address_on_its_command_line_naming_the_flag(tmp_path):
     for flag, args in _unusable_start_files(tmp_path):
         result = cli("serve", "--config", str(ROOT / "deploy/compose/regions.yaml"), "--xds-port", "0",
                      "--admin-port", "0", *args)
         assert result.returncode == 1, (args, result.stderr)
-        assert result.stderr.strip().splitlines()[-1].startswith(f"refusing to start: {flag} "), result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"refusing to start: {flag}"), result.stderr
         assert "Traceback" not in result.stderr, result.stderr
 
 

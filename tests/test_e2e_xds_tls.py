@@ -9,10 +9,12 @@ import grpc
 import pytest
 import trustme
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.load_stats.v3 import lrs_pb2
 
 from control_plane.app import ControlPlane, PlaintextRefused, ServerTls
 from control_plane.bootstrap import XdsTls
 from control_plane.lab.stack import Stack
+from control_plane.xds_identity import certificate_matches
 
 pytestmark = pytest.mark.e2e
 
@@ -50,8 +52,46 @@ def test_envoy_with_a_client_certificate_is_served_over_mtls(pki):
         for node_id, region in (("envoy-us-east4", "us-east4"), ("envoy-us-central1", "us-east4")):
             assert asyncio.run(_try_ads(stack.plane.xds_address, pki["ca"], cert, node_id, region)) == \
                 grpc.StatusCode.PERMISSION_DENIED
+            # nor send load reports as one: they move regions in every Envoy's failover order
+            assert asyncio.run(_try_lrs(stack.plane.xds_address, pki["ca"], cert, node_id, region)) == \
+                grpc.StatusCode.PERMISSION_DENIED
+        assert asyncio.run(_try_lrs(stack.plane.xds_address, pki["ca"], cert, "envoy-us-central1",
+                                    "us-central1")) == grpc.StatusCode.OK
     finally:
         stack.close()
+
+
+def test_a_node_id_names_its_region_as_a_whole_word():
+    cert = ["envoy-europe-west12.gw.internal"]
+    assert certificate_matches(cert, "envoy-europe-west12", "europe-west12")
+    assert not certificate_matches(cert, "envoy-europe-west12", "europe-west1")  # not europe-west1's tokens
+    assert certificate_matches(["envoy-europe-west1-0.gw"], "envoy-europe-west1-0", "europe-west1")
+    assert not certificate_matches(["xeurope-west1"], "xeurope-west1", "europe-west1")
+
+
+async def _try_lrs(address: str, ca_file: str, cert: tuple[str, str], node_id: str, region: str) -> grpc.StatusCode:
+    credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read(),
+                                               certificate_chain=open(cert[0], "rb").read(),
+                                               private_key=open(cert[1], "rb").read())
+    async with grpc.aio.secure_channel(address, credentials, options=[
+            ("grpc.ssl_target_name_override", "control-plane.test")]) as channel:
+        call = channel.stream_stream("/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats",
+                                     request_serializer=lrs_pb2.LoadStatsRequest.SerializeToString,
+                                     response_deserializer=lrs_pb2.LoadStatsResponse.FromString)
+
+        async def requests():
+            request = lrs_pb2.LoadStatsRequest()
+            request.node.id = node_id
+            request.node.metadata.fields["region"].string_value = region
+            yield request
+            await asyncio.sleep(10)  # keep the stream open until the answer (bounded by the call timeout)
+
+        try:
+            async for _ in call(requests(), timeout=5):
+                return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
 
 
 async def _try_ads(address: str, ca_file: str, cert: tuple[str, str] | None = None, node_id: str = "envoy-test",

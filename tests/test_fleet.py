@@ -9,6 +9,7 @@ from control_plane.config import LoadReports
 from control_plane.fleet import FleetLoad, Tally
 from control_plane.lrs import counts_of
 from control_plane.metrics import Metrics
+from control_plane.status import printable
 
 REGIONS = ["us-central1", "us-east4", "europe-west4"]
 
@@ -145,3 +146,20 @@ def test_sporadic_errors_in_steady_traffic_are_not_failing():
         clock.now += 1
         fail(fleet, "a", errors=1, success=50)
     assert not fleet.avoided
+
+
+def test_a_node_id_in_the_avoidance_log_line_is_escaped(caplog):
+    fleet, _, _ = make()
+    fail(fleet, "a\nFORGED-LINE CRITICAL")
+    with caplog.at_level("WARNING", logger="control_plane.fleet"):
+        fail(fleet, "b")
+    line = next(r.getMessage() for r in caplog.records if "moves to the back" in r.getMessage())
+    assert "\n" not in line and "a\\nFORGED-LINE" in line
+
+
+def test_printable_keeps_its_limit_for_the_escaped_text():
+    assert printable("ab\ncd") == "ab\\ncd"
+    shown = printable("E" * 10 + "\x1b" * 5000, limit=100)
+    assert len(shown) <= 100 + len("... [5000 more characters]") and shown.endswith("more characters]")
+    assert shown.startswith("E" * 10 + "\\x1b") and "\x1b" not in shown
+    assert printable("\U000e0001" * 6000).endswith("more characters]") and len(printable("\U000e0001" * 6000)) < 4200
