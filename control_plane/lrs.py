@@ -21,7 +21,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from .config import LoadReports
 from .fleet import FleetLoad, Tally
 from .resources.proto import _duration
-from .status import printable
+from .status import REPEATS_LOGGED_EVERY_S, Sparse, printable
 from .xds_identity import certificate_names, node_region, refusal
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class LoadReportServer:
     def __init__(self, fleet: FleetLoad, settings: Callable[[], LoadReports]):
         self.fleet = fleet
         self._settings = settings
+        self._impostors = Sparse(REPEATS_LOGGED_EVERY_S)  # one line per node and interval
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(LRS_SERVICE, {
@@ -69,7 +70,10 @@ class LoadReportServer:
                     # Reports steer every Envoy's failover order: a locked channel's rule holds here too.
                     refused = refusal(certificate_names(context.auth_context()), node_id, region)
                     if refused:
-                        log.warning("load reports refused from %s: %s", context.peer(), printable(refused))
+                        left_out = self._impostors.due(node_id)
+                        if left_out is not None:
+                            log.warning("load reports refused from %s: %s%s", context.peer(), printable(refused),
+                                        f" ({left_out} more since the last line)" if left_out else "")
                         node_id = ""  # nothing to forget
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
                     log.debug("load reports: node %s (region %s) connected", printable(node_id, 256),

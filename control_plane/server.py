@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,7 +19,7 @@ from .heap import HeapTrimmer
 from .metrics import Metrics
 from .responses import Responses
 from .sessions import DeltaSession, Session, SotwSession
-from .status import ClientRegistry, printable
+from .status import REPEATS_LOGGED_EVERY_S, ClientRegistry, Sparse, printable
 from .xds_cache import XdsCache
 from .xds_identity import certificate_names, node_region, refusal
 
@@ -31,7 +30,6 @@ CACHE_CHANGED = object()  # an inbox item: the cache moved to a new generation
 
 
 REQUESTS_QUEUED = 16  # per stream; beyond this the stream is not read (gRPC flow control holds the Envoy)
-REFUSAL_LOG_EVERY_S = 10.0
 
 
 class Outgoing:
@@ -74,8 +72,8 @@ class AdsServer:
         self.heap.when_quiet(self.responses.release_finished)  # each push's joined responses
         self.open_streams = 0
         self._nonces = 0
-        self._refused_logged_at = float("-inf")
-        self._refused_since_log = 0
+        self._full = Sparse(REPEATS_LOGGED_EVERY_S)  # --max-streams refusals: one line per interval
+        self._impostors = Sparse(REPEATS_LOGGED_EVERY_S)  # identity refusals: one line per node and interval
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         # Responses are bytes assembled from pre-serialized resources, handed over in Outgoing.
@@ -92,12 +90,10 @@ class AdsServer:
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
         self.metrics.refused.inc()
-        self._refused_since_log += 1
-        now = time.monotonic()
-        if now - self._refused_logged_at >= REFUSAL_LOG_EVERY_S:  # a stampede logs a line, not thousands
+        left_out = self._full.due()
+        if left_out is not None:
             log.warning("refused %d xDS stream(s): this replica serves its maximum of %d (--max-streams); "
-                        "latest from %s", self._refused_since_log, self.max_streams, context.peer())
-            self._refused_logged_at, self._refused_since_log = now, 0
+                        "latest from %s", left_out + 1, self.max_streams, context.peer())
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"this control-plane replica serves its maximum of {self.max_streams} xDS streams; "
                             "retry (another replica)")
@@ -168,7 +164,10 @@ class AdsServer:
         mTLS certificate was issued for another node or region."""
         refused = refusal(certificate_names(context.auth_context()), first.node.id, node_region(first.node))
         if refused:
-            log.warning("xDS stream refused from %s: %s", context.peer(), printable(refused))
+            left_out = self._impostors.due(first.node.id)
+            if left_out is not None:
+                log.warning("xDS stream refused from %s: %s%s", context.peer(), printable(refused),
+                            f" ({left_out} more since the last line)" if left_out else "")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         # A copy: the request's node would keep the whole first request alive. Without
         # `extensions` (Envoy lists every extension it was built with: KBs per stream).

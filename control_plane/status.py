@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -83,6 +84,31 @@ class ClientRegistry:
 
 
 NACK_TEXT_LIMIT = 4096  # characters of an Envoy's NACK error kept, logged and shown
+
+
+REPEATS_LOGGED_EVERY_S = 10.0  # a refusal repeated by a retrying Envoy: one log line per this
+
+
+class Sparse:
+    """A repeated event logged once per `every` seconds per key, saying how many were left out:
+    an Envoy retrying a refused stream every second, or a stampede of them, writes a line, not
+    thousands. At most `max_keys` keys are remembered (a flood of new ones forgets the old)."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic, max_keys: int = 1024):
+        self.every, self._clock, self._max_keys = every, clock, max_keys
+        self._seen: dict[object, list] = {}  # key -> [logged at, left out since]
+
+    def due(self, key: object = None) -> int | None:
+        """None: leave this one out. Else log it: how many were left out since the last line."""
+        now = self._clock()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.every:
+            entry[1] += 1
+            return None
+        if entry is None and len(self._seen) >= self._max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return entry[1] if entry is not None else 0
 
 
 def printable(text: str, limit: int = NACK_TEXT_LIMIT) -> str:

@@ -9,7 +9,7 @@ from control_plane.config import LoadReports
 from control_plane.fleet import FleetLoad, Tally
 from control_plane.lrs import counts_of
 from control_plane.metrics import Metrics
-from control_plane.status import printable
+from control_plane.status import Sparse, printable
 
 REGIONS = ["us-central1", "us-east4", "europe-west4"]
 
@@ -163,3 +163,15 @@ def test_printable_keeps_its_limit_for_the_escaped_text():
     assert len(shown) <= 100 + len("... [5000 more characters]") and shown.endswith("more characters]")
     assert shown.startswith("E" * 10 + "\\x1b") and "\x1b" not in shown
     assert printable("\U000e0001" * 6000).endswith("more characters]") and len(printable("\U000e0001" * 6000)) < 4200
+
+
+def test_a_repeated_refusal_is_logged_once_per_interval_per_node_with_what_was_left_out():
+    clock = Clock()
+    sparse = Sparse(10.0, clock, max_keys=2)
+    assert sparse.due("envoy-a") == 0  # the first: logged
+    assert sparse.due("envoy-a") is None and sparse.due("envoy-a") is None  # retries within 10 s: left out
+    assert sparse.due("envoy-b") == 0  # another node: its own line
+    clock.now += 10
+    assert sparse.due("envoy-a") == 2  # logged again, saying 2 were left out
+    sparse.due("envoy-c")  # a third key: the memory stays bounded (forgets the others)
+    assert sparse.due("envoy-a") == 0
