@@ -7,6 +7,8 @@ test_config_*.py modules (keys, refs, bounds, files), the CLI in test_config_cli
 
 from __future__ import annotations
 
+import trustme
+
 from control_plane.config import PUBLISHER_VERBS, VERBS, Policy, PolicyOverride, parse_config
 
 from .config_problems import load
@@ -83,7 +85,7 @@ def test_region_defaults(tmp_path):
 def test_explicit_region_settings(tmp_path):
     data = base()
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
     data["regions"]["us-east4"].update(port=8443, tls=False, host="vertex.east.internal", ca_file=str(ca_file))
     config = load(tmp_path, data)
     region = config.regions["us-east4"]

@@ -6,6 +6,8 @@ is now refused by `validate` with its key path and line, in the project's words.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from control_plane.config import is_name, parse_config
@@ -179,3 +181,27 @@ def test_the_fuzzer_finds_nothing_in_a_short_run_on_the_shipped_configs(tmp_path
 
     assert main(["--count", "12", "--minutes", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
     assert '"cases": 12, "findings": 0' in capsys.readouterr().out
+
+
+def test_a_ca_file_cut_short_is_refused(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    pem = trustme.CA().cert_pem.bytes()
+    (tmp_path / "cut.pem").write_bytes(pem[:len(pem) // 2] + b"\n-----END CERTIFICATE-----\n")
+    data = base()
+    data["regions"]["us-east4"]["ca_file"] = str(tmp_path / "cut.pem")
+    expect(tmp_path, data, "regions.us-east4.ca_file", "does not load as PEM certificates", only=True)
+
+
+@pytest.mark.parametrize("key, fragment", [
+    ({"kty": "RSA", "e": "AQAB"}, "`n` is missing"),
+    ({"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}, "crv 'P-999'"),
+    ({"kty": "XYZ"}, "kty 'XYZ'"),
+    ("key", "not a JSON object"),
+])
+def test_a_jwks_file_key_envoy_cannot_read(tmp_path, key, fragment):
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [key]}))
+    data = base()
+    data["clients"] = {"jwt": {"idp": {"issuer": "https://idp.example", "audiences": ["gw"],
+                                       "jwks_file": str(tmp_path / "jwks.json")}},
+                       "allow": {"all": {"identities": ["*"]}}}
+    expect(tmp_path, data, "clients.jwt.idp.jwks_file", "key 0", fragment, only=True)

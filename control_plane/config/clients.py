@@ -35,7 +35,31 @@ def check_jwks_file(value: Any) -> str:
         raise ValueError(f"jwks_file {value!r} is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
         raise ValueError(f'jwks_file {value!r} is not a JWKS: expected {{"keys": [...]}} with at least one key')
+    for i, key in enumerate(document["keys"]):
+        problem = _jwk_problem(key)
+        if problem:
+            raise ValueError(f"jwks_file {value!r}: key {i}: {problem} (Envoy would refuse the listener)")
     return value
+
+
+# What Envoy's JWT library takes, per key type: the members each needs (base64url text).
+_JWK_MEMBERS = {"RSA": ("n", "e"), "EC": ("x", "y"), "OKP": ("x",), "oct": ("k",)}
+_JWK_CURVES = {"EC": ("P-256", "P-384", "P-521"), "OKP": ("Ed25519",)}
+
+
+def _jwk_problem(key: Any) -> str | None:
+    if not isinstance(key, dict):
+        return "not a JSON object"
+    kty = key.get("kty")
+    if kty not in _JWK_MEMBERS:
+        return f"kty {kty!r} is not one of {', '.join(_JWK_MEMBERS)}"
+    if kty in _JWK_CURVES and key.get("crv") not in _JWK_CURVES[kty]:
+        return f"crv {key.get('crv')!r} is not one of {', '.join(_JWK_CURVES[kty])}"
+    for member in _JWK_MEMBERS[kty]:
+        text = key.get(member)
+        if not isinstance(text, str) or not text or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+            return f"`{member}` is missing or not base64url text"
+    return None
 
 
 def check_pem_file(value: Any) -> str:

@@ -3,8 +3,10 @@ files Envoy reads; and the strict base every section model derives from."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
+import os
 import re
 import ssl
 from typing import Annotated, Any
@@ -134,7 +136,22 @@ def check_ca_file(value: Any) -> str:
         raise ValueError(f"bad ca_file {as_written(value)}: expected the path of a PEM file of CA certificates")
     if b"-----BEGIN CERTIFICATE-----" not in file_head(value, "ca_file "):
         raise ValueError(f"ca_file {value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    stat = os.stat(value)
+    if not _loads_as_ca_file(value, stat.st_mtime_ns, stat.st_size):
+        raise ValueError(f"ca_file {value!r} does not load as PEM certificates (a block cut short or damaged?): "
+                         "Envoy would refuse what uses it")
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _loads_as_ca_file(path: str, mtime_ns: int, size: int) -> bool:
+    """Whether OpenSSL loads the file as a trust store. Once per file version: the system bundle
+    takes 60 ms, and every region may name it."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return False
+    return True
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
