@@ -13,9 +13,12 @@ from .config import RegionConfig
 def is_loopback(host: str) -> bool:
     """A loopback IP (v4 or v6, brackets allowed) or `localhost`: reachable from this machine only."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return host == "localhost"
+    # ::ffff:127.0.0.1 is IPv4's loopback written as IPv6 (Python's is_loopback says no).
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def open_listener_warning(config: RegionConfig, listen_addresses: Iterable[str] = ()) -> str | None:

@@ -31,6 +31,9 @@ def test_the_warning_names_the_exposed_addresses():
     assert "10.1.2.3" in open_listener_warning(config(listener={"address": "127.0.0.1", "port": 8080}),
                                                ["10.1.2.3:8080"])
     assert open_listener_warning(config(clients=CLIENTS)) is None
+    # IPv4's loopback written as IPv6 is loopback; another mapped address is not
+    assert open_listener_warning(config(listener={"address": "::ffff:127.0.0.1", "port": 8080})) is None
+    assert "::ffff:10.0.0.1" in open_listener_warning(config(listener={"address": "::ffff:10.0.0.1", "port": 8080}))
 
 
 async def test_serve_warns_and_debug_regions_shows_it(tmp_path, caplog):
