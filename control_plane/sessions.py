@@ -276,7 +276,8 @@ class DeltaSession(Session):
         state = self.stream.subscription(type_url)
         error = request.error_detail.message if request.HasField("error_detail") else None
         # A Delta ACK carries no version: the client now holds what we sent. (A NACK restores
-        # state.client to what the client held before: it applied nothing.)
+        # state.client to what the client held before, but for what the response sent: maybe
+        # applied, so sent again or removed next time.)
         version = "" if error is not None else state.sent_version
         if self.record_answer(state, request.response_nonce, version, error) is Answer.STALE:
             return

@@ -87,7 +87,12 @@ class Subscription:
         if error is not None:
             self.nack_error, self.nacked_version = error, self.sent_version
             if self.client_before is not None:
-                self.client, self.client_version = self.client_before, ""
+                # Envoy may have applied part of it (a CDS update creates the good clusters and
+                # rejects the bad one): what the response sent is held at an unknown version, so
+                # the next push sends it again, or removes it.
+                before = self.client_before
+                unsure = {name: "" for name, version in (self.client or {}).items() if before.get(name) != version}
+                self.client, self.client_version = {**before, **unsure} if unsure else before, ""
         else:
             self.acked, self.acked_version, self.acked_at = self.sent, version, time.time()
         self.client_before = None
