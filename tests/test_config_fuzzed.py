@@ -205,3 +205,10 @@ def test_a_jwks_file_key_envoy_cannot_read(tmp_path, key, fragment):
                                        "jwks_file": str(tmp_path / "jwks.json")}},
                        "allow": {"all": {"identities": ["*"]}}}
     expect(tmp_path, data, "clients.jwt.idp.jwks_file", "key 0", fragment, only=True)
+
+
+def test_an_access_log_path_is_absolute(tmp_path):
+    data = base()
+    data["observability"] = {"access_log": {"path": "logs/access.log"}}
+    expect(tmp_path, data, "observability.access_log.path", "an absolute path", only=True)
+

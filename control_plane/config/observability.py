@@ -12,6 +12,13 @@ class AccessLog(Strict):
 
     enabled: StrictBool = True
     path: PlainText | None = Field(None, min_length=1)  # a file on the Envoy's host; default: Envoy's stdout
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"bad path {value!r}: an absolute path on the Envoys' hosts (Envoy opens it as given)")
+        return value
     sample_percent: float = Field(100.0, ge=0, le=100)
 
 
