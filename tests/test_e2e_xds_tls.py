@@ -70,45 +70,35 @@ def test_a_node_id_names_its_region_as_a_whole_word():
 
 
 async def _try_lrs(address: str, ca_file: str, cert: tuple[str, str], node_id: str, region: str) -> grpc.StatusCode:
-    credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read(),
-                                               certificate_chain=open(cert[0], "rb").read(),
-                                               private_key=open(cert[1], "rb").read())
-    async with grpc.aio.secure_channel(address, credentials, options=[
-            ("grpc.ssl_target_name_override", "control-plane.test")]) as channel:
-        call = channel.stream_stream("/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats",
-                                     request_serializer=lrs_pb2.LoadStatsRequest.SerializeToString,
-                                     response_deserializer=lrs_pb2.LoadStatsResponse.FromString)
-
-        async def requests():
-            request = lrs_pb2.LoadStatsRequest()
-            request.node.id = node_id
-            request.node.metadata.fields["region"].string_value = region
-            yield request
-            await asyncio.sleep(10)  # keep the stream open until the answer (bounded by the call timeout)
-
-        try:
-            async for _ in call(requests(), timeout=5):
-                return grpc.StatusCode.OK
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-    return grpc.StatusCode.OK
+    request = lrs_pb2.LoadStatsRequest()
+    request.node.id = node_id
+    request.node.metadata.fields["region"].string_value = region
+    return await _first_answer(address, ca_file, cert, "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats",
+                               request, lrs_pb2.LoadStatsResponse)
 
 
 async def _try_ads(address: str, ca_file: str, cert: tuple[str, str] | None = None, node_id: str = "envoy-test",
                    region: str = "us-central1") -> grpc.StatusCode:
+    request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+    request.node.id = node_id
+    request.node.metadata.fields["region"].string_value = region
+    return await _first_answer(address, ca_file, cert,
+                               "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                               request, discovery_pb2.DiscoveryResponse)
+
+
+async def _first_answer(address: str, ca_file: str, cert: tuple[str, str] | None, method: str, request,
+                        response_type) -> grpc.StatusCode:
+    """OK when the stream opened with `request` is answered, else how it ended."""
     key_pair = {"certificate_chain": open(cert[0], "rb").read(), "private_key": open(cert[1], "rb").read()} \
         if cert else {}
     credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_file, "rb").read(), **key_pair)
     async with grpc.aio.secure_channel(address, credentials, options=[
             ("grpc.ssl_target_name_override", "control-plane.test")]) as channel:
-        call = channel.stream_stream("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-                                     request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                                     response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+        call = channel.stream_stream(method, request_serializer=type(request).SerializeToString,
+                                     response_deserializer=response_type.FromString)
 
         async def requests():
-            request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
-            request.node.id = node_id
-            request.node.metadata.fields["region"].string_value = region
             yield request
             await asyncio.sleep(10)  # keep the stream open until the answer (bounded by the call timeout)
 
@@ -118,6 +108,7 @@ async def _try_ads(address: str, ca_file: str, cert: tuple[str, str] | None = No
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
+
 
 
 def test_plaintext_off_loopback_is_refused_unless_asked(tmp_path, caplog):
