@@ -21,8 +21,8 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from .config import LoadReports
 from .fleet import FleetLoad, Tally
 from .resources.proto import _duration
-from .status import REPEATS_LOGGED_EVERY_S, Sparse, printable
-from .xds_identity import certificate_names, node_region, refusal
+from .status import printable
+from .xds_identity import Gate, node_region
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class LoadReportServer:
     def __init__(self, fleet: FleetLoad, settings: Callable[[], LoadReports]):
         self.fleet = fleet
         self._settings = settings
-        self._impostors = Sparse(REPEATS_LOGGED_EVERY_S)  # one line per node and interval
+        self._gate = Gate("load reports")
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(LRS_SERVICE, {
@@ -66,16 +66,9 @@ class LoadReportServer:
         try:
             async for request in requests:
                 if not node_id:  # the node is sent on the first message
-                    node_id, region = request.node.id, node_region(request.node)
                     # Reports steer every Envoy's failover order: a locked channel's rule holds here too.
-                    refused = refusal(certificate_names(context.auth_context()), node_id, region)
-                    if refused:
-                        left_out = self._impostors.due(node_id)
-                        if left_out is not None:
-                            log.warning("load reports refused from %s: %s%s", context.peer(), printable(refused),
-                                        f" ({left_out} more since the last line)" if left_out else "")
-                        node_id = ""  # nothing to forget
-                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+                    await self._gate.admit(request.node, context)
+                    node_id, region = request.node.id, node_region(request.node)
                     log.debug("load reports: node %s (region %s) connected", printable(node_id, 256),
                               printable(region, 64) or "?")
                 else:

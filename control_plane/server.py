@@ -21,7 +21,7 @@ from .responses import Responses
 from .sessions import DeltaSession, Session, SotwSession
 from .status import REPEATS_LOGGED_EVERY_S, ClientRegistry, Sparse, printable
 from .xds_cache import XdsCache
-from .xds_identity import certificate_names, node_region, refusal
+from .xds_identity import Gate
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class AdsServer:
         self.open_streams = 0
         self._nonces = 0
         self._full = Sparse(REPEATS_LOGGED_EVERY_S)  # --max-streams refusals: one line per interval
-        self._impostors = Sparse(REPEATS_LOGGED_EVERY_S)  # identity refusals: one line per node and interval
+        self._gate = Gate("xDS stream")
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         # Responses are bytes assembled from pre-serialized resources, handed over in Outgoing.
@@ -162,13 +162,7 @@ class AdsServer:
     async def _open(self, first, context: grpc.aio.ServicerContext, session_type: type[Session]) -> Session:
         """The session of a stream whose first request is `first`; refuses (aborts) a node whose
         mTLS certificate was issued for another node or region."""
-        refused = refusal(certificate_names(context.auth_context()), first.node.id, node_region(first.node))
-        if refused:
-            left_out = self._impostors.due(first.node.id)
-            if left_out is not None:
-                log.warning("xDS stream refused from %s: %s%s", context.peer(), printable(refused),
-                            f" ({left_out} more since the last line)" if left_out else "")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        await self._gate.admit(first.node, context)
         # A copy: the request's node would keep the whole first request alive. Without
         # `extensions` (Envoy lists every extension it was built with: KBs per stream).
         node = base_pb2.Node()

@@ -19,10 +19,16 @@ loopback unless --insecure-xds.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 
+import grpc
 from envoy.config.core.v3 import base_pb2
+
+from .status import REPEATS_LOGGED_EVERY_S, Sparse, printable
+
+log = logging.getLogger(__name__)
 
 
 def node_region(node: base_pb2.Node) -> str:
@@ -68,3 +74,23 @@ def refusal(names: list[str], node_id: str, region: str) -> str | None:
     return (f"client certificate ({shown}) does not name node {node_id[:128]!r} or its region "
             f"{region[:64]!r} (a certificate name must be the region, or the node id when the node id "
             f"contains the region as a whole word)")
+
+
+class Gate:
+    """The check every stream on the xDS port runs on its first message (xDS and load reports
+    alike): a node its certificate does not name is refused with PERMISSION_DENIED, and logged
+    once per node and interval (an Envoy retrying writes a line, not one per retry)."""
+
+    def __init__(self, stream: str):
+        self.stream = stream  # for the log line: "xDS stream", "load reports"
+        self._logged = Sparse(REPEATS_LOGGED_EVERY_S)
+
+    async def admit(self, node: base_pb2.Node, context: grpc.aio.ServicerContext) -> None:
+        refused = refusal(certificate_names(context.auth_context()), node.id, node_region(node))
+        if refused is None:
+            return
+        left_out = self._logged.due(node.id)
+        if left_out is not None:
+            log.warning("%s refused from %s: %s%s", self.stream, context.peer(), printable(refused),
+                        f" ({left_out} more since the last line)" if left_out else "")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
