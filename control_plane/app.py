@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from watchfiles import awatch
 from . import loading, trust_stores
 from .admin import admin_app
 from .cache import Builder, SnapshotCache
-from .config import DEFAULT_PROFILE, ConfigError, RegionConfig, key_pair_problem
+from .config import DEFAULT_PROFILE, ConfigError, RegionConfig, check_ca_file, key_pair_problem
 from .csds import CsdsServer
 from .exposure import is_loopback, open_listener_warning
 from .fleet import FleetLoad
@@ -63,11 +62,9 @@ class ServerTls:
             raise StartRefused(f"--xds-tls-cert {self.cert_file} / --xds-tls-key {self.key_file}: {problem}")
         if self.client_ca_file:
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(self.client_ca_file)
-            except ssl.SSLError:
-                raise StartRefused(f"--xds-tls-client-ca {self.client_ca_file}: no PEM certificate") from None
-            except OSError as exc:
-                raise StartRefused(f"--xds-tls-client-ca {self.client_ca_file}: {exc.strerror or exc}") from None
+                check_ca_file(self.client_ca_file)  # as a regions.yaml CA file is checked
+            except ValueError as exc:
+                raise StartRefused(f"--xds-tls-client-ca {self.client_ca_file}: {exc}") from None
 
     def credentials(self) -> grpc.ServerCredentials:
         self.check()

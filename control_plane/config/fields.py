@@ -134,24 +134,28 @@ def check_ca_file(value: Any) -> str:
     """A file of PEM CA certificates that exists here: Envoy would reject the cluster otherwise."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"bad ca_file {as_written(value)}: expected the path of a PEM file of CA certificates")
-    if b"-----BEGIN CERTIFICATE-----" not in file_head(value, "ca_file "):
-        raise ValueError(f"ca_file {value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
-    stat = os.stat(value)
-    if not _loads_as_ca_file(value, stat.st_mtime_ns, stat.st_size):
-        raise ValueError(f"ca_file {value!r} does not load as PEM certificates (a block cut short or damaged?): "
-                         "Envoy would refuse what uses it")
+    try:
+        stat = os.stat(value)
+    except OSError as exc:
+        raise ValueError(f"cannot read ca_file {value!r}: {exc.strerror or exc}") from exc
+    problem = _ca_file_problem(value, stat.st_mtime_ns, stat.st_size)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
 @functools.lru_cache(maxsize=64)
-def _loads_as_ca_file(path: str, mtime_ns: int, size: int) -> bool:
-    """Whether OpenSSL loads the file as a trust store. Once per file version: the system bundle
-    takes 60 ms, and every region may name it."""
+def _ca_file_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why this version of the file is no trust store OpenSSL (and so Envoy) loads, or None.
+    Once per file version: the system bundle takes 60 ms, and every region may name it."""
+    if b"-----BEGIN CERTIFICATE-----" not in file_head(path, "ca_file "):
+        return f"ca_file {path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
     except ssl.SSLError:
-        return False
-    return True
+        return (f"ca_file {path!r} does not load as PEM certificates (a block cut short or damaged?): "
+                "Envoy would refuse what uses it")
+    return None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
