@@ -65,10 +65,10 @@ def cross_reference_problems(raw: dict) -> list[tuple[tuple, str]]:
             out.append((("regions", name), f"bad region name {name!r}"))
         if isinstance(region, dict):
             out += _backend_kind_problems(name, region, name in custom)
-            if name not in custom and region.get("host") is None and is_name(str(name)) \
-                    and not is_hostname(default_host(str(name))):
-                out.append((("regions", name), f"the region's default host {default_host(str(name))!r} is not a DNS "
-                                               "name (a label is at most 63 letters, digits and '-'): give `host:`"))
+            host = default_host(str(name))
+            if name not in custom and region.get("host") is None and is_name(str(name)) and not is_hostname(host):
+                out.append((("regions", name), f"the region's default host {host!r} is not a DNS name (a label is "
+                                               "at most 63 letters, digits and '-'): give `host:`"))
         failover = region.get("failover") if isinstance(region, dict) else None
         if not isinstance(failover, list):
             continue
