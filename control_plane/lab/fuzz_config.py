@@ -92,16 +92,18 @@ def check(text: str, workdir: Path) -> tuple[str, str] | None:
     """(kind, detail) of what this file shows, or None when validate keeps its promises on it."""
     try:
         config = parse_config(text)
-        built = [build_resources(Build(config), _group(config, r)) for r in config.vertex_regions]
+        build = Build(config)  # what regions share, built once (as validate and serve do)
+        built = [build_resources(build, _group(config, r)) for r in config.vertex_regions]
     except ConfigError as exc:
         words = [str(p) for p in exc.problems if LIBRARY_WORDS.search(p.message)]
         return ("words", words[0]) if words else None
     except Exception:  # noqa: BLE001 - what a fuzzer looks for
         return "crash", traceback.format_exc(limit=-3)
     again = parse_config(text)
+    build_again = Build(again)
     for resources, region in zip(built, again.vertex_regions, strict=True):
         static = static_config(resources)
-        if static != static_config(build_resources(Build(again), _group(again, region))):
+        if static != static_config(build_resources(build_again, _group(again, region))):
             return "unstable", f"region {region}: two builds of the file differ"
         refusal = envoy_refusal(resources, workdir)
         if refusal:
