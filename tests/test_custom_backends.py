@@ -156,8 +156,8 @@ def test_each_credential_gets_its_own_injector_under_a_matcher(config):
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "httpFilters"]
     assert [f["name"] for f in filters] == ["envoy.filters.http.header_mutation", "credential/default",
-                                            "credential/backend/vllm", "envoy.filters.http.lua",
-                                            "envoy.filters.http.upstream_codec"]
+                                            "credential/backend/vllm", "vertex/copy", "envoy.filters.http.lua",
+                                            "vertex/route-rewritten", "envoy.filters.http.upstream_codec"]
     removed = [m["remove"] for m in filters[0]["typedConfig"]["mutations"]["requestMutations"] if "remove" in m]
     assert removed == ["authorization", "x-api-key"]  # neither travels to the next attempt
     vllm = filters[2]["typedConfig"]
@@ -173,7 +173,7 @@ def test_a_backend_without_credential_puts_every_injector_under_a_matcher():
     agg = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing"])
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "httpFilters"]
-    assert [f["name"] for f in filters][1:-2] == ["credential/default"]
+    assert [f["name"] for f in filters][1:-4] == ["credential/default"]
     assert "xdsMatcher" in filters[1]["typedConfig"]  # not on attempts to vllm, which carry no credential key
     la = json_format.MessageToDict(by_name(res[ENDPOINT_TYPE])["model/housing@vllm"])
     assert "credential" not in la["endpoints"][0]["lbEndpoints"][0]["metadata"]["filterMetadata"]["vertex"]

@@ -201,6 +201,10 @@ def test_a_failing_region_is_ejected_then_traffic_returns(mode, eject_on_429):
         # ejected: new requests go straight to the healthy region, no wasted first attempt
         direct = [predict(stack) for _ in range(10)]
         assert {(r.headers["x-vertex-region"], r.headers["x-envoy-attempt-count"]) for r in direct} == {("us-east4", "1")}
+        # a first attempt sent elsewhere than the region the route rewrote for is rewritten per attempt
+        seen = stack.emulators["us-east4"].received[-1]
+        assert (seen.path, seen.host) == (f"/v1/projects/{PROJECT}/locations/us-east4/endpoints/2002:predict",
+                                          "us-east4-aiplatform.googleapis.com")
         assert len(local.received) == (0 if mode == "down" else 3)
         local.fail("none")
         wait_for(lambda: predict(stack).headers["x-vertex-region"] == "us-central1", 20,
@@ -216,5 +220,31 @@ def test_429_ejection_can_be_turned_off():
         responses = [predict(stack) for _ in range(6)]
         assert {r.headers["x-envoy-attempt-count"] for r in responses} == {"2"}  # local tried every time
         assert len(stack.emulators["us-central1"].received) == 6
+    finally:
+        stack.close()
+
+
+def test_every_attempt_carries_its_own_regions_path_and_host_in_whatever_order_regions_are_tried():
+    """The route rewrites for the local region and only its first attempt there skips the
+    per-attempt rewrite: an attempt that comes back to it after another region's is rewritten."""
+    stack = ejection_stack(base_ejection_time="60s")
+    try:
+        local, remote = stack.emulators["us-central1"], stack.emulators["us-east4"]
+        local.fail("503")
+        for _ in range(3):
+            predict(stack)
+        wait_for(lambda: predict(stack).headers["x-envoy-attempt-count"] == "1", 10, what="the local region ejected")
+        local.fail("none")  # still ejected for a while: first attempts go to us-east4, which now fails
+        remote.fail("503")
+        answers = [predict(stack) for _ in range(6)]
+        # some answered by the local region on a second attempt, after a first in us-east4 (Envoy
+        # may also retry an ejected-only chain in us-east4, or, both ejected, start locally)
+        assert ("us-central1", "2") in [(r.headers["x-vertex-region"], r.headers["x-envoy-attempt-count"])
+                                        for r in answers]
+        for region, emulator in stack.emulators.items():
+            endpoint = {"us-central1": 1001, "us-east4": 2002}[region]
+            assert {(seen.path, seen.host) for seen in emulator.received} == {
+                (f"/v1/projects/{PROJECT}/locations/{region}/endpoints/{endpoint}:predict",
+                 f"{region}-aiplatform.googleapis.com")}
     finally:
         stack.close()

@@ -205,8 +205,9 @@ def test_only_clusters_of_models_on_openai_paths_carry_the_longer_rewrite():
     def lua_of(cluster) -> str:
         options = json_format.MessageToDict(cluster)["typedExtensionProtocolOptions"]
         filters = next(iter(options.values()))["httpFilters"]
-        return next(f for f in filters if f["name"] == "envoy.filters.http.lua")["typedConfig"][
-            "defaultSourceCode"]["inlineString"]
+        lua = next(f for f in filters if f["name"] == "envoy.filters.http.lua")["typedConfig"]
+        lua = lua.get("extensionConfig", {}).get("typedConfig", lua)  # under a matcher (names.route_region)
+        return lua["defaultSourceCode"]["inlineString"]
 
     clusters = {c.name: c for c in build_resources(Build(config(models=["gemini"])), NodeGroup(
         "us-central1", "127.0.0.1", 8080))[CLUSTER_TYPE]}

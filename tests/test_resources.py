@@ -49,10 +49,38 @@ def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(co
         "model/housing@us-central1", "model/housing@us-east4", "model/housing@europe-west4"]
     filters = agg["typedExtensionProtocolOptions"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]
     assert [f["name"] for f in filters] == [
-        "envoy.filters.http.header_mutation", "credential/default", "envoy.filters.http.lua",
-        "envoy.filters.http.upstream_codec"]
+        "envoy.filters.http.header_mutation", "credential/default", "vertex/copy", "envoy.filters.http.lua",
+        "vertex/route-rewritten", "envoy.filters.http.upstream_codec"]
     budget = agg["circuitBreakers"]["thresholds"][0]["retryBudget"]
     assert budget["budgetPercent"]["value"] == 100.0
+
+
+def skipped_unless(flt: dict) -> tuple[str, str, bool]:
+    """(header, value, run when equal) of a filter wrapped in a header matcher (upstream._when)."""
+    predicate = flt["typedConfig"]["xdsMatcher"]["matcherList"]["matchers"][0]["predicate"]
+    skip_if_not = "notMatcher" in predicate
+    single = (predicate["notMatcher"] if skip_if_not else predicate)["singlePredicate"]
+    return single["input"]["typedConfig"]["headerName"], single["valueMatch"]["exact"], skip_if_not
+
+
+def test_the_route_rewrites_for_the_local_region_and_its_first_attempt_skips_the_per_attempt_rewrite(config):
+    res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
+    route = next(json_format.MessageToDict(r) for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes
+                 if r.name == "model:housing")
+    assert route["route"]["cluster"] == "model/housing"
+    assert route["route"]["hostRewriteLiteral"] == config.host_of("us-central1")
+    assert route["route"]["regexRewrite"]["substitution"] == \
+        "/v1/projects/p-123/locations/us-central1/endpoints/111:\\1"
+    agg = json_format.MessageToDict(by_name(res[CLUSTER_TYPE])["model/housing"])
+    filters = {f["name"]: f for f in agg["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]}
+    attempt = filters["envoy.filters.http.header_mutation"]["typedConfig"]["mutations"]["requestMutations"]
+    assert {"key": "x-vertex-attempt-region", "value": "%UPSTREAM_METADATA(vertex:region)%/%UPSTREAM_REQUEST_ATTEMPT_COUNT%"} \
+        in [m["append"]["header"] for m in attempt if "append" in m]
+    # The copy of the host's metadata and the Lua run on every other attempt; the cleanup only on that one.
+    assert skipped_unless(filters["vertex/copy"]) == ("x-vertex-attempt-region", "us-central1/1", False)
+    assert skipped_unless(filters["envoy.filters.http.lua"]) == ("x-vertex-attempt-region", "us-central1/1", False)
+    assert skipped_unless(filters["vertex/route-rewritten"]) == ("x-vertex-attempt-region", "us-central1/1", True)
 
 
 def test_region_cluster_endpoint_metadata_tls_and_eds(config):

@@ -22,7 +22,8 @@ VARIANTS = {
     "+jwt": "the product's chain plus client authentication as shipped: jwt_authn (inline JWKS, verified "
             "tokens cached per worker, expiry checked per request) and the per-identity routes",
     "+tracing": "the product's filter chain plus tracing (100% sampled, a span per request and per attempt)",
-    "full": "the product's filter chain, as shipped: JSON access log to stdout (Envoy's log file here)",
+    "full": "the product's filter chain, as shipped: JSON access log to stdout (Envoy's log file here); the "
+            "route rewrites for the local region, so a first attempt sent there skips the per-attempt rewrite",
     "-access log": "without the access log",
     "-lua": "without the Lua rewrite (upstream filter)",
     "-upstream filters": "also without header_mutation and credential_injector: upstream_codec only",
@@ -33,6 +34,9 @@ VARIANTS = {
     "bare, one route": "also the route table is the one housing route, matched on a path prefix (the product's "
                        "has a regex route per model, verb group and pinned region, the housing route 14th)",
     # Alternatives to the per-attempt rewrite, each on its own: "full" with one part done another way.
+    # Each rewrites every attempt, as the product did before the route rewrote for the local region.
+    "rewrite every attempt": "`full` as it was before: no rewrite at the route, the Lua rewrite (and "
+                             "header_mutation's copy of the host's metadata) on every attempt",
     "lua, one header": "`full` with the rewrite reading one `|`-joined temporary header (1 get + 1 remove) "
                        "instead of six (6 + 6)",
     "native rewrite": "`full` with header_mutation + Lua replaced by a C dynamic module (prototype, "
@@ -43,7 +47,7 @@ VARIANTS = {
 # The rows that drop one more part each, from "full" down (the others are additions or alternatives).
 CUMULATIVE = ("full", "-access log", "-lua", "-upstream filters", "-buffer, scrub, local replies", "bare",
               "bare, one route")
-ALTERNATIVES = ("lua, one header", "native rewrite", "native rewrite, -access log")
+ALTERNATIVES = ("rewrite every attempt", "lua, one header", "native rewrite", "native rewrite, -access log")
 NATIVE_MODULE = "vertex_rewrite"  # bench/native_rewrite/vertex_rewrite.c, built into lib<name>.so
 ABLATE_CONNECTIONS = 16
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -70,7 +74,7 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
         if variant == "+tracing":
             return build_resources(build.memo(("bench-tracing",), lambda: Build(build.config.model_copy(update={
                 "observability": Observability(tracing=Tracing(collector=collector))}), build.avoided)), group)
-        built = build_resources(build, group)
+        built = build_resources(every_attempt(build) if variant in ALTERNATIVES else build, group)
         if variant in ALTERNATIVES:
             alternative(variant.removesuffix(", -access log"), built)
             if not variant.endswith("-access log"):
@@ -167,6 +171,18 @@ def build_native_module(workdir: Path) -> None:
     os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(workdir)
 
 
+def every_attempt(build: Build) -> Build:
+    """A build of the config whose routes rewrite for no region (names.route_region is None for
+    every model): the per-attempt filters rewrite every attempt, as before the route did."""
+    def compute() -> Build:
+        copy = Build(build.config, build.avoided)
+        for model in build.config.models:
+            for region in build.config.regions:
+                copy.memo(("route_region", model, region), lambda: None)
+        return copy
+    return build.memo(("bench-every-attempt",), compute)
+
+
 def alternative(variant: str, built: dict) -> None:
     """Redo the per-attempt filters of every cluster another way (see ALTERNATIVES)."""
     from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -175,6 +191,8 @@ def alternative(variant: str, built: dict) -> None:
 
     from control_plane.resources.names import METADATA_NAMESPACE, TEMP_HEADERS
 
+    if variant == "rewrite every attempt":
+        return
     for cluster in built[CLUSTER_TYPE]:
         if HPO not in cluster.typed_extension_protocol_options:
             continue

@@ -42,6 +42,7 @@ from .names import (
     first_region_cluster_name,
     members,
     name_stats,
+    route_region,
     tier_cluster_name,
     upstream_path,
     weighted_order,
@@ -204,23 +205,25 @@ def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
 
 
 def _http_options(build: Build, model: str, regions: list[str], policy: Policy,
-                  http2: bool = False, pinned: bool = False) -> any_pb2.Any:
+                  http2: bool = False, pinned: bool = False, route_region: str | None = None) -> any_pb2.Any:
     """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
     error; packed, and built once per build for each distinct set of inputs. pinned: a region's
-    own cluster, which only pinned routes name (they rewrite the path: no Lua)."""
+    own cluster, which only pinned routes name (they rewrite the path: no Lua). route_region: the
+    region the routes naming this cluster rewrite for (names.route_region)."""
     config = build.config
     credentials, uncredentialed = injections(config, model, regions)
     profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
     # its clusters also rewrite OpenAI-compatible paths
     openai = config.serves_openai(model) and not pinned
-    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai, pinned),
-                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai, pinned)))
+    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai, pinned, route_region),
+                       lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai, pinned,
+                                                        route_region)))
 
 
 def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool, http2: bool,
-                        uncredentialed: bool = False, openai: bool = False, pinned: bool = False
-                        ) -> http_protocol_options_pb2.HttpProtocolOptions:
+                        uncredentialed: bool = False, openai: bool = False, pinned: bool = False,
+                        route_region: str | None = None) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
         http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -228,7 +231,7 @@ def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: boo
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
         http_filters=pinned_filters(list(profiles), uncredentialed) if pinned else
-        upstream_filters(list(profiles), uncredentialed, openai))
+        upstream_filters(list(profiles), uncredentialed, openai, route_region))
     if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher
@@ -331,7 +334,8 @@ def spread_cluster(build: Build, model: str, local_region: str) -> cluster_pb2.C
 def aggregate_cluster(build: Build, model: str, local_region: str) -> Serialized:
     """The cluster a failover model's route names: its regions in failover order, local first."""
     return _aggregate(build, model, local_region, cluster_name(model),
-                      failover_chain(build.config, model, local_region, build.avoided))
+                      failover_chain(build.config, model, local_region, build.avoided),
+                      route_region(build, model, local_region))
 
 
 def first_region_cluster(build: Build, model: str, local_region: str, first: str) -> Serialized:
@@ -341,10 +345,11 @@ def first_region_cluster(build: Build, model: str, local_region: str, first: str
                       weighted_order(build.config, model, first))
 
 
-def _aggregate(build: Build, model: str, local_region: str, name: str, chain: list[str]) -> Serialized:
+def _aggregate(build: Build, model: str, local_region: str, name: str, chain: list[str],
+               route_region: str | None = None) -> Serialized:
     # Aggregates of one model differ in name and member order only: the rest is written once.
     config = build.config
-    options = _http_options(build, model, chain, config.policy_for(model, local_region))
+    options = _http_options(build, model, chain, config.policy_for(model, local_region), route_region=route_region)
     template = build.memo(("aggregate_template", id(options)), lambda: wire.Template(cluster_pb2.Cluster(
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,

@@ -23,6 +23,7 @@ from google.protobuf import wrappers_pb2
 
 from ..config import Observability, Policy
 from .names import (
+    ATTEMPT_HEADER,
     BUFFER_FILTER,
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
@@ -45,7 +46,7 @@ def _client_header_scrub() -> core_extension_pb2.TypedExtensionConfig:
     temporary x-vertex-* headers would let it pick the upstream path or host."""
     mutations = [mutation_rules_pb2.HeaderMutation(remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
         key_matcher=string_pb2.StringMatcher(prefix="x-envoy-")))]
-    mutations += [mutation_rules_pb2.HeaderMutation(remove=name) for name in TEMP_HEADERS]
+    mutations += [mutation_rules_pb2.HeaderMutation(remove=name) for name in (*TEMP_HEADERS, ATTEMPT_HEADER)]
     return core_extension_pb2.TypedExtensionConfig(
         name="envoy.http.early_header_mutation.header_mutation",
         typed_config=_any(early_mutation_pb2.HeaderMutation(mutations=mutations)))

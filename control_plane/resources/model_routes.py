@@ -29,6 +29,7 @@ from .names import (
     first_region_cluster_name,
     members,
     region_cluster_name,
+    route_region,
     upstream_path,
 )
 from .proto import _any, _duration, _header, _regex, _struct
@@ -73,12 +74,15 @@ def model_route(build: Build, model: str, local_region: str, name: str,
                  match: route_components_pb2.RouteMatch, streaming: bool = False,
                  pinned: str | None = None, hedged: bool = False,
                  pin_kind: str = matches.PIN_VERB) -> route_components_pb2.Route:
+    """pin_kind: the client path `match` takes (a verb at the end, /predict, an OpenAI path), for
+    the route's own rewrite: a pinned region's, or the route region's (names.route_region)."""
     # Most of a route does not depend on the Envoy's region: built once per build for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
     config = build.config
     chain_length = 1 if pinned else len(attempts(config, model, members(build, model, local_region)))
+    rewritten = None if pinned else route_region(build, model, local_region)
     key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
-           local_region if not chain_length else None, pin_kind if pinned else None)
+           local_region if not chain_length else None, pin_kind if pinned or rewritten else None, rewritten)
     return build.memo(key, lambda: _build_model_route(build, model, local_region, name, match, streaming, pinned,
                                                       hedged, pin_kind))
 
@@ -112,6 +116,10 @@ def _build_model_route(build: Build, model: str, local_region: str, name: str,
         route.route.weighted_clusters.CopyFrom(_weighted_first_regions(config, model, chain))
     else:
         route.route.cluster = cluster_name(model)
+        rewritten = route_region(build, model, local_region)
+        if rewritten:  # as a static route would: the first attempt sent there needs nothing more
+            route.route.regex_rewrite.CopyFrom(_pin_rewrite(config, model, rewritten, pin_kind))
+            route.route.host_rewrite_literal = config.host_of(rewritten)
     # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
         build.memo(("model_metadata", model), lambda: _struct({"model": model})))

@@ -26,6 +26,9 @@ TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x
 # regions have endpoint_path instead, the verb appended as ":{verb}"). tier: a capacity tier.
 METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path", "tier")
 CREDENTIAL_HEADER = "x-vertex-credential"
+# "{region}/{attempt number}" of the attempt under way: tells the per-attempt filters whether the
+# route's own rewrite (route_region) already fits it. Temporary too, never accepted from clients.
+ATTEMPT_HEADER = "x-vertex-attempt-region"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -109,6 +112,23 @@ def _members(build: Build, model: str, local_region: str) -> list[str]:
     if spec.strategy == "weighted":
         return [r for r in spec.served_regions if spec.weights.get(r, 0) > 0]  # weight 0 drains
     return list(spec.served_regions)
+
+
+def route_region(build: Build, model: str, local_region: str) -> str | None:
+    """The region whose path and host a model's routes write themselves, as a static route would:
+    the first region of a failover chain, when it is a Vertex region and the model has no capacity
+    tiers. The first attempt, when it goes there (the region is healthy: the usual case), then needs
+    no per-attempt rewrite, and the per-attempt filters skip it (upstream.py); a retry, or a first
+    attempt sent elsewhere, is rewritten per attempt as before. None: every attempt is."""
+    return build.memo(("route_region", model, local_region), lambda: _route_region(build, model, local_region))
+
+
+def _route_region(build: Build, model: str, local_region: str) -> str | None:
+    spec = build.config.models[model]
+    if spec.strategy != "failover" or spec.tiers:
+        return None
+    chain = members(build, model, local_region)
+    return chain[0] if chain and not build.config.regions[chain[0]].custom else None
 
 
 def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:

@@ -16,7 +16,16 @@ from . import matches, openai, shapes
 from .build import Build
 from .clients import authorize_routes
 from .model_routes import json_response, limit_body, model_route, not_served, not_served_message, pin_refused
-from .names import BUFFER_FILTER, METADATA_NAMESPACE, PIN_HEADER, ROUTE_CONFIG_NAME, attempts, members, pinnable
+from .names import (
+    BUFFER_FILTER,
+    METADATA_NAMESPACE,
+    PIN_HEADER,
+    ROUTE_CONFIG_NAME,
+    attempts,
+    members,
+    pinnable,
+    route_region,
+)
 from .proto import _any, _header, _regex
 
 
@@ -139,7 +148,7 @@ def _default_route(build: Build, local_region: str) -> route_components_pb2.Rout
     config = build.config
     default = config.default_model
     return model_route(build, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
-                        hedged=config.policy_for(default, local_region).hedge)
+                        hedged=config.policy_for(default, local_region).hedge, pin_kind=matches.PIN_PREDICT)
 
 
 def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
@@ -149,7 +158,8 @@ def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_c
     policy = config.policy_for(model, local_region)
     allowed = tuple(pinnable(build, model, local_region))
     chain_length = len(attempts(config, model, members(build, model, local_region)))
-    key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region)
+    key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region,
+           route_region(build, model, local_region))
 
     def compute() -> tuple[route_components_pb2.Route, ...]:
         routes = _pin_routes(build, model, local_region)

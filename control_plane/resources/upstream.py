@@ -1,6 +1,7 @@
 """What runs once per attempt on the cluster a route names: copy the chosen host's
 metadata into temporary headers, inject that region's token, rewrite :path and
-:authority. Also the access tokens as SDS secrets."""
+:authority (unless the route's own rewrite already fits the attempt). Also the access
+tokens as SDS secrets."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from xds.type.matcher.v3 import matcher_pb2 as xds_matcher_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .names import (
+    ATTEMPT_HEADER,
     CREDENTIAL_HEADER,
     METADATA_KEYS,
     METADATA_NAMESPACE,
@@ -55,7 +57,7 @@ function envoy_on_request(h)
   local ep, authority = hd:get("x-vertex-endpoint-path"), hd:get("x-vertex-host")
   local up = hd:get("x-vertex-upstream-path")
   hd:remove("x-vertex-endpoint-path"); hd:remove("x-vertex-host"); hd:remove("x-vertex-region")
-  hd:remove("x-vertex-credential"); hd:remove("x-vertex-upstream-path")
+  hd:remove("x-vertex-credential"); hd:remove("x-vertex-upstream-path"); hd:remove("x-vertex-attempt-region")
   if up == "" then up = nil end
   -- A model with capacity tiers sets this attempt's tier (its metadata says which); the client's
   -- own tier headers are then replaced. Without tiers there is no metadata: they are kept.
@@ -181,42 +183,77 @@ def _credential_injector(profile: str | Injection) -> credential_injector_pb2.Cr
 
 def _only_for_profile(profile: str, injector: credential_injector_pb2.CredentialInjector) -> Message:
     """Run the injector only on attempts whose chosen region uses this profile."""
+    return _when(CREDENTIAL_HEADER, profile, core_extension_pb2.TypedExtensionConfig(
+        name="envoy.filters.http.credential_injector", typed_config=_any(injector)))
+
+
+def _when(header: str, value: str, extension: core_extension_pb2.TypedExtensionConfig,
+          equal: bool = True) -> Message:
+    """`extension`, run only on attempts whose `header` is `value` (equal) or is not (not equal);
+    skipped on the others."""
     skip = xds_matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(
         name="skip", typed_config=_any(skip_action_pb2.SkipFilter())))
-    header_is_profile = xds_matcher_pb2.Matcher.MatcherList.Predicate(
+    header_is = xds_matcher_pb2.Matcher.MatcherList.Predicate(
         single_predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
             input=xds_extension_pb2.TypedExtensionConfig(
-                name="credential", typed_config=_any(http_inputs_pb2.HttpRequestHeaderMatchInput(
-                    header_name=CREDENTIAL_HEADER))),
-            value_match=xds_string_pb2.StringMatcher(exact=profile)))
+                name=header, typed_config=_any(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header))),
+            value_match=xds_string_pb2.StringMatcher(exact=value)))
+    skip_when = xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is) if equal else header_is
     return extension_matcher_pb2.ExtensionWithMatcher(
-        extension_config=core_extension_pb2.TypedExtensionConfig(
-            name="envoy.filters.http.credential_injector", typed_config=_any(injector)),
+        extension_config=extension,
         xds_matcher=xds_matcher_pb2.Matcher(matcher_list=xds_matcher_pb2.Matcher.MatcherList(matchers=[
-            xds_matcher_pb2.Matcher.MatcherList.FieldMatcher(
-                predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is_profile),
-                on_match=skip)])))
+            xds_matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=skip_when, on_match=skip)])))
+
 
 def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False,
-                     openai: bool = False) -> list[hcm_pb2.HttpFilter]:
+                     openai: bool = False, route_region: str | None = None) -> list[hcm_pb2.HttpFilter]:
     """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
     Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
     backend with `credential: none`), so no injector may run unconditionally. openai: the
-    cluster's model is also served on OpenAI-compatible paths (a longer rewrite)."""
-    return list(_upstream_filters(tuple(profiles), uncredentialed, openai))
+    cluster's model is also served on OpenAI-compatible paths (a longer rewrite). route_region:
+    the region the routes naming this cluster rewrite for themselves (names.route_region)."""
+    return list(_upstream_filters(tuple(profiles), uncredentialed, openai, route_region))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
 def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False,
-                      openai: bool = False) -> tuple[hcm_pb2.HttpFilter, ...]:
+                      openai: bool = False, route_region: str | None = None) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
-    into temporary headers, inject that region's token, rewrite :path/:authority, encode."""
+    into temporary headers, inject that region's token, rewrite :path/:authority, encode.
+
+    With a route_region, the first attempt sent there is already rewritten (by the route, as a
+    static route would), so it skips the copy and the rewrite: the Lua is a coroutine and a
+    dozen crossings per attempt, a fifth of the chain's CPU per request (docs/BENCHMARKS.md). A
+    first header tells which attempt this is; the attempts that skip remove it themselves."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
             for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
-    return (_scrub(profiles, copy), *_injectors(profiles, uncredentialed),
-            hcm_pb2.HttpFilter(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
-                default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA)))),
+    rewrite = core_extension_pb2.TypedExtensionConfig(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA))))
+    if route_region is None:
+        return (_scrub(profiles, copy), *_injectors(profiles, uncredentialed),
+                hcm_pb2.HttpFilter(name=rewrite.name, typed_config=rewrite.typed_config), _CODEC)
+    fits = f"{route_region}/1"  # the first attempt, sent to the route's region
+    attempt = _header(ATTEMPT_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%/%UPSTREAM_REQUEST_ATTEMPT_COUNT%")
+    credential = [h for h in copy if h.header.key == CREDENTIAL_HEADER] if _matched_injectors(
+        profiles, uncredentialed) else []
+    rest = [h for h in copy if h.header.key not in (CREDENTIAL_HEADER, "x-vertex-region")]  # the rewrite's inputs
+    copy_rest = _mutation([mutation_rules_pb2.HeaderMutation(append=h) for h in rest])
+    done = _mutation([mutation_rules_pb2.HeaderMutation(remove=name) for name in (ATTEMPT_HEADER, CREDENTIAL_HEADER)])
+    return (_scrub(profiles, [attempt, *credential]), *_injectors(profiles, uncredentialed),
+            _filter("vertex/copy", _when(ATTEMPT_HEADER, fits, copy_rest, equal=False)),
+            _filter("envoy.filters.http.lua", _when(ATTEMPT_HEADER, fits, rewrite, equal=False)),
+            _filter("vertex/route-rewritten", _when(ATTEMPT_HEADER, fits, done)),
             _CODEC)
+
+
+def _filter(name: str, config: Message) -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=name, typed_config=_any(config))
+
+
+def _mutation(mutations: list) -> core_extension_pb2.TypedExtensionConfig:
+    return core_extension_pb2.TypedExtensionConfig(
+        name="envoy.filters.http.header_mutation", typed_config=_any(header_mutation_pb2.HeaderMutation(
+            mutations=header_mutation_pb2.Mutations(request_mutations=mutations))))
 
 
 def pinned_filters(profiles: list[str | Injection], uncredentialed: bool = False) -> list[hcm_pb2.HttpFilter]:
@@ -234,6 +271,11 @@ def _pinned_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool)
 
 
 def _scrub(profiles: tuple[str | Injection, ...], copy: list) -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=_any(_mutations(profiles, copy)))
+
+
+def _mutations(profiles: tuple[str | Injection, ...], copy: list) -> header_mutation_pb2.HeaderMutation:
+    """Remove the credentials a previous attempt (or the client) left, then append `copy`."""
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
         mutation_rules_pb2.HeaderMutation(remove="authorization"),
@@ -242,15 +284,19 @@ def _scrub(profiles: tuple[str | Injection, ...], copy: list) -> hcm_pb2.HttpFil
           if isinstance(p, Injection) and p.header != "authorization"],
         *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
     ])
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
-                              typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))
+    return header_mutation_pb2.HeaderMutation(mutations=mutations)
+
+
+def _matched_injectors(profiles: tuple[str | Injection, ...], uncredentialed: bool) -> bool:
+    """Whether the injectors choose by the attempt's credential header (_only_for_profile)."""
+    return not (len(profiles) == 1 and not uncredentialed)
 
 
 def _injectors(profiles: tuple[str | Injection, ...], uncredentialed: bool) -> list[hcm_pb2.HttpFilter]:
     def key(p: str | Injection) -> str:
         return p.key if isinstance(p, Injection) else p
 
-    if len(profiles) == 1 and not uncredentialed:  # the common case: one token for every region
+    if not _matched_injectors(profiles, uncredentialed):  # the common case: one token for every region
         return [hcm_pb2.HttpFilter(name=f"credential/{key(profiles[0])}",
                                    typed_config=_any(_credential_injector(profiles[0])))]
     return [hcm_pb2.HttpFilter(name=f"credential/{key(p)}", typed_config=_any(
