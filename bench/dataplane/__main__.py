@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-perf", dest="perf", action="store_false",
                         help="skip the extra perf-profiled cell (Envoy 1 worker, 16 connections)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    parser.add_argument("--instructions", action="store_true",
+                        help="run every Envoy under valgrind's callgrind and report instructions per request, "
+                             "which the machine's load does not move (CPU time still measured, but slowed 20-50x)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "dataplane.png")
     parser.add_argument("--no-plot", action="store_true")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                      "rounds": args.rounds, "targets": args.targets, "body_bytes": out["body_bytes"],
                      "answer_bytes": out["answer_bytes"], "path": MODEL_PATH, "ablate": not args.no_ablate,
                      "chat_body_bytes": out["chat_body_bytes"], "openai": args.openai,
-                     "wrk_threads": 1},
+                     "wrk_threads": 1, "instructions": args.instructions},
         "command": "python -m bench.dataplane " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": out["backend"], "load": out["load"], "targets": out["targets"], "checks": out["checks"],
         "envoy_stats": out["envoy_stats"], "perf": out["perf"], "spans_received": out["spans_received"],

