@@ -328,6 +328,62 @@ def _bound(source: str) -> Callable[[tuple, tuple], Callable[[Mapping[str, tuple
     return scope["bind"]
 
 
+class Split:
+    """A message's bytes around one length-delimited field (a sub-message), so that many variants
+    of the message with more fields in that sub-message are written by joins: with_fields()."""
+
+    def __init__(self, data: bytes | memoryview, number: int):
+        self.number = number
+        for start, found, body, end in _scan(data):
+            if found == number:
+                self.before, self.after = bytes(data[:start]), bytes(data[end:])
+                self.fields = [(f, bytes(body[s:e])) for s, f, _, e in _scan(body)]
+                self.present = frozenset(f for f, _ in self.fields)
+                self._segments: dict[tuple[int, ...], list[bytes]] = {}
+                return
+        raise StencilError(f"no field {number} to split at")
+
+    def with_fields(self, extra: tuple[tuple[int, bytes], ...]) -> bytes:
+        """The message with `extra` (field number, encoded field; in field-number order) in the
+        sub-message, every field in field-number order: what the merged message serializes to."""
+        numbers = tuple(number for number, _ in extra)
+        segments = self._segments.get(numbers)
+        if segments is None:
+            segments = self._segments[numbers] = self._segment(numbers)
+        parts = [segments[0]]
+        for (_, encoded), segment in zip(extra, segments[1:]):
+            parts += (encoded, segment)
+        body = b"".join(parts)
+        return b"".join((self.before, _tag(self.number), varint(len(body)), body, self.after))
+
+    def _segment(self, numbers: tuple[int, ...]) -> list[bytes]:
+        """The sub-message's fields cut where fields numbered `numbers` go."""
+        if list(numbers) != sorted(set(numbers)) or not self.present.isdisjoint(numbers):
+            raise StencilError(f"fields {numbers}: not in order, or the sub-message has one already")
+        segments, fields = [], self.fields
+        for number in numbers:
+            cut = next((i for i, (f, _) in enumerate(fields) if f > number), len(fields))
+            segments.append(b"".join(encoded for _, encoded in fields[:cut]))
+            fields = fields[cut:]
+        return [*segments, b"".join(encoded for _, encoded in fields)]
+
+
+def _scan(data: bytes | memoryview):
+    """(start, field number, payload of a length-delimited field (else b""), end) of each field."""
+    pos, size = 0, len(data)
+    while pos < size:
+        start = pos
+        key, pos = _varint(data, pos)
+        if key & 7 == _LENGTH_DELIMITED:
+            length, pos = _varint(data, pos)
+            yield start, key >> 3, data[pos:pos + length], pos + length
+            pos += length
+        else:
+            end = _skip(data, pos, key & 7)
+            yield start, key >> 3, b"", end
+            pos = end
+
+
 def varint(n: int) -> bytes:
     """A length as a varint: from a table for the lengths resources here have."""
     return _SHORT_LENGTHS[n] if n < _SHORT else _VarintBytes(n)

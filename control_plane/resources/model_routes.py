@@ -16,6 +16,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import wrappers_pb2
 
+from .. import wire
 from ..config import Policy, RegionConfig
 from . import matches
 from .build import Build
@@ -75,14 +76,14 @@ def model_route(build: Build, model: str, local_region: str, name: str,
                  pinned: str | None = None, hedged: bool = False,
                  pin_kind: str = matches.PIN_VERB) -> route_components_pb2.Route:
     """pin_kind: the client path `match` takes (a verb at the end, /predict, an OpenAI path), for
-    the route's own rewrite: a pinned region's, or the route region's (names.route_region)."""
+    a pinned region's rewrite. An unpinned route is the same for every region: the route
+    region's rewrite (route_rewrite) is put on it by the route configuration."""
     # Most of a route does not depend on the Envoy's region: built once per build for all
     # regions that share its inputs (the name fixes the match; the policy object is shared).
     config = build.config
     chain_length = 1 if pinned else len(attempts(config, model, members(build, model, local_region)))
-    rewritten = None if pinned else route_region(build, model, local_region)
     key = ("route", model, name, streaming, pinned, hedged, id(config.policy_for(model, local_region)), chain_length,
-           local_region if not chain_length else None, pin_kind if pinned or rewritten else None, rewritten)
+           local_region if not chain_length else None, pin_kind if pinned else None)
     return build.memo(key, lambda: _build_model_route(build, model, local_region, name, match, streaming, pinned,
                                                       hedged, pin_kind))
 
@@ -116,14 +117,55 @@ def _build_model_route(build: Build, model: str, local_region: str, name: str,
         route.route.weighted_clusters.CopyFrom(_weighted_first_regions(config, model, chain))
     else:
         route.route.cluster = cluster_name(model)
-        rewritten = route_region(build, model, local_region)
-        if rewritten:  # as a static route would: the first attempt sent there needs nothing more
-            route.route.regex_rewrite.CopyFrom(_pin_rewrite(config, model, rewritten, pin_kind))
-            route.route.host_rewrite_literal = config.host_of(rewritten)
     # The model, for the access log and trace spans (%METADATA(ROUTE:vertex:model)%).
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
         build.memo(("model_metadata", model), lambda: _struct({"model": model})))
     return route
+
+
+def route_rewrite(build: Build, model: str, local_region: str, kind: str) -> route_components_pb2.RouteAction | None:
+    """What an unpinned route of `model` adds to its action at an Envoy of local_region: the
+    path and host of the route region (names.route_region), as a static route would write them,
+    so that the first attempt sent there needs no per-attempt rewrite. None: no route region.
+    `kind`: the client path the route takes (matches.PIN_*)."""
+    region = route_region(build, model, local_region)
+    if region is None:
+        return None
+    return build.memo(("route_rewrite", model, region, kind), lambda: route_components_pb2.RouteAction(
+        regex_rewrite=_pin_rewrite(build.config, model, region, kind), host_rewrite_literal=build.config.host_of(region)))
+
+
+def route_rewrite_fields(build: Build, model: str, local_region: str) -> tuple[tuple[int, bytes], ...] | None:
+    """route_rewrite() of a verb route as encoded RouteAction fields, (field number, bytes) in
+    field-number order, for wire.Split.with_fields: written directly, as one Envoy's share of a
+    large build has thousands (the message and its serialization would be most of the cost)."""
+    region = route_region(build, model, local_region)
+    if region is None:
+        return None
+
+    def encode() -> tuple[tuple[int, bytes], ...]:
+        pattern, substitution = _pin_rewrite_parts(build.config, model, region, matches.PIN_VERB)
+        head = build.memo(("rewrite_pattern", pattern), lambda: regex_pb2.RegexMatchAndSubstitute(
+            pattern=_regex(pattern)).SerializeToString(deterministic=True))
+        return ((_HOST_REWRITE, wire.entry(_HOST_REWRITE, build.config.host_of(region).encode())),
+                (_REGEX_REWRITE, wire.entry(_REGEX_REWRITE, head + wire.entry(_SUBSTITUTION, substitution.encode()))))
+    return build.memo(("route_rewrite_fields", model, region), encode)
+
+
+_ACTION_FIELDS = route_components_pb2.RouteAction.DESCRIPTOR.fields_by_name
+_HOST_REWRITE, _REGEX_REWRITE = _ACTION_FIELDS["host_rewrite_literal"].number, _ACTION_FIELDS["regex_rewrite"].number
+_SUBSTITUTION = regex_pb2.RegexMatchAndSubstitute.DESCRIPTOR.fields_by_name["substitution"].number
+
+
+def rewritten(route: route_components_pb2.Route, action: route_components_pb2.RouteAction | None
+              ) -> route_components_pb2.Route:
+    """`route` with `action` (route_rewrite) merged into its action; as it is for None."""
+    if action is None:
+        return route
+    out = route_components_pb2.Route()
+    out.CopyFrom(route)
+    out.route.MergeFrom(action)
+    return out
 
 
 def _pin_rewrite(config: RegionConfig, model: str, region: str, kind: str) -> regex_pb2.RegexMatchAndSubstitute:
@@ -131,10 +173,16 @@ def _pin_rewrite(config: RegionConfig, model: str, region: str, kind: str) -> re
     Lua): the region's endpoint path with the client's verb (`predict` for /predict), or its
     OpenAI path with the client's operation and API version; a custom backend's path template
     with the verb. The query string is kept (a rewrite leaves it as it was)."""
+    pattern, substitution = _pin_rewrite_parts(config, model, region, kind)
+    return regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
+
+
+def _pin_rewrite_parts(config: RegionConfig, model: str, region: str, kind: str) -> tuple[str, str]:
+    """(pattern, substitution) of _pin_rewrite."""
     verb_at_end = r"^.*:([^:/]+)$"  # the client's verb: what follows the path's last ':'
 
-    def rewrite(pattern: str, substitution: str) -> regex_pb2.RegexMatchAndSubstitute:
-        return regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
+    def rewrite(pattern: str, substitution: str) -> tuple[str, str]:
+        return pattern, substitution
 
     if config.regions[region].custom:
         template = upstream_path(config, model, region).replace("\\", "\\\\")

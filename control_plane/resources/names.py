@@ -124,11 +124,15 @@ def route_region(build: Build, model: str, local_region: str) -> str | None:
 
 
 def _route_region(build: Build, model: str, local_region: str) -> str | None:
-    spec = build.config.models[model]
+    config = build.config
+    spec = config.models[model]
     if spec.strategy != "failover" or spec.tiers:
         return None
+    if local_region in (spec.endpoints or spec.regions) and local_region not in build.avoided \
+            and not config.regions[local_region].custom:
+        return local_region  # the usual case, without working out the whole chain
     chain = members(build, model, local_region)
-    return chain[0] if chain and not build.config.regions[chain[0]].custom else None
+    return chain[0] if chain and not config.regions[chain[0]].custom else None
 
 
 def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:

@@ -15,7 +15,17 @@ from ..xds_types import ROUTE_TYPE
 from . import matches, openai, shapes
 from .build import Build
 from .clients import authorize_routes
-from .model_routes import json_response, limit_body, model_route, not_served, not_served_message, pin_refused
+from .model_routes import (
+    json_response,
+    limit_body,
+    model_route,
+    not_served,
+    not_served_message,
+    pin_refused,
+    rewritten,
+    route_rewrite,
+    route_rewrite_fields,
+)
 from .names import (
     BUFFER_FILTER,
     METADATA_NAMESPACE,
@@ -24,7 +34,6 @@ from .names import (
     attempts,
     members,
     pinnable,
-    route_region,
 )
 from .proto import _any, _header, _regex
 
@@ -91,7 +100,25 @@ def _model_entries(build: Build, model: str, local_region: str, shaped: bool) ->
     routes = shapes.shaped(build, model, local_region, "routes", _model_segment) if shaped else None
     if routes is None:
         routes = _model_segment(build, model, local_region)
-    return b"".join(_entry(build, r) for r in routes)
+    extra = route_rewrite_fields(build, model, local_region)
+    if extra is None:
+        return b"".join(_entry(build, r) for r in routes)
+    # The routes are every region's; this region's rewrite goes into the action of the unpinned
+    # ones, by joins around the bytes of each route's action (wire.Split).
+    return b"".join([_entry(build, r) if _pinned(r) else wire.entry(_ROUTES, _split(build, r).with_fields(extra))
+                     for r in routes])
+
+
+def _pinned(route: route_components_pb2.Route | Serialized) -> bool:
+    """A route of _model_segment that is no unpinned route of the model's (a pin, a refused pin)."""
+    return route.name.startswith("pin:")
+
+
+_ACTION = route_components_pb2.Route.DESCRIPTOR.fields_by_name["route"].number
+
+
+def _split(build: Build, route: route_components_pb2.Route | Serialized) -> wire.Split:
+    return build.memo(("route_split", id(route)), lambda: (route, wire.Split(wire.bytes_of(route), _ACTION)))[1]
 
 
 def _entry(build: Build, route: route_components_pb2.Route | Serialized) -> bytes:
@@ -114,8 +141,15 @@ def region_routes(build: Build, local_region: str,
     """Every route of this region's Envoys, in match order (before clients' authorization);
     `closing`: _closing_routes() if the caller has them already."""
     return [*_opening_routes(build),
-            *(route for model in build.config.models for route in _model_segment(build, model, local_region)),
+            *(route for model in build.config.models for route in _rewritten_segment(build, model, local_region)),
             *(closing if closing is not None else _closing_routes(build, local_region))]
+
+
+def _rewritten_segment(build: Build, model: str, local_region: str) -> list[route_components_pb2.Route]:
+    """_model_segment with this region's rewrite in its unpinned routes, as messages (what
+    _model_entries writes as bytes)."""
+    action = route_rewrite(build, model, local_region, matches.PIN_VERB)
+    return [r if _pinned(r) else rewritten(r, action) for r in _model_segment(build, model, local_region)]
 
 
 def _opening_routes(build: Build) -> list[route_components_pb2.Route]:
@@ -147,8 +181,9 @@ def _default_route(build: Build, local_region: str) -> route_components_pb2.Rout
     """POST /predict: the default model's predict."""
     config = build.config
     default = config.default_model
-    return model_route(build, default, local_region, "predict", route_components_pb2.RouteMatch(path="/predict"),
-                        hedged=config.policy_for(default, local_region).hedge, pin_kind=matches.PIN_PREDICT)
+    return rewritten(model_route(build, default, local_region, "predict", route_components_pb2.RouteMatch(
+        path="/predict"), hedged=config.policy_for(default, local_region).hedge),
+        route_rewrite(build, default, local_region, matches.PIN_PREDICT))
 
 
 def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_components_pb2.Route, ...]:
@@ -158,8 +193,7 @@ def _model_segment(build: Build, model: str, local_region: str) -> tuple[route_c
     policy = config.policy_for(model, local_region)
     allowed = tuple(pinnable(build, model, local_region))
     chain_length = len(attempts(config, model, members(build, model, local_region)))
-    key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region,
-           route_region(build, model, local_region))
+    key = ("model_segment", model, id(policy), allowed, chain_length, None if chain_length else local_region)
 
     def compute() -> tuple[route_components_pb2.Route, ...]:
         routes = _pin_routes(build, model, local_region)
@@ -235,6 +269,8 @@ def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2
         route = route_components_pb2.Route()
         route.CopyFrom(model_route(build, model, local_region, name, match, streaming, pinned,  # memoized: shared
                                     pin_kind=matches.PIN_OPENAI))
+        if not pinned:
+            route = rewritten(route, route_rewrite(build, model, local_region, matches.PIN_OPENAI))
         if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
             route.direct_response.CopyFrom(openai.error(
                 503, not_served_message(model, local_region),
