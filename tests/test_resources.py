@@ -56,14 +56,14 @@ def test_aggregate_cluster_orders_regions_and_carries_the_per_attempt_filters(co
 
 
 def skipped_unless(flt: dict) -> tuple[str, str, bool]:
-    """(header, value, run when equal) of a filter wrapped in a header matcher (upstream._when)."""
+    """(header, prefix, run when it matches) of a filter under a header matcher (upstream._when)."""
     predicate = flt["typedConfig"]["xdsMatcher"]["matcherList"]["matchers"][0]["predicate"]
     skip_if_not = "notMatcher" in predicate
     single = (predicate["notMatcher"] if skip_if_not else predicate)["singlePredicate"]
-    return single["input"]["typedConfig"]["headerName"], single["valueMatch"]["exact"], skip_if_not
+    return single["input"]["typedConfig"]["headerName"], single["valueMatch"]["prefix"], skip_if_not
 
 
-def test_the_route_rewrites_for_the_local_region_and_its_first_attempt_skips_the_per_attempt_rewrite(config):
+def test_the_route_rewrites_for_the_local_region_and_an_attempt_that_fits_skips_the_per_attempt_rewrite(config):
     res = build_resources(Build(config), NodeGroup("us-central1", "0.0.0.0", 8080))
     route = next(json_format.MessageToDict(r) for r in res[ROUTE_TYPE][0].virtual_hosts[0].routes
                  if r.name == "model:housing")
@@ -75,12 +75,21 @@ def test_the_route_rewrites_for_the_local_region_and_its_first_attempt_skips_the
     filters = {f["name"]: f for f in agg["typedExtensionProtocolOptions"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["httpFilters"]}
     attempt = filters["envoy.filters.http.header_mutation"]["typedConfig"]["mutations"]["requestMutations"]
-    assert {"key": "x-vertex-attempt-region", "value": "%UPSTREAM_METADATA(vertex:region)%/%UPSTREAM_REQUEST_ATTEMPT_COUNT%"} \
+    assert {"key": "x-vertex-attempt-region", "value": "%UPSTREAM_METADATA(vertex:region)%>%REQ(:AUTHORITY)%>%REQ(:PATH)%"} \
         in [m["append"]["header"] for m in attempt if "append" in m]
-    # The copy of the host's metadata and the Lua run on every other attempt; the cleanup only on that one.
-    assert skipped_unless(filters["vertex/copy"]) == ("x-vertex-attempt-region", "us-central1/1", False)
-    assert skipped_unless(filters["envoy.filters.http.lua"]) == ("x-vertex-attempt-region", "us-central1/1", False)
-    assert skipped_unless(filters["vertex/route-rewritten"]) == ("x-vertex-attempt-region", "us-central1/1", True)
+    # The copy of the host's metadata and the Lua run on every attempt that does not fit; the cleanup
+    # only on one that does. The test is on the request's own path and host.
+    local, east = config.host_of("us-central1"), config.host_of("us-east4")
+    fitted = f"us-central1>{local}>/v1/projects/p-123/locations/us-central1/"
+    assert [skipped_unless(filters[name]) for name in ("vertex/copy", "envoy.filters.http.lua", "vertex/route-rewritten")] \
+        == [("x-vertex-attempt-region", fitted, False), ("x-vertex-attempt-region", fitted, False),
+            ("x-vertex-attempt-region", fitted, True)]
+    fits = [f"us-central1>{local}>/v1/projects/p-123/locations/us-central1/endpoints/111:predict?x=1"]
+    misfits = [f"us-east4>{east}>/v1/projects/p-123/locations/us-east4/endpoints/222:predict",  # sent elsewhere
+               f"us-central1>{local}>/v1/models/housing:predict",  # a route that did not rewrite
+               f"us-central1>{east}>/v1/projects/p-123/locations/us-east4/endpoints/222:predict",  # another's rewrite
+               f"us-central1>{local}>/v1/projects/p-123/locations/us-east4/endpoints/222:predict"]
+    assert [value.startswith(fitted) for value in fits + misfits] == [True] + [False] * 4
 
 
 def test_region_cluster_endpoint_metadata_tls_and_eds(config):

@@ -46,6 +46,66 @@ def test_route_configuration_is_the_whole_message_byte_for_byte(region, clients,
     assert Interner().intern(ROUTE_TYPE, built).response_entry is built.entry
 
 
+# Every kind of route the route-level rewrite meets: hedging, two auth profiles, a custom backend
+# in the chain, a failover publisher model on the OpenAI paths, an OpenAI endpoint model, tiers,
+# a custom-only and a one-region model, and a shape (five models alike).
+RICH_CONFIG = """
+project: p-1
+policy: {hedge: true}
+auth:
+  credentials: adc
+  profiles:
+    b: {credentials: adc}
+openai:
+  endpoint_models: [llama]
+regions:
+  us-central1: {address: 10.0.0.1, failover: [us-east4, vllm]}
+  us-east4: {address: 10.0.0.2, failover: [vllm, us-central1], auth: b}
+  europe-west4: {address: 10.0.0.3, failover: [vllm, us-east4]}
+  vllm:
+    kind: custom
+    address: 10.9.0.5
+    port: 8000
+    tls: false
+    path: /v1/models/{model}:{verb}
+    credential: {type: header, header: x-api-key, file: /etc/keys/vllm}
+models:
+  housing:
+    default: true
+    endpoints: {us-central1: "111", us-east4: "222", vllm: /v1/completions}
+  llama:
+    endpoints: {us-central1: "333", us-east4: "444", europe-west4: "445"}
+  gemini:
+    publisher_model: google/gemini-2.0-flash
+    regions: [us-central1, us-east4, vllm]
+  tiered:
+    publisher_model: google/gemini-2.5-pro
+    regions: [us-central1, us-east4]
+    tiers: {us-central1: [dedicated, shared]}
+  only-custom:
+    endpoints: {vllm: /v1/chat/completions}
+  east-only:
+    endpoints: {us-east4: "9"}
+""" + "".join(f"""  shaped{i}:
+    endpoints: {{us-central1: "7{i}1", us-east4: "7{i}2"}}
+""" for i in range(5))
+
+
+
+@pytest.mark.parametrize("avoided", [frozenset(), frozenset({"us-central1"}), frozenset({"us-east4", "vllm"})])
+@pytest.mark.parametrize("region", ["us-central1", "us-east4", "europe-west4"])
+def test_each_regions_route_rewrite_is_the_same_in_bytes_and_in_messages(region, avoided):
+    """The route configuration joins each region's rewrite into shared routes' bytes (wire.Split);
+    the messages (region_routes, used with `clients:`) merge it: the same configuration."""
+    config = parse_config(RICH_CONFIG)
+    build = Build(config, avoided)
+    (built,) = build_serialized(build, NodeGroup(region, "127.0.0.1", 8080))[ROUTE_TYPE]
+    vhost = _virtual_host()
+    vhost.routes.extend(authorize_routes(build, region, region_routes(build, region)))
+    assert built.data == route_pb2.RouteConfiguration(name="vertex", virtual_hosts=[vhost]).SerializeToString(
+        deterministic=True)
+
+
 def test_a_template_keeps_field_order_around_its_holes():
     vhost = route_components_pb2.VirtualHost(name="v", domains=["*"], include_attempt_count_in_response=True)
     routes = [route_components_pb2.Route(name=f"r{i}") for i in range(3)]

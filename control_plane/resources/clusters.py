@@ -40,6 +40,7 @@ from .names import (
     endpoint_path,
     failover_chain,
     first_region_cluster_name,
+    fitted_prefix,
     members,
     name_stats,
     route_region,
@@ -205,25 +206,25 @@ def _retry_budget() -> circuit_breaker_pb2.CircuitBreakers:
 
 
 def _http_options(build: Build, model: str, regions: list[str], policy: Policy,
-                  http2: bool = False, pinned: bool = False, route_region: str | None = None) -> any_pb2.Any:
+                  http2: bool = False, pinned: bool = False, fitted: str | None = None) -> any_pb2.Any:
     """The per-attempt upstream filters for the cluster a route names, and 429 as an outlier
     error; packed, and built once per build for each distinct set of inputs. pinned: a region's
-    own cluster, which only pinned routes name (they rewrite the path: no Lua). route_region: the
-    region the routes naming this cluster rewrite for (names.route_region)."""
+    own cluster, which only pinned routes name (they rewrite the path: no Lua). fitted: the routes
+    naming this cluster rewrite for a region themselves (names.route_region, fitted_prefix)."""
     config = build.config
     credentials, uncredentialed = injections(config, model, regions)
     profiles = tuple(credentials)
     eject_on_429 = policy.outlier_detection.eject_on_429
     # its clusters also rewrite OpenAI-compatible paths
     openai = config.serves_openai(model) and not pinned
-    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai, pinned, route_region),
+    return build.memo(("http_options", profiles, uncredentialed, eject_on_429, http2, openai, pinned, fitted),
                        lambda: _any(_build_http_options(profiles, eject_on_429, http2, uncredentialed, openai, pinned,
-                                                        route_region)))
+                                                        fitted)))
 
 
 def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: bool, http2: bool,
                         uncredentialed: bool = False, openai: bool = False, pinned: bool = False,
-                        route_region: str | None = None) -> http_protocol_options_pb2.HttpProtocolOptions:
+                        fitted: str | None = None) -> http_protocol_options_pb2.HttpProtocolOptions:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()) if http2 else \
         http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -231,7 +232,7 @@ def _build_http_options(profiles: tuple[str | Injection, ...], eject_on_429: boo
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
         http_filters=pinned_filters(list(profiles), uncredentialed) if pinned else
-        upstream_filters(list(profiles), uncredentialed, openai, route_region))
+        upstream_filters(list(profiles), uncredentialed, openai, fitted))
     if eject_on_429:
         # A region out of capacity answers 429: count it toward ejection like a 5xx, so new
         # requests skip the region instead of paying a wasted first attempt each. A matcher
@@ -335,7 +336,11 @@ def aggregate_cluster(build: Build, model: str, local_region: str) -> Serialized
     """The cluster a failover model's route names: its regions in failover order, local first."""
     return _aggregate(build, model, local_region, cluster_name(model),
                       failover_chain(build.config, model, local_region, build.avoided),
-                      route_region(build, model, local_region))
+                      _fitted(build, route_region(build, model, local_region)))
+
+
+def _fitted(build: Build, region: str | None) -> str | None:
+    return None if region is None else fitted_prefix(build.config, region)
 
 
 def first_region_cluster(build: Build, model: str, local_region: str, first: str) -> Serialized:
@@ -346,10 +351,10 @@ def first_region_cluster(build: Build, model: str, local_region: str, first: str
 
 
 def _aggregate(build: Build, model: str, local_region: str, name: str, chain: list[str],
-               route_region: str | None = None) -> Serialized:
+               fitted: str | None = None) -> Serialized:
     # Aggregates of one model differ in name and member order only: the rest is written once.
     config = build.config
-    options = _http_options(build, model, chain, config.policy_for(model, local_region), route_region=route_region)
+    options = _http_options(build, model, chain, config.policy_for(model, local_region), fitted=fitted)
     template = build.memo(("aggregate_template", id(options)), lambda: wire.Template(cluster_pb2.Cluster(
         connect_timeout=_duration(5.0),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,

@@ -181,25 +181,22 @@ def _pin_rewrite_parts(config: RegionConfig, model: str, region: str, kind: str)
     """(pattern, substitution) of _pin_rewrite."""
     verb_at_end = r"^.*:([^:/]+)$"  # the client's verb: what follows the path's last ':'
 
-    def rewrite(pattern: str, substitution: str) -> tuple[str, str]:
-        return pattern, substitution
-
     if config.regions[region].custom:
         template = upstream_path(config, model, region).replace("\\", "\\\\")
         if kind == matches.PIN_VERB:
-            return rewrite(verb_at_end, template.replace("{verb}", r"\1"))
-        return rewrite(r"^.*$", template.replace("{verb}", "predict"))
+            return verb_at_end, template.replace("{verb}", r"\1")
+        return r"^.*$", template.replace("{verb}", "predict")
     path = endpoint_path(config, model, region)
     if kind == matches.PIN_VERB:
-        return rewrite(verb_at_end, path + r":\1")
+        return verb_at_end, path + r":\1"
     if kind == matches.PIN_PREDICT:
-        return rewrite(r"^.*$", path + ":predict")
+        return r"^.*$", path + ":predict"
     # OpenAI: after the version the client used (v1 or v1beta1), the endpoint's OpenAI path (a
     # publisher model's being the region's endpoints/openapi), then the client's operation.
     if config.models[model].publisher_model:
         path = path[:path.index("/publishers/")] + "/endpoints/openapi"
-    return rewrite(r"^/(v1|v1beta1)/(?:.*?/)??(chat/completions|completions|embeddings)$",
-                   r"/\1" + path.removeprefix("/v1") + r"/\2")
+    return (r"^/(v1|v1beta1)/(?:.*?/)??(chat/completions|completions|embeddings)$",
+            r"/\1" + path.removeprefix("/v1") + r"/\2")
 
 
 def _route_template(policy: Policy, attempts_available: int, strategy: str, streaming: bool,

@@ -26,8 +26,10 @@ TEMP_HEADERS = ("x-vertex-endpoint-path", "x-vertex-host", "x-vertex-region", "x
 # regions have endpoint_path instead, the verb appended as ":{verb}"). tier: a capacity tier.
 METADATA_KEYS = ("endpoint_path", "host", "region", "credential", "upstream_path", "tier")
 CREDENTIAL_HEADER = "x-vertex-credential"
-# "{region}/{attempt number}" of the attempt under way: tells the per-attempt filters whether the
-# route's own rewrite (route_region) already fits it. Temporary too, never accepted from clients.
+REGION_HEADER = TEMP_HEADERS[METADATA_KEYS.index("region")]
+# "{chosen region}>{:authority}>{:path}" of the attempt under way: tells the per-attempt filters
+# whether the request already fits its region (fitted_prefix). Temporary too, never accepted
+# from clients.
 ATTEMPT_HEADER = "x-vertex-attempt-region"
 DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 BUFFER_FILTER = "envoy.filters.http.buffer"
@@ -128,11 +130,15 @@ def _route_region(build: Build, model: str, local_region: str) -> str | None:
     spec = config.models[model]
     if spec.strategy != "failover" or spec.tiers:
         return None
-    if local_region in (spec.endpoints or spec.regions) and local_region not in build.avoided \
-            and not config.regions[local_region].custom:
-        return local_region  # the usual case, without working out the whole chain
     chain = members(build, model, local_region)
     return chain[0] if chain and not config.regions[chain[0]].custom else None
+
+
+def fitted_prefix(config: RegionConfig, region: str) -> str:
+    """How an attempt's ATTEMPT_HEADER starts when the request already carries the path and host
+    the route writes for `region` and the attempt goes there: that region, its host, a path in
+    that region (a /v1beta1 OpenAI path does not fit: it is rewritten per attempt)."""
+    return f"{region}>{config.host_of(region)}>/v1/projects/{config.project}/locations/{region}/"
 
 
 def weighted_order(config: RegionConfig, model: str, first: str) -> list[str]:

@@ -110,7 +110,8 @@ def _model_entries(build: Build, model: str, local_region: str, shaped: bool) ->
 
 
 def _pinned(route: route_components_pb2.Route | Serialized) -> bool:
-    """A route of _model_segment that is no unpinned route of the model's (a pin, a refused pin)."""
+    """A route of _model_segment that is no unpinned route of the model's: a pin or the refused
+    pin (_pin_routes names them "pin:..."; the name is what a shaped route's bytes still tell)."""
     return route.name.startswith("pin:")
 
 
@@ -269,7 +270,7 @@ def _openai_routes(build: Build, local_region: str) -> list[route_components_pb2
         route = route_components_pb2.Route()
         route.CopyFrom(model_route(build, model, local_region, name, match, streaming, pinned,  # memoized: shared
                                     pin_kind=matches.PIN_OPENAI))
-        if not pinned:
+        if not pinned and route.HasField("route"):
             route = rewritten(route, route_rewrite(build, model, local_region, matches.PIN_OPENAI))
         if route.HasField("direct_response"):  # no region serves it from here: a 503, OpenAI-shaped
             route.direct_response.CopyFrom(openai.error(

@@ -37,6 +37,7 @@ from .names import (
     CREDENTIAL_HEADER,
     METADATA_KEYS,
     METADATA_NAMESPACE,
+    REGION_HEADER,
     TEMP_HEADERS,
 )
 from .proto import (
@@ -47,8 +48,10 @@ from .proto import (
 
 # Runs once per attempt, after the host is chosen. :path may already hold the previous
 # attempt's rewrite (header edits persist across attempts), so the client's verb and query
-# are kept in the request's dynamic metadata on the first attempt (a custom backend's path
-# need not end in ":verb"); failing that, they are taken from :path as before. The rest
+# are kept in the request's dynamic metadata the first time it runs (a custom backend's path
+# need not end in ":verb"); failing that, they are taken from :path. When the route rewrote
+# the path (names.route_region), that is the route's ".../endpoints/ID:verb?query", whose verb
+# and query are the client's. The rest
 # comes from the chosen host's metadata: a Vertex region's endpoint_path + ":" + verb, or a
 # custom backend's upstream_path with "{verb}" replaced.
 _REWRITE_HEAD = """
@@ -183,22 +186,22 @@ def _credential_injector(profile: str | Injection) -> credential_injector_pb2.Cr
 
 def _only_for_profile(profile: str, injector: credential_injector_pb2.CredentialInjector) -> Message:
     """Run the injector only on attempts whose chosen region uses this profile."""
-    return _when(CREDENTIAL_HEADER, profile, core_extension_pb2.TypedExtensionConfig(
+    return _when(CREDENTIAL_HEADER, xds_string_pb2.StringMatcher(exact=profile), core_extension_pb2.TypedExtensionConfig(
         name="envoy.filters.http.credential_injector", typed_config=_any(injector)))
 
 
-def _when(header: str, value: str, extension: core_extension_pb2.TypedExtensionConfig,
-          equal: bool = True) -> Message:
-    """`extension`, run only on attempts whose `header` is `value` (equal) or is not (not equal);
-    skipped on the others."""
+def _when(header: str, matcher: xds_string_pb2.StringMatcher, extension: core_extension_pb2.TypedExtensionConfig,
+          on_match: bool = True) -> Message:
+    """`extension`, run only on attempts whose `header` matches (on_match) or does not; skipped
+    on the others."""
     skip = xds_matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(
         name="skip", typed_config=_any(skip_action_pb2.SkipFilter())))
-    header_is = xds_matcher_pb2.Matcher.MatcherList.Predicate(
+    header_matches = xds_matcher_pb2.Matcher.MatcherList.Predicate(
         single_predicate=xds_matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
             input=xds_extension_pb2.TypedExtensionConfig(
                 name=header, typed_config=_any(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header))),
-            value_match=xds_string_pb2.StringMatcher(exact=value)))
-    skip_when = xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_is) if equal else header_is
+            value_match=matcher))
+    skip_when = xds_matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=header_matches) if on_match else header_matches
     return extension_matcher_pb2.ExtensionWithMatcher(
         extension_config=extension,
         xds_matcher=xds_matcher_pb2.Matcher(matcher_list=xds_matcher_pb2.Matcher.MatcherList(matchers=[
@@ -206,42 +209,46 @@ def _when(header: str, value: str, extension: core_extension_pb2.TypedExtensionC
 
 
 def upstream_filters(profiles: list[str | Injection], uncredentialed: bool = False,
-                     openai: bool = False, route_region: str | None = None) -> list[hcm_pb2.HttpFilter]:
+                     openai: bool = False, fitted: str | None = None) -> list[hcm_pb2.HttpFilter]:
     """profiles: the credentials attempts of this cluster carry (an auth profile's name, or an
     Injection for a custom backend's own). uncredentialed: some attempt carries none (a custom
     backend with `credential: none`), so no injector may run unconditionally. openai: the
-    cluster's model is also served on OpenAI-compatible paths (a longer rewrite). route_region:
-    the region the routes naming this cluster rewrite for themselves (names.route_region)."""
-    return list(_upstream_filters(tuple(profiles), uncredentialed, openai, route_region))
+    cluster's model is also served on OpenAI-compatible paths (a longer rewrite). fitted: the
+    routes naming this cluster rewrite for a region themselves (names.route_region): how an
+    attempt's header starts when the request already fits that region (names.fitted_prefix)."""
+    return list(_upstream_filters(tuple(profiles), uncredentialed, openai, fitted))
 
 
 @functools.lru_cache(maxsize=256)  # the same few filter chains for every cluster of a build
 def _upstream_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool = False,
-                      openai: bool = False, route_region: str | None = None) -> tuple[hcm_pb2.HttpFilter, ...]:
+                      openai: bool = False, fitted: str | None = None) -> tuple[hcm_pb2.HttpFilter, ...]:
     """Per-attempt filters on the aggregate cluster, in order: copy the chosen host's metadata
     into temporary headers, inject that region's token, rewrite :path/:authority, encode.
 
-    With a route_region, the first attempt sent there is already rewritten (by the route, as a
-    static route would), so it skips the copy and the rewrite: the Lua is a coroutine and a
-    dozen crossings per attempt, a fifth of the chain's CPU per request (docs/BENCHMARKS.md). A
-    first header tells which attempt this is; the attempts that skip remove it themselves."""
+    With `fitted`, an attempt sent to the route's region whose request already carries that
+    region's path and host (the route wrote them, as a static route would: the first attempt)
+    skips the copy and the rewrite: the Lua is a coroutine and a dozen crossings per attempt,
+    an eighth of Envoy's instructions per request (docs/BENCHMARKS.md). The test is on the
+    request itself, not on which region the route meant: a route and a cluster from two
+    versions of the config (Envoy applies them apart) cannot make an attempt skip wrongly."""
     copy = [_header(name, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{key})%")
             for name, key in zip(TEMP_HEADERS, METADATA_KEYS)]
     rewrite = core_extension_pb2.TypedExtensionConfig(name="envoy.filters.http.lua", typed_config=_any(lua_pb2.Lua(
         default_source_code=base_pb2.DataSource(inline_string=OPENAI_REWRITE_LUA if openai else REWRITE_LUA))))
-    if route_region is None:
+    if fitted is None:
         return (_scrub(profiles, copy), *_injectors(profiles, uncredentialed),
                 hcm_pb2.HttpFilter(name=rewrite.name, typed_config=rewrite.typed_config), _CODEC)
-    fits = f"{route_region}/1"  # the first attempt, sent to the route's region
-    attempt = _header(ATTEMPT_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%/%UPSTREAM_REQUEST_ATTEMPT_COUNT%")
+    fits = xds_string_pb2.StringMatcher(prefix=fitted)
+    attempt = _header(ATTEMPT_HEADER, f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:region)%>%REQ(:AUTHORITY)%>%REQ(:PATH)%")
     credential = [h for h in copy if h.header.key == CREDENTIAL_HEADER] if _matched_injectors(
         profiles, uncredentialed) else []
-    rest = [h for h in copy if h.header.key not in (CREDENTIAL_HEADER, "x-vertex-region")]  # the rewrite's inputs
+    # The rewrite's inputs (the region is only removed again, like the other temporary headers).
+    rest = [h for h in copy if h.header.key not in (CREDENTIAL_HEADER, REGION_HEADER)]
     copy_rest = _mutation([mutation_rules_pb2.HeaderMutation(append=h) for h in rest])
     done = _mutation([mutation_rules_pb2.HeaderMutation(remove=name) for name in (ATTEMPT_HEADER, CREDENTIAL_HEADER)])
     return (_scrub(profiles, [attempt, *credential]), *_injectors(profiles, uncredentialed),
-            _filter("vertex/copy", _when(ATTEMPT_HEADER, fits, copy_rest, equal=False)),
-            _filter("envoy.filters.http.lua", _when(ATTEMPT_HEADER, fits, rewrite, equal=False)),
+            _filter("vertex/copy", _when(ATTEMPT_HEADER, fits, copy_rest, on_match=False)),
+            _filter("envoy.filters.http.lua", _when(ATTEMPT_HEADER, fits, rewrite, on_match=False)),
             _filter("vertex/route-rewritten", _when(ATTEMPT_HEADER, fits, done)),
             _CODEC)
 
