@@ -60,13 +60,26 @@ ABLATE_CONNECTIONS = 16
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+def managers(built: dict):
+    """Each HTTP connection manager of the built listeners, unpacked for the caller to edit, and
+    packed back once the caller's loop body is done with it."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    for listener in built[LISTENER_TYPE]:
+        for chain in listener.filter_chains:
+            for flt in chain.filters:
+                manager = hcm_pb2.HttpConnectionManager()
+                flt.typed_config.Unpack(manager)
+                yield manager
+                flt.typed_config.Pack(manager)
+
+
 # --------------------------------------------------------------------------- ablation builder
 
 
 def ablated_builder(variant_by_port: dict[int, str], collector: str | None = None):
     """build_resources, then (for Envoys listening on a port in variant_by_port) drop parts, or
     (+tracing) turn tracing on toward `collector`."""
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 
     from control_plane.config import Observability, Tracing
@@ -92,13 +105,8 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
         level = 1 if variant in ALTERNATIVES else CUMULATIVE.index(variant)  # full 0, -access log 1 ...
         if level == 0:
             return built
-        for listener in built[LISTENER_TYPE]:
-            for chain in listener.filter_chains:
-                for flt in chain.filters:
-                    manager = hcm_pb2.HttpConnectionManager()
-                    flt.typed_config.Unpack(manager)
-                    manager.ClearField("access_log")
-                    flt.typed_config.Pack(manager)
+        for manager in managers(built):
+            manager.ClearField("access_log")
         if level == 1:
             return built
         for cluster in built[CLUSTER_TYPE]:
@@ -111,17 +119,12 @@ def ablated_builder(variant_by_port: dict[int, str], collector: str | None = Non
                 options.http_filters.extend(keep)
                 cluster.typed_extension_protocol_options[HPO].Pack(options)
         if level >= 4:
-            for listener in built[LISTENER_TYPE]:
-                for chain in listener.filter_chains:
-                    for flt in chain.filters:
-                        manager = hcm_pb2.HttpConnectionManager()
-                        flt.typed_config.Unpack(manager)
-                        keep = [f for f in manager.http_filters if f.name == "envoy.filters.http.router"]
-                        del manager.http_filters[:]
-                        manager.http_filters.extend(keep)
-                        manager.ClearField("early_header_mutation_extensions")
-                        manager.ClearField("local_reply_config")
-                        flt.typed_config.Pack(manager)
+            for manager in managers(built):
+                keep = [f for f in manager.http_filters if f.name == "envoy.filters.http.router"]
+                del manager.http_filters[:]
+                manager.http_filters.extend(keep)
+                manager.ClearField("early_header_mutation_extensions")
+                manager.ClearField("local_reply_config")
             for rc in built[ROUTE_TYPE]:
                 for vh in rc.virtual_hosts:
                     for route in vh.routes:
@@ -185,28 +188,22 @@ def relog(variant: str, built: dict) -> None:
     """The listener's access log done another way (see LOG_FORMATS)."""
     from envoy.extensions.access_loggers.file.v3 import file_pb2
     from envoy.extensions.access_loggers.stream.v3 import stream_pb2
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
     from control_plane.resources.observability import ACCESS_LOG_FIELDS
     from control_plane.resources.proto import _struct
 
-    for listener in built[LISTENER_TYPE]:
-        for chain in listener.filter_chains:
-            for flt in chain.filters:
-                manager = hcm_pb2.HttpConnectionManager()
-                flt.typed_config.Unpack(manager)
-                for log in manager.access_log:
-                    stdout = stream_pb2.StdoutAccessLog()
-                    log.typed_config.Unpack(stdout)
-                    if variant == "access log: /dev/null":
-                        log.name = "envoy.access_loggers.file"
-                        log.typed_config.Pack(file_pb2.FileAccessLog(path="/dev/null", log_format=stdout.log_format))
-                        continue
-                    fields = {"code": "%RESPONSE_CODE%"} if variant == "access log: one field" else \
-                        {**ACCESS_LOG_FIELDS, "time": "%START_TIME%"}
-                    stdout.log_format.json_format.CopyFrom(_struct(fields))
-                    log.typed_config.Pack(stdout)
-                flt.typed_config.Pack(manager)
+    for manager in managers(built):
+        for log in manager.access_log:
+            stdout = stream_pb2.StdoutAccessLog()
+            log.typed_config.Unpack(stdout)
+            if variant == "access log: /dev/null":
+                log.name = "envoy.access_loggers.file"
+                log.typed_config.Pack(file_pb2.FileAccessLog(path="/dev/null", log_format=stdout.log_format))
+                continue
+            fields = {"code": "%RESPONSE_CODE%"} if variant == "access log: one field" else \
+                {**ACCESS_LOG_FIELDS, "time": "%START_TIME%"}
+            stdout.log_format.json_format.CopyFrom(_struct(fields))
+            log.typed_config.Pack(stdout)
 
 
 def every_attempt(build: Build) -> Build:
@@ -292,20 +289,15 @@ def bench_jwt(workdir: Path) -> tuple[str, str]:
 
 def without_jwt_cache(built: dict) -> None:
     from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-    for listener in built[LISTENER_TYPE]:
-        for chain in listener.filter_chains:
-            for flt in chain.filters:
-                manager = hcm_pb2.HttpConnectionManager()
-                flt.typed_config.Unpack(manager)
-                for http_filter in manager.http_filters:
-                    if http_filter.name == "envoy.filters.http.jwt_authn":
-                        jwt = jwt_pb2.JwtAuthentication()
-                        http_filter.typed_config.Unpack(jwt)
-                        for provider in jwt.providers.values():
-                            provider.ClearField("jwt_cache_config")
-                        http_filter.typed_config.Pack(jwt)
-                flt.typed_config.Pack(manager)
+
+    for manager in managers(built):
+        for http_filter in manager.http_filters:
+            if http_filter.name == "envoy.filters.http.jwt_authn":
+                jwt = jwt_pb2.JwtAuthentication()
+                http_filter.typed_config.Unpack(jwt)
+                for provider in jwt.providers.values():
+                    provider.ClearField("jwt_cache_config")
+                http_filter.typed_config.Pack(jwt)
 
 
 def with_jwt_clients(build):
