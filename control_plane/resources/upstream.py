@@ -278,10 +278,6 @@ def _pinned_filters(profiles: tuple[str | Injection, ...], uncredentialed: bool)
 
 
 def _scrub(profiles: tuple[str | Injection, ...], copy: list) -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=_any(_mutations(profiles, copy)))
-
-
-def _mutations(profiles: tuple[str | Injection, ...], copy: list) -> header_mutation_pb2.HeaderMutation:
     """Remove the credentials a previous attempt (or the client) left, then append `copy`."""
     mutations = header_mutation_pb2.Mutations(request_mutations=[
         # Never carry a client's (or a previous attempt's) Authorization to another region.
@@ -291,7 +287,8 @@ def _mutations(profiles: tuple[str | Injection, ...], copy: list) -> header_muta
           if isinstance(p, Injection) and p.header != "authorization"],
         *[mutation_rules_pb2.HeaderMutation(append=h) for h in copy],
     ])
-    return header_mutation_pb2.HeaderMutation(mutations=mutations)
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation",
+                              typed_config=_any(header_mutation_pb2.HeaderMutation(mutations=mutations)))
 
 
 def _matched_injectors(profiles: tuple[str | Injection, ...], uncredentialed: bool) -> bool:
