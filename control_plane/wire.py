@@ -206,23 +206,14 @@ class Stencil:
         """The message's chunks; None if no token occurs in it."""
         chunks: list = []
         found = False
-        pos, end = 0, len(data)
-        while pos < end:
-            start = pos
-            key, pos = _varint(data, pos)
-            number, wire_type = key >> 3, key & 7
-            if wire_type != _LENGTH_DELIMITED:
-                pos = _skip(data, pos, wire_type)
-                _append(chunks, data[start:pos])
+        for start, key_end, number, payload, end in _scan(data):
+            if payload is None:
+                _append(chunks, data[start:end])
                 continue
-            tag = data[start:pos]
-            length, body = _varint(data, pos)
-            pos = body + length
-            payload = data[body:pos]
             field = descriptor.fields_by_number.get(number) if self._in_bytes.search(payload) else None
-            chunk = self._field(field, tag, payload) if field is not None else None
+            chunk = self._field(field, data[start:key_end], payload) if field is not None else None
             if chunk is None:
-                _append(chunks, data[start:pos])
+                _append(chunks, data[start:end])
             else:
                 if descriptor.GetOptions().map_entry and number == 1:
                     raise StencilError(f"a token in a map key of {descriptor.full_name}")
@@ -334,10 +325,10 @@ class Split:
 
     def __init__(self, data: bytes | memoryview, number: int):
         self.number = number
-        for start, found, body, end in _scan(data):
-            if found == number:
+        for start, _, found, body, end in _scan(data):
+            if found == number and body is not None:
                 self.before, self.after = bytes(data[:start]), bytes(data[end:])
-                self.fields = [(f, bytes(body[s:e])) for s, f, _, e in _scan(body)]
+                self.fields = [(f, bytes(body[s:e])) for s, _, f, _, e in _scan(body)]
                 self.present = frozenset(f for f, _ in self.fields)
                 self._segments: dict[tuple[int, ...], list[bytes]] = {}
                 return
@@ -369,19 +360,20 @@ class Split:
 
 
 def _scan(data: bytes | memoryview):
-    """(start, field number, payload of a length-delimited field (else b""), end) of each field."""
+    """(start, end of its key, field number, payload of a length-delimited field (else None), end)
+    of each field of a serialized message, in order."""
     pos, size = 0, len(data)
     while pos < size:
         start = pos
         key, pos = _varint(data, pos)
+        key_end = pos
         if key & 7 == _LENGTH_DELIMITED:
             length, pos = _varint(data, pos)
-            yield start, key >> 3, data[pos:pos + length], pos + length
+            yield start, key_end, key >> 3, data[pos:pos + length], pos + length
             pos += length
         else:
-            end = _skip(data, pos, key & 7)
-            yield start, key >> 3, b"", end
-            pos = end
+            pos = _skip(data, pos, key & 7)
+            yield start, key_end, key >> 3, None, pos
 
 
 def varint(n: int) -> bytes:
