@@ -82,7 +82,7 @@ def perf_summary(workdir: Path) -> dict:
 class Callgrind:
     """`--instructions`: every Envoy started from now on runs under valgrind's callgrind, which
     counts the instructions it executes (user space only). The count is the same run after run
-    whatever else the machine does (seen within 0.2%), where CPU time here moves by a fifth."""
+    whatever else the machine does (seen within 1%), where CPU time here moves by a fifth."""
 
     def __init__(self, workdir: Path):
         for tool in ("valgrind", "callgrind_control"):
@@ -128,14 +128,12 @@ def measure(load, target: Target, connections: int, duration: float, warmup: flo
     pids = target.pids
     before = cpu_seconds(pids) if pids else (0.0, 0.0)
     profiler = perf_profile(pids[0], max(1.0, duration - 1), perf_dir) if perf_dir and pids else None
-    instructions = None
     if callgrind and pids:
         instructions, r = callgrind.count(pids[0], lambda: load.run(target.url + path, connections, duration,
                                                                    headers=target.headers))
+        r["instructions_per_req"] = round(instructions / max(1, r["requests"]))
     else:
         r = load.run(target.url + path, connections, duration, headers=target.headers)
-    if instructions is not None:
-        r["instructions_per_req"] = round(instructions / max(1, r["requests"]))
     if profiler is not None:
         profiler.wait(60)
         r["perf"] = perf_summary(perf_dir)
